@@ -1,0 +1,112 @@
+"""Command-line front ends of the three daemons.
+
+All three share one shape (``run_daemon``): validate CONFIG (exit 1 on
+error), take the pid file lock (a second instance prints "already running
+(pid N)" and exits 0, touching nothing), daemonize unless ``-f``, log, run.
+"""
+
+import argparse
+import sys
+
+from diprocd import __version__
+from diprocd.daemon import PidFile, daemonize, setup_logging
+from diprocd.errors import AlreadyRunning, ConfigError
+
+
+def make_parser(prog, description, status=False):
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground and log to stderr")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages")
+    parser.add_argument("--check", action="store_true",
+                        help="validate CONFIG, print every problem, exit 0/1")
+    if status:
+        parser.add_argument("--status", action="store_true",
+                            help="print the live state of every process; exit "
+                                 "0 when all are as desired, 1 otherwise")
+    parser.add_argument("--version", action="version",
+                        version="%(prog)s " + __version__)
+    parser.add_argument("config", metavar="CONFIG", help="the JSON file")
+    return parser
+
+
+def check_config(loader, path):
+    """--check: print warnings and problems, return the exit code."""
+    try:
+        config = loader(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print("error: " + problem, file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print("warning: " + warning, file=sys.stderr)
+    print("%s: OK" % path)
+    return 0
+
+
+def run_daemon(prog, args, loader, app_factory):
+    """Load, lock, detach, log and run ``app_factory(config, log).run()``."""
+    try:
+        config = loader(args.config)
+    except ConfigError as err:
+        for problem in err.problems:
+            print("%s: error: %s" % (prog, problem), file=sys.stderr)
+        return 1
+    pid_file = PidFile(config.pid_file)
+    try:
+        pid_file.acquire()
+    except AlreadyRunning as err:
+        print("%s: %s" % (prog, err))
+        return 0
+    except OSError as err:
+        print("%s: cannot open pid file %s: %s" % (prog, config.pid_file, err),
+              file=sys.stderr)
+        return 1
+    try:
+        if not args.foreground:
+            daemonize(preserve_fds=[pid_file.fd])
+        pid_file.write_pid()
+        log = setup_logging(prog, args.foreground, args.verbose,
+                            config.log_file)
+        for warning in config.warnings:
+            log.warning(warning)
+        return app_factory(config, log).run()
+    finally:
+        pid_file.release()
+
+
+def workerd_main(argv=None):
+    parser = make_parser("dpd-workerd", "Supervise the processes defined in "
+                         "one JSON file.", status=True)
+    args = parser.parse_args(argv)
+    from diprocd import config as config_mod
+    if args.check:
+        return check_config(config_mod.load_worker_config, args.config)
+    if args.status:
+        from diprocd import status
+        return status.status_main(args.config)
+    from diprocd.worker import Worker
+    return run_daemon("dpd-workerd", args, config_mod.load_worker_config,
+                      Worker)
+
+
+def masterd_main(argv=None):
+    parser = make_parser("dpd-masterd", "Publish each node's process list.")
+    args = parser.parse_args(argv)
+    from diprocd import master
+    if args.check:
+        return check_config(master.load_master_config, args.config)
+    return run_daemon("dpd-masterd", args, master.load_master_config,
+                      master.Master)
+
+
+def clientd_main(argv=None):
+    parser = make_parser("dpd-clientd", "Receive this node's process list and "
+                         "rewrite the worker's JSON file.")
+    args = parser.parse_args(argv)
+    from diprocd import client
+    if args.check:
+        return check_config(client.load_client_config, args.config)
+    return run_daemon("dpd-clientd", args, client.load_client_config,
+                      client.Client)

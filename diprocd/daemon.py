@@ -1,0 +1,109 @@
+"""Daemonizing, the flock-held pid file and the daemons' logging.
+
+The pid file is opened without truncation and locked with flock for the
+daemon's whole life: a second instance finds it locked and reports the pid
+inside. Only the lock holder truncates and writes it, and it unlinks it on a
+clean exit.
+"""
+
+import errno
+import fcntl
+import logging
+import logging.handlers
+import os
+import sys
+
+from diprocd.errors import AlreadyRunning
+
+LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+
+
+class PidFile:
+    """A pid file held with an exclusive flock while the daemon lives."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def acquire(self):
+        """Take the lock or raise AlreadyRunning with the holder's pid."""
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise AlreadyRunning(self.path, read_pid(self.path))
+                raise
+            # The previous holder may have unlinked the file between our open
+            # and our lock: then we hold a lock on a dead inode. Retry.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def write_pid(self, pid=None):
+        """Record our pid (after daemonizing, the final one)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, b"%d\n" % (pid or os.getpid()), 0)
+
+    def release(self):
+        """Unlink then unlock: done on a clean exit only."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def read_pid(path):
+    """The pid recorded in a pid file, or None."""
+    try:
+        with open(path) as handle:
+            text = handle.read(64).strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def daemonize(preserve_fds=()):
+    """Detach with python-daemon's DaemonContext: fork, setsid, chdir /,
+    umask 022, stdin/stdout/stderr to /dev/null, keeping ``preserve_fds``.
+    Signal handling stays ours (signal_map empty)."""
+    import daemon  # python-daemon; imported late: only the detaching path needs it
+
+    context = daemon.DaemonContext(
+        working_directory="/", umask=0o022, files_preserve=list(preserve_fds),
+        signal_map={}, detach_process=True)
+    context.open()
+    return context
+
+
+def setup_logging(name, foreground, verbose, log_file):
+    """Log to stderr in the foreground, else to ``log_file`` through a
+    handler that reopens the file when logrotate moves it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if foreground or not log_file:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        folder = os.path.dirname(log_file)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(log_file)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return logging.getLogger(name)

@@ -1,0 +1,50 @@
+"""File helpers: the one atomic-write routine of diprocd."""
+
+import os
+import tempfile
+
+
+def atomic_write(path, data, mode=None, fsync=True):
+    """Replace ``path`` with ``data`` (bytes or text) atomically.
+
+    Writes a temporary file in the same folder, fsyncs it, renames it over
+    ``path`` and fsyncs the folder, so a reader sees the old content or the
+    new one, never a mix, even across a crash. ``mode`` defaults to the
+    existing file's mode (else 0644). On any error (disk full, permissions)
+    the temporary file is removed, the old file is left intact and the
+    OSError propagates. ``fsync=False`` skips both fsyncs, for files that
+    need atomicity but not durability (status files).
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    if mode is None:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
+                               suffix=".tmp")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if fsync:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
