@@ -1,0 +1,589 @@
+"""dpd-masterd: read the master file, publish each node's process list.
+
+The master binds a PUB socket (``master_updates``) on which it publishes
+every node's list (see ``protocol`` for the frames) and a PULL socket
+(``master_stats``) on which clients say hello and push their worker's
+status. It publishes:
+
+- every node's list at start-up, each with sequence 1 of a fresh epoch;
+- a node's list again, with the next sequence, when the master file
+  changes that node's list (a removed node gets an empty list);
+- a node's list at once when that node's client says hello;
+- every node's list every ``heartbeat`` seconds (same sequence), which
+  repairs whatever a subscriber missed.
+
+The master file is watched with inotify on its folder (an editor's atomic
+rename and an in-place write are both seen within milliseconds), with a
+cheap stat check as a safety net. An invalid file changes nothing: every
+error is logged and the last good lists stay published.
+
+The latest status of every node is kept with the time it was seen and
+written to ``<pid file base>.nodes.json``; nodes that fall silent for
+``silent_after`` seconds are logged.
+"""
+
+import ctypes
+import dataclasses
+import errno
+import os
+import re
+import signal
+import struct
+import time
+
+import simplejson as json
+
+from diprocd import protocol
+from diprocd.config import (check_abs_path, check_keys, read_json_file,
+                            validate_procs)
+from diprocd.errors import ConfigError, ProtocolError
+from diprocd.fileio import atomic_write
+
+MASTER_KEYS = ("pid_file", "log_file", "master_stats", "master_updates",
+               "nodes", "heartbeat", "silent_after")
+DEFAULT_HEARTBEAT = 3.0
+DEFAULT_SILENT_AFTER = 15.0
+# Reload this long after the last in-place write event (an editor may write
+# a file in several chunks); a close or a rename reloads at once.
+RELOAD_SETTLE = 0.02
+NODES_FILE_INTERVAL = 1.0
+SILENCE_CHECK_INTERVAL = 1.0
+
+ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
+
+
+@dataclasses.dataclass
+class MasterConfig:
+    path: str
+    pid_file: str
+    log_file: str
+    master_stats: str
+    master_updates: str
+    nodes: dict  # node name -> raw process list (validated JSON)
+    heartbeat: float = DEFAULT_HEARTBEAT
+    silent_after: float = DEFAULT_SILENT_AFTER
+    warnings: list = dataclasses.field(default_factory=list)
+
+
+def check_endpoint(obj, key, where, problems):
+    value = obj.get(key)
+    if value is None:
+        return None  # check_keys reported it missing
+    if not isinstance(value, str) or not ENDPOINT_RE.match(value):
+        problems.append('%s: key "%s": must be a ZeroMQ endpoint such as '
+                        '"tcp://10.0.0.1:5555", got %s'
+                        % (where, key, json.dumps(value)))
+        return None
+    return value
+
+
+def check_seconds(obj, key, where, default, problems, low=0.05, high=86400):
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not low <= value <= high:
+        problems.append('%s: key "%s": must be a number of seconds (%g to %g), '
+                        'got %s' % (where, key, low, high, json.dumps(value)))
+        return default
+    return float(value)
+
+
+def load_master_config(path):
+    """Read and validate the master CONFIG; raise ConfigError with every
+    problem (naming file, node, process and field) or return MasterConfig."""
+    obj = read_json_file(path)
+    problems, warnings = [], []
+    check_keys(obj, path, ("pid_file", "master_stats", "master_updates",
+                           "nodes"), MASTER_KEYS, problems, warnings)
+    pid_file = check_abs_path(obj, "pid_file", path, problems)
+    log_file = check_abs_path(obj, "log_file", path, problems, required=False)
+    stats = check_endpoint(obj, "master_stats", path, problems)
+    updates = check_endpoint(obj, "master_updates", path, problems)
+    if stats and stats == updates:
+        problems.append('%s: keys "master_stats" and "master_updates" must '
+                        'differ' % path)
+    heartbeat = check_seconds(obj, "heartbeat", path, DEFAULT_HEARTBEAT,
+                              problems)
+    silent_after = check_seconds(obj, "silent_after", path,
+                                 DEFAULT_SILENT_AFTER, problems, low=0.1)
+    nodes = {}
+    raw_nodes = obj.get("nodes", {})
+    if not isinstance(raw_nodes, dict):
+        problems.append('%s: key "nodes": must be an object {node name: '
+                        '[process, ...]}' % path)
+        raw_nodes = {}
+    for node, procs in raw_nodes.items():
+        where = '%s: node "%s"' % (path, node)
+        try:
+            protocol.check_node_name(node)
+        except ProtocolError as err:
+            problems.append("%s: %s" % (where, err))
+            continue
+        # Users are the node's business: the client checks them there.
+        _, node_problems, node_warnings = validate_procs(
+            procs, where, pid_dir=None, check_users=False)
+        problems += node_problems
+        warnings += node_warnings
+        nodes[node] = procs
+    if problems:
+        raise ConfigError(problems)
+    return MasterConfig(path, pid_file, log_file, stats, updates, nodes,
+                        heartbeat, silent_after, warnings)
+
+
+class NodeLists:
+    """Each node's current list and sequence number within one epoch.
+
+    ``apply(nodes)`` takes a new {node: list} mapping and returns the names
+    whose list changed (each got the next sequence number) and the names
+    removed (each now holds an empty list, kept so that its client is told
+    again at every heartbeat)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+        self.lists = {}
+        self.seqs = {}
+        self.configured = set()
+
+    def apply(self, nodes):
+        changed, removed = [], []
+        for node, procs in nodes.items():
+            if self.lists.get(node) != procs or node not in self.seqs:
+                self._set(node, procs)
+                changed.append(node)
+        for node in sorted(self.configured - set(nodes)):
+            if self.lists.get(node):
+                self._set(node, [])
+                removed.append(node)
+        self.configured = set(nodes)
+        return changed, removed
+
+    def ensure(self, node):
+        """A node we never configured (its client said hello): it runs
+        nothing. Return True when it was unknown."""
+        if node in self.seqs:
+            return False
+        self._set(node, [])
+        return True
+
+    def _set(self, node, procs):
+        self.lists[node] = procs
+        self.seqs[node] = self.seqs.get(node, 0) + 1
+
+    def update(self, node, heartbeat=None):
+        return protocol.Update(node, self.epoch, self.seqs[node],
+                               self.lists[node], heartbeat)
+
+    def nodes(self):
+        return sorted(self.seqs)
+
+
+@dataclasses.dataclass
+class NodeSeen:
+    """What the master last heard from one node."""
+    time: float  # wall clock, for people
+    monotonic: float  # for the silence check
+    kind: str
+    epoch: str = None
+    seq: int = None
+    status: dict = None
+    silent: bool = False
+
+
+def nodes_file_path(pid_file):
+    """``/run/dpd-masterd.pid`` -> ``/run/dpd-masterd.nodes.json``."""
+    base, ext = os.path.splitext(pid_file)
+    if ext != ".pid":
+        base = pid_file
+    return base + ".nodes.json"
+
+
+class Master:
+    """The master's event loop (one thread, one zmq Poller)."""
+
+    def __init__(self, config, log, clock=time.monotonic):
+        self.config = config
+        self.log = log
+        self._clock = clock
+        self.lists = NodeLists(protocol.new_epoch())
+        self.seen = {}
+        self.nodes_file = nodes_file_path(config.pid_file)
+        self._signals = None
+        self._watch = None
+        self._running = False
+        self._reload_due = None
+        self._nodes_dirty = False
+
+    # -- life cycle --------------------------------------------------------
+
+    def run(self):
+        import zmq  # only after daemonizing
+
+        self._signals = SignalPipe((signal.SIGTERM, signal.SIGINT,
+                                    signal.SIGHUP))
+        context = zmq.Context()
+        try:
+            try:
+                self._bind(context, self.config)
+            except zmq.ZMQError as err:
+                self.log.error("cannot bind: %s", err)
+                return 1
+            self._watch = FileWatch(self.config.path)
+            return self._loop(zmq)
+        finally:
+            if self._watch:
+                self._watch.close()
+            for sock in (getattr(self, "pub", None), getattr(self, "pull", None)):
+                if sock is not None:
+                    sock.close(linger=0)
+            context.term()
+            self._signals.close()
+
+    def _bind(self, context, config):
+        import zmq
+        pub = context.socket(zmq.PUB)
+        pull = context.socket(zmq.PULL)
+        try:
+            pub.setsockopt(zmq.LINGER, 0)
+            pull.setsockopt(zmq.LINGER, 0)
+            pull.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
+            pub.bind(config.master_updates)
+            pull.bind(config.master_stats)
+        except zmq.ZMQError:
+            pub.close(linger=0)
+            pull.close(linger=0)
+            raise
+        old = (getattr(self, "pub", None), getattr(self, "pull", None))
+        self.pub, self.pull = pub, pull
+        for sock in old:
+            if sock is not None:
+                sock.close(linger=0)
+
+    def _loop(self, zmq):
+        log = self.log
+        self.lists.apply(self.config.nodes)
+        log.info("master up: epoch %s, %d nodes, updates on %s, stats on %s",
+                 self.lists.epoch, len(self.config.nodes),
+                 self.config.master_updates, self.config.master_stats)
+        self.publish_all()
+        now = self._clock()
+        next_heartbeat = now + self.config.heartbeat
+        next_silence_check = now + SILENCE_CHECK_INTERVAL
+        next_nodes_file = now
+        self._running = True
+        while self._running:
+            poller = zmq.Poller()
+            poller.register(self.pull, zmq.POLLIN)
+            poller.register(self._signals.fileno(), zmq.POLLIN)
+            if self._watch.fileno() is not None:
+                poller.register(self._watch.fileno(), zmq.POLLIN)
+            now = self._clock()
+            due = [next_heartbeat, next_silence_check]
+            if self._reload_due is not None:
+                due.append(self._reload_due)
+            if self._nodes_dirty:
+                due.append(next_nodes_file)
+            if self._watch.fileno() is None:
+                due.append(now + FileWatch.POLL_INTERVAL)
+            timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
+            events = dict(poller.poll(timeout_ms))
+            if self._signals.fileno() in events:
+                self._handle_signals()
+            if self.pull in events:
+                self._receive_reports(zmq)
+            now = self._clock()
+            if self._watch.fileno() in events or self._watch.fileno() is None:
+                urgency = self._watch.drain()
+                if urgency == FileWatch.NOW:
+                    self._reload_due = now
+                elif urgency == FileWatch.SOON and self._reload_due is None:
+                    self._reload_due = now + RELOAD_SETTLE
+            if self._reload_due is not None and now >= self._reload_due:
+                self._reload_due = None
+                self.reload("file changed")
+            if now >= next_heartbeat:
+                self.publish_all()
+                next_heartbeat = now + self.config.heartbeat
+            if now >= next_silence_check:
+                self._check_silence(now)
+                next_silence_check = now + SILENCE_CHECK_INTERVAL
+            if self._nodes_dirty and now >= next_nodes_file:
+                self._write_nodes_file()
+                next_nodes_file = now + NODES_FILE_INTERVAL
+        log.info("master down")
+        return 0
+
+    def _handle_signals(self):
+        for signum in self._signals.drain():
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.log.info("got %s: exiting", signal.Signals(signum).name)
+                self._running = False
+            elif signum == signal.SIGHUP:
+                self.reload("SIGHUP")
+
+    # -- configuration ---------------------------------------------------------
+
+    def reload(self, why):
+        """Re-read the master file; publish the nodes whose list changed."""
+        try:
+            config = load_master_config(self.config.path)
+        except ConfigError as err:
+            self.log.error("%s: invalid master file, keeping the last good "
+                           "lists:", why)
+            for problem in err.problems:
+                self.log.error("  %s", problem)
+            return False
+        for warning in config.warnings:
+            self.log.warning(warning)
+        if (config.master_updates, config.master_stats) != (
+                self.config.master_updates, self.config.master_stats):
+            try:
+                self._bind(self.pub.context, config)
+                self.log.info("now publishing on %s, stats on %s",
+                              config.master_updates, config.master_stats)
+            except Exception as err:  # zmq.ZMQError
+                self.log.error("cannot bind the new endpoints (%s): keeping "
+                               "the last good configuration", err)
+                return False
+        for key in ("pid_file", "log_file"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warning('key "%s" changed: takes effect at the next '
+                                 "start", key)
+                setattr(config, key, getattr(self.config, key))
+        self.config = config
+        changed, removed = self.lists.apply(config.nodes)
+        for node in removed:
+            self.log.warning('node "%s" removed from the master file: it is '
+                             "sent an empty list (its processes stop)", node)
+        for node in changed:
+            self.log.info('node "%s": new list (seq %d, %d processes)', node,
+                          self.lists.seqs[node], len(self.lists.lists[node]))
+            self.publish(node)
+        for node in removed:
+            self.publish(node)
+        if not changed and not removed:
+            self.log.debug("%s: no node's list changed", why)
+        return True
+
+    # -- publishing ------------------------------------------------------------
+
+    def publish(self, node):
+        frames = protocol.encode_update(
+            self.lists.update(node, self.config.heartbeat))
+        self.pub.send_multipart(frames, copy=False)
+
+    def publish_all(self):
+        for node in self.lists.nodes():
+            self.publish(node)
+
+    # -- reports from clients ------------------------------------------------------
+
+    def _receive_reports(self, zmq):
+        for _ in range(1000):  # bounded: let timers and signals run
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                report = protocol.decode_report(frames)
+            except ProtocolError as err:
+                self.log.warning("dropped a malformed report: %s", err)
+                continue
+            self.on_report(report)
+
+    def on_report(self, report):
+        now = self._clock()
+        node = report.node
+        previous = self.seen.get(node)
+        if previous is not None and previous.silent:
+            self.log.info('node "%s" is back after %.0f s of silence', node,
+                          now - previous.monotonic)
+        elif previous is None:
+            self.log.info('node "%s" reported (%s)', node,
+                          report.kind.decode())
+        seen = NodeSeen(time.time(), now, report.kind.decode(), report.epoch,
+                        report.seq, report.status)
+        if report.status is None and previous is not None:
+            seen.status = previous.status
+        self.seen[node] = seen
+        self._nodes_dirty = True
+        if report.is_hello:
+            if self.lists.ensure(node):
+                self.log.warning('unknown node "%s" said hello: it is not in '
+                                 "the master file, it gets an empty list",
+                                 node)
+            self.log.debug('hello from "%s": sending its list (seq %d)', node,
+                           self.lists.seqs[node])
+            self.publish(node)
+
+    def _check_silence(self, now):
+        for node, seen in self.seen.items():
+            if not seen.silent and now - seen.monotonic > \
+                    self.config.silent_after:
+                seen.silent = True
+                self._nodes_dirty = True
+                self.log.warning('node "%s" fell silent: nothing heard for '
+                                 "%.0f s", node, now - seen.monotonic)
+
+    def nodes_document(self):
+        nodes = {}
+        for node, seen in sorted(self.seen.items()):
+            nodes[node] = {
+                "last_seen": seen.time, "silent": seen.silent,
+                "applied": {"epoch": seen.epoch, "seq": seen.seq},
+                "in_sync": (seen.epoch == self.lists.epoch
+                            and seen.seq == self.lists.seqs.get(node)),
+                "status": seen.status}
+        return {"epoch": self.lists.epoch, "written": time.time(),
+                "nodes": nodes}
+
+    def _write_nodes_file(self):
+        self._nodes_dirty = False
+        try:
+            atomic_write(self.nodes_file, json.dumps(self.nodes_document()),
+                         fsync=False)
+        except OSError as err:
+            self.log.warning("cannot write %s: %s", self.nodes_file, err)
+
+
+# -- loop helpers (the client uses them too) ----------------------------------
+
+class SignalPipe:
+    """Signal handlers that only record: Python's C-level handler writes the
+    signal number to a non-blocking pipe (``signal.set_wakeup_fd``), whose
+    read end the loop polls with its sockets; ``drain()`` returns the
+    signal numbers received since the last call."""
+
+    def __init__(self, signums):
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_fd = signal.set_wakeup_fd(self._write,
+                                                 warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, self._record)
+                          for signum in signums}
+
+    @staticmethod
+    def _record(signum, frame):
+        """Nothing to do: the wake-up fd already carries the number."""
+
+    def fileno(self):
+        return self._read
+
+    def drain(self):
+        received = []
+        while True:
+            try:
+                data = os.read(self._read, 512)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            received.extend(data)
+        return list(dict.fromkeys(received))
+
+    def close(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+
+_IN_MODIFY = 0x2
+_IN_ATTRIB = 0x4
+_IN_CLOSE_WRITE = 0x8
+_IN_MOVED_FROM = 0x40
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_EVENT = struct.Struct("iIII")
+
+
+class FileWatch:
+    """Notice changes of one file, however it is saved.
+
+    inotify watches the file's *folder* (so an atomic rename over the file
+    is seen as well as an in-place write); ``drain()`` reads the pending
+    events and says how urgently to re-read the file: ``NOW`` after a close
+    or a rename onto it, ``SOON`` after a bare write (more chunks may
+    follow), ``NONE`` otherwise. Without inotify (``fileno()`` is None) the
+    caller calls ``drain()`` every ``POLL_INTERVAL``, which compares the
+    file's inode, size and nanosecond times."""
+
+    NONE, SOON, NOW = 0, 1, 2
+    POLL_INTERVAL = 0.05
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self.folder, self.name = os.path.split(self.path)
+        self._name_bytes = os.fsencode(self.name)
+        self._signature = self._stat()
+        self._fd = None
+        try:
+            self._fd = self._open_inotify()
+        except OSError:
+            self._fd = None
+
+    def _open_inotify(self):
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        mask = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM
+                | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE)
+        if libc.inotify_add_watch(fd, os.fsencode(self.folder), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, "inotify_add_watch %s" % self.folder)
+        return fd
+
+    def _stat(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def fileno(self):
+        return self._fd
+
+    def drain(self):
+        if self._fd is None:
+            signature = self._stat()
+            if signature != self._signature:
+                self._signature = signature
+                return self.NOW
+            return self.NONE
+        urgency = self.NONE
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError as err:
+                if err.errno == errno.EINTR:
+                    continue
+                raise
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _, mask, _, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:
+                            offset + _EVENT.size + length].rstrip(b"\0")
+                offset += _EVENT.size + length
+                if mask & (_IN_Q_OVERFLOW | _IN_IGNORED):
+                    urgency = self.NOW
+                    if mask & _IN_IGNORED:  # the folder went away
+                        os.close(self._fd)
+                        self._fd = None
+                        return urgency
+                elif name == self._name_bytes:
+                    if mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO):
+                        urgency = self.NOW
+                    else:
+                        urgency = max(urgency, self.SOON)
+        return urgency
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,332 @@
+"""The per-process state machine of the worker.
+
+A ``Process`` owns one spec's state: its named state, pid, start history
+(the 5-starts-a-minute rule) and stop deadline. It does no I/O of its own:
+starting, signalling and pid files go through ``ops`` (the worker's
+``ProcessOps``, a fake in unit tests) and time comes from ``clock`` (a fake
+in unit tests). Every state change goes through ``_set_state``, which checks
+the one transition table below.
+"""
+
+import collections
+import logging
+import signal
+
+from diprocd.errors import SpawnError
+
+log = logging.getLogger("dpd-workerd")
+
+# --- the states, named plainly ----------------------------------------------
+STOPPED = "stopped"      # not running and not wanted (yet): new, or stopped
+WAITING = "waiting"      # wanted, waiting for its dependencies to run
+STARTING = "starting"    # a daemon launched; waiting for its own pid file
+RUNNING = "running"
+STOPPING = "stopping"    # stop signal sent; SIGKILL at the deadline
+EXITED = "exited"        # died with restart false: stays down
+FAILED = "failed"        # could not be started, restart false: stays down
+GIVEN_UP = "given-up"    # 5 starts within 60 s: stays down until retried
+
+STATES = (STOPPED, WAITING, STARTING, RUNNING, STOPPING, EXITED, FAILED,
+          GIVEN_UP)
+
+_DOWN = (EXITED, FAILED, GIVEN_UP)
+TRANSITIONS = {
+    STOPPED: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP},
+    WAITING: {STARTING, RUNNING, FAILED, GIVEN_UP, STOPPED},
+    STARTING: {RUNNING, STOPPING, WAITING, EXITED, FAILED, GIVEN_UP},
+    RUNNING: {RUNNING, STARTING, STOPPING, WAITING, EXITED, FAILED, GIVEN_UP},
+    STOPPING: {STOPPED},
+    EXITED: {WAITING, STOPPED},
+    FAILED: {WAITING, STOPPED},
+    GIVEN_UP: {WAITING, STOPPED},
+}
+
+# The seed's rule: never more than START_LIMIT starts within START_WINDOW s.
+START_LIMIT = 5
+START_WINDOW = 60.0
+# How long a daemon (``daemon: true``) has to write its own pid file.
+DAEMON_PID_TIMEOUT = 10.0
+DAEMON_PID_POLL = 0.02
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+class StartLimiter:
+    """Remembers start times; allows a start while fewer than ``limit``
+    happened within the last ``window`` seconds."""
+
+    def __init__(self, limit=START_LIMIT, window=START_WINDOW):
+        self.limit = limit
+        self.window = window
+        self.starts = collections.deque()
+
+    def _forget_old(self, now):
+        while self.starts and self.starts[0] <= now - self.window:
+            self.starts.popleft()
+
+    def allow(self, now):
+        self._forget_old(now)
+        return len(self.starts) < self.limit
+
+    def record(self, now):
+        self.starts.append(now)
+
+    def reset(self):
+        self.starts.clear()
+
+
+class Process:
+    """One supervised process (see the module docstring)."""
+
+    def __init__(self, spec, ops, clock):
+        self.spec = spec
+        self.ops = ops
+        self.clock = clock
+        self.state = STOPPED
+        self.pid = None
+        self.ticks = None          # kernel start time of pid
+        self.launcher_pid = None   # daemon: the program we exec'd, which forks
+        self.started_at = None     # wall clock, for status
+        self.since = clock.time()  # wall clock of the last state change
+        self.starts = 0
+        self.last_exit = None
+        self.error = None
+        self.adopted = False
+        self.own_child = False     # exit status available (our descendant)
+        self.limiter = StartLimiter()
+        self.deadline = None       # monotonic: SIGKILL, or daemon pid wait
+        self.next_spec = None      # definition to start once stopped
+        self.removing = False      # stop for good (removed from CONFIG)
+
+    # --- the one place states change --------------------------------------
+    def _set_state(self, state):
+        if state not in TRANSITIONS[self.state]:
+            raise InvalidTransition("%s: %s -> %s" % (self.spec.name,
+                                                      self.state, state))
+        if state != self.state:
+            log.debug("%s: %s -> %s", self.spec.name, self.state, state)
+        self.state = state
+        self.since = self.clock.time()
+        self.ops.changed(self)
+
+    @property
+    def alive(self):
+        """A live pid is being supervised (running, starting or stopping)."""
+        return self.state in (RUNNING, STARTING, STOPPING)
+
+    @property
+    def as_desired(self):
+        if self.removing:
+            return False
+        if self.state == RUNNING:
+            return True
+        return self.state == EXITED and self.last_exit == "exit status 0"
+
+    # --- wanting to run ----------------------------------------------------
+    def want(self):
+        """Ask to run: the worker starts it once its dependencies run."""
+        if self.state in (STOPPED, EXITED, FAILED, GIVEN_UP):
+            self._set_state(WAITING)
+
+    def start(self):
+        """Start now (the worker calls this when dependencies are met)."""
+        now = self.clock.monotonic()
+        if not self.limiter.allow(now):
+            self.error = ("started %d times within %ds: given up until the "
+                          "definition changes, SIGHUP or a worker restart"
+                          % (self.limiter.limit, self.limiter.window))
+            log.error("%s: %s", self.spec.name, self.error)
+            self._set_pid(None)
+            self._set_state(GIVEN_UP)
+            return
+        self.limiter.record(now)
+        self.starts += 1
+        self.adopted = False
+        try:
+            pid = self.ops.spawn(self.spec)
+        except SpawnError as err:
+            self.error = str(err)
+            self.last_exit = None
+            log.error("%s: cannot start: %s", self.spec.name, err)
+            self._set_pid(None)
+            if self.spec.restart:
+                # Counts against the limit like a death; retried at once.
+                self._set_state(WAITING)
+            else:
+                self._set_state(FAILED)
+            return
+        self.error = None
+        self.started_at = self.clock.time()
+        self.own_child = True
+        if self.spec.daemon:
+            self.launcher_pid = pid
+            self._set_pid(None)
+            self.deadline = now + DAEMON_PID_TIMEOUT
+            self._set_state(STARTING)
+            self.ops.watch_launcher(self, pid)
+        else:
+            self._set_pid(pid)
+            self._set_state(RUNNING)
+        log.info("%s: started, pid %s", self.spec.name, pid)
+
+    def adopt(self, pid, ticks):
+        """Supervise a process a previous worker started (checked by the
+        caller: same boot, same kernel start time)."""
+        self.adopted = True
+        self.own_child = False
+        self._set_pid(pid, ticks)
+        self._set_state(RUNNING)
+
+    def _set_pid(self, pid, ticks=None):
+        old = self.pid
+        self.pid = pid
+        self.ticks = ticks if pid is None or ticks else self.ops.ticks(pid)
+        if pid != old:
+            self.ops.pid_changed(self, old)
+
+    # --- events -----------------------------------------------------------
+    def on_exit(self, how):
+        """The supervised pid is gone; ``how`` describes its end."""
+        self.last_exit = how
+        name = self.spec.name
+        self._set_pid(None)
+        if self.state == STOPPING:
+            log.info("%s: stopped (%s)", name, how)
+            self.deadline = None
+            self._set_state(STOPPED)
+            if self.next_spec is not None and not self.removing:
+                self.spec, self.next_spec = self.next_spec, None
+                self.error = None
+                self._set_state(WAITING)
+            else:
+                self.ops.stopped(self)
+            return
+        log.warning("%s: exited (%s)", name, how)
+        if self.spec.write_pid:
+            self.ops.remove_pid_file(self.spec)
+        if self.spec.restart:
+            self._set_state(WAITING)
+        else:
+            self._set_state(EXITED)
+
+    def on_launcher_exit(self, how):
+        """``daemon: true``: the program we exec'd returned (it forked)."""
+        self.launcher_pid = None
+        if self.state == STOPPING and self.pid is None:
+            self.on_exit(how)
+            return
+        if self.state != STARTING:
+            return
+        if how != "exit status 0":
+            self.error = "daemon launcher ended (%s) before its pid file" % how
+            self._fail_start()
+        else:
+            self._poll_daemon_pid()
+
+    def tick(self, now):
+        """Handle a passed deadline: SIGKILL a stop that lasted too long, or
+        look for a starting daemon's pid file."""
+        if self.deadline is None or now < self.deadline:
+            if self.state == STARTING:
+                self._poll_daemon_pid()
+            return
+        if self.state == STOPPING:
+            log.warning("%s: still alive %.1fs after %s: SIGKILL",
+                        self.spec.name, self.spec.stop_timeout,
+                        signal.Signals(self.spec.stop_signal).name)
+            self.deadline = None
+            self.ops.kill(self.pid, signal.SIGKILL)
+        elif self.state == STARTING:
+            if not self._poll_daemon_pid():
+                self.error = ("daemon did not write a live pid in %s within "
+                              "%ds" % (self.spec.pid_file, DAEMON_PID_TIMEOUT))
+                if self.launcher_pid:
+                    self.ops.kill(self.launcher_pid, signal.SIGKILL)
+                self._fail_start()
+
+    def next_deadline(self):
+        if self.state == STARTING:
+            return min(self.deadline,
+                       self.clock.monotonic() + DAEMON_PID_POLL)
+        return self.deadline
+
+    def _poll_daemon_pid(self):
+        found = self.ops.read_daemon_pid(self.spec)
+        if not found:
+            return False
+        pid, ticks = found
+        self.deadline = None
+        self._set_pid(pid, ticks)
+        self._set_state(RUNNING)
+        log.info("%s: daemon running, pid %d", self.spec.name, pid)
+        return True
+
+    def _fail_start(self):
+        log.error("%s: %s", self.spec.name, self.error)
+        self.deadline = None
+        self._set_pid(None)
+        self._set_state(WAITING if self.spec.restart else FAILED)
+
+    # --- stopping and changing --------------------------------------------
+    def stop(self):
+        """Send the stop signal; SIGKILL after ``stop_timeout``. A process
+        that is not alive goes straight to STOPPED."""
+        if self.state == STOPPING:
+            return
+        if not self.alive or (self.pid is None and self.launcher_pid is None):
+            if self.state != STOPPED:
+                self._set_state(STOPPED)
+            self.ops.stopped(self)
+            return
+        target = self.pid or self.launcher_pid
+        log.info("%s: stopping pid %d with %s", self.spec.name, target,
+                 signal.Signals(self.spec.stop_signal).name)
+        self.deadline = self.clock.monotonic() + self.spec.stop_timeout
+        self._set_state(STOPPING)
+        if self.pid is None:
+            # A daemon still launching: end the launcher, then it is gone.
+            self.ops.kill(target, signal.SIGKILL)
+        elif not self.ops.kill(self.pid, self.spec.stop_signal):
+            self.on_exit("gone before the stop signal")
+
+    def replace(self, spec):
+        """Run ``spec`` instead: restart with it, or just adopt it when the
+        process is not running."""
+        self.limiter.reset()
+        if self.alive:
+            self.next_spec = spec
+            self.stop()
+        else:
+            self.spec = spec
+            self.error = None
+            if self.state != WAITING:
+                self._set_state(STOPPED)
+                self._set_state(WAITING)
+
+    def retry(self):
+        """SIGHUP: a given-up or failed process gets a fresh start limit."""
+        self.limiter.reset()
+        if self.state in (GIVEN_UP, FAILED):
+            self.error = None
+            self._set_state(WAITING)
+
+    def status(self):
+        """The process's line of the status file."""
+        return {
+            "state": self.state,
+            "pid": self.pid,
+            "ticks": self.ticks,
+            "started_at": self.started_at,
+            "since": self.since,
+            "starts": self.starts,
+            "last_exit": self.last_exit,
+            "error": self.error,
+            "adopted": self.adopted,
+            "ok": self.as_desired,
+            "fingerprint": self.spec.fingerprint(),
+            "pid_file": self.spec.pid_file,
+            "write_pid": self.spec.write_pid,
+            "stop": [self.spec.stop_signal, self.spec.stop_timeout],
+        }

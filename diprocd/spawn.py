@@ -1,0 +1,296 @@
+"""Starting one process, Ganeti-style, and the small syscalls around it.
+
+``spawn(spec)`` double-forks so the process survives the worker:
+
+1. The worker creates a close-on-exec report pipe and forks an
+   intermediate child.
+2. The intermediate child calls ``setsid`` (a new session, no controlling
+   terminal), forks the final child, writes the final child's pid on the
+   pipe and exits at once; the worker reaps it.
+3. The final child, in this order:
+   a. resets signal dispositions and the signal mask (Python ignores SIGPIPE
+      and SIGXFSZ; a program must not inherit that);
+   b. opens ``/dev/null`` and the ``logs`` file (append, create) while it
+      still sees the host's filesystem with the worker's privileges;
+   c. ``setpgid(0, 0)``: its own process group, so a stop signal reaches the
+      whole group and nothing else;
+   d. ``chroot`` (when set);
+   e. ``chdir("/")`` then ``chdir(cwd)``: a relative ``cwd`` resolves inside
+      the chroot;
+   f. ``setgid``, ``initgroups``, ``setuid`` to the target user (as root),
+      or checks that the target user is the worker's own;
+   g. ``umask``;
+   h. stdin from ``/dev/null``, stdout and stderr appended to ``logs``;
+   i. closes every other file descriptor (the pipe closes itself on exec);
+   j. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
+      of the target user) overlaid with ``env``.
+   Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
+4. The worker reads the pipe to its end: a successful exec closes it with no
+   error, so a failure comes back as a SpawnError with its reason, not as a
+   silent death.
+"""
+
+import ctypes
+import errno
+import os
+import select
+import signal
+import time
+
+from diprocd.config import lookup_user
+from diprocd.errors import SpawnError
+
+# How long the worker waits for the final child to reach exec.
+EXEC_TIMEOUT = 10.0
+
+PR_SET_CHILD_SUBREAPER = 36
+
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def clean_environment(spec, user_entry):
+    """The environment a process starts with: the target user's basics,
+    overlaid with the spec's ``env``."""
+    env = {
+        "PATH": ROOT_PATH if user_entry.pw_uid == 0 else USER_PATH,
+        "HOME": user_entry.pw_dir or "/",
+        "USER": user_entry.pw_name,
+        "LOGNAME": user_entry.pw_name,
+        "SHELL": user_entry.pw_shell or "/bin/sh",
+    }
+    env.update(spec.env_dict)
+    return env
+
+
+def spawn(spec):
+    """Start ``spec``'s program; return its pid or raise SpawnError."""
+    try:
+        user = lookup_user(spec.user)
+    except (KeyError, OverflowError, ValueError):
+        raise SpawnError('user: unknown user "%s"' % spec.user)
+    if os.geteuid() != 0 and user.pw_uid != os.geteuid():
+        raise SpawnError('user: cannot run as "%s": the worker is not root'
+                         % spec.user)
+    argv = [spec.run] + list(spec.args)
+    env = clean_environment(spec, user)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        middle = os.fork()
+    except OSError as err:
+        os.close(read_end)
+        os.close(write_end)
+        raise SpawnError("fork: %s" % err.strerror)
+    if middle == 0:  # the intermediate child
+        try:
+            os.close(read_end)
+            os.setsid()
+            final = os.fork()
+            if final == 0:
+                _exec_child(spec, user, argv, env, write_end)
+            os.write(write_end, b"P%d\n" % final)
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    os.close(write_end)
+    try:
+        report = _read_report(read_end, EXEC_TIMEOUT)
+    finally:
+        os.close(read_end)
+        _reap(middle)
+    pid, error = _parse_report(report)
+    if pid is None:
+        raise SpawnError(error or "fork: the intermediate child failed")
+    if error is not None:
+        return_pid_error = SpawnError(error)
+        return_pid_error.pid = pid
+        raise return_pid_error
+    return pid
+
+
+def _read_report(fd, timeout):
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            chunks.append(b"Eexec: the process did not reach exec within "
+                          b"%ds" % int(timeout))
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def _parse_report(report):
+    pid, error = None, None
+    text = report.decode("utf-8", "replace")
+    if text.startswith("P"):
+        line, _, rest = text.partition("\n")
+        pid = int(line[1:])
+        text = rest
+    if text.startswith("E"):
+        error = text[1:].strip()
+    return pid, error
+
+
+def _reap(pid):
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def _exec_child(spec, user, argv, env, report_fd):
+    """Steps 3a-3j of the module docstring; never returns."""
+    step = "signals"
+    try:
+        for signum in range(1, signal.NSIG):
+            if signum in (signal.SIGKILL, signal.SIGSTOP):
+                continue
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        step = "logs"
+        null_fd = os.open("/dev/null", os.O_RDONLY)
+        log_fd = os.open(spec.logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                         0o644)
+        step = "setpgid"
+        os.setpgid(0, 0)
+        if spec.chroot:
+            step = "chroot %s" % spec.chroot
+            os.chroot(spec.chroot)
+        step = "chdir %s" % spec.cwd
+        os.chdir("/")
+        os.chdir(spec.cwd)
+        step = "user %s" % spec.user
+        if os.geteuid() == 0:
+            os.setgid(user.pw_gid)
+            os.initgroups(user.pw_name, user.pw_gid)
+            os.setuid(user.pw_uid)
+        step = "umask"
+        os.umask(spec.umask)
+        step = "stdio"
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        step = "close fds"
+        os.closerange(3, report_fd)
+        os.closerange(report_fd + 1, _max_fd())
+        step = "exec %s" % spec.run
+        os.execve(spec.run, argv, env)
+    except BaseException as err:  # report, whatever it is
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        try:
+            os.write(report_fd, ("E%s: %s" % (step, reason)).encode("utf-8",
+                                                                   "replace"))
+        finally:
+            os._exit(127)
+
+
+def _max_fd():
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
+
+
+# --- the syscalls the worker needs around processes -------------------------
+
+def become_subreaper():
+    """Make orphaned descendants our children (PR_SET_CHILD_SUBREAPER), so
+    the processes we start report their exit status to us. Returns False
+    where the kernel refuses (the worker still works, without statuses)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def start_ticks(pid):
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None
+    when there is no such live process. With the boot id, it identifies a
+    process uniquely: a recycled pid has another start time."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def signal_process(pid, signum):
+    """Send ``signum`` to the process group led by ``pid`` (the processes we
+    start lead their own group), else to ``pid`` alone (a daemon that moved
+    to another group). Returns False if the process is gone."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def describe_wait_status(status):
+    """A waitpid status as words: 'exit status 1', 'killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        return "killed by %s" % _signal_name(os.WTERMSIG(status))
+    if os.WIFEXITED(status):
+        return "exit status %d" % os.WEXITSTATUS(status)
+    return "status %d" % status
+
+
+def describe_waitid(result):
+    """An os.waitid result as words."""
+    if result.si_code == os.CLD_EXITED:
+        return "exit status %d" % result.si_status
+    return "killed by %s" % _signal_name(result.si_status)
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+def pidfd_open(pid):
+    """A pidfd for ``pid``; None where the kernel has no pidfd_open (the
+    caller polls instead); raise ProcessLookupError when pid is gone."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            raise ProcessLookupError(pid)
+        if err.errno in (errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
