@@ -22,13 +22,10 @@ written to ``<pid file base>.nodes.json``; nodes that fall silent for
 ``silent_after`` seconds are logged.
 """
 
-import ctypes
 import dataclasses
-import errno
 import os
 import re
 import signal
-import struct
 import time
 
 import simplejson as json
@@ -38,13 +35,14 @@ from diprocd.config import (check_abs_path, check_keys, read_json_file,
                             validate_procs)
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
+from diprocd.watch import FileWatch
 
 MASTER_KEYS = ("pid_file", "log_file", "master_stats", "master_updates",
                "nodes", "heartbeat", "silent_after")
 DEFAULT_HEARTBEAT = 3.0
 DEFAULT_SILENT_AFTER = 15.0
-# Reload this long after the last in-place write event (an editor may write
-# a file in several chunks); a close or a rename reloads at once.
+# Reload this long after the first change event: an in-place write may come
+# in several chunks; an atomic rename is complete at once.
 RELOAD_SETTLE = 0.02
 NODES_FILE_INTERVAL = 1.0
 SILENCE_CHECK_INTERVAL = 1.0
@@ -282,8 +280,8 @@ class Master:
                 due.append(self._reload_due)
             if self._nodes_dirty:
                 due.append(next_nodes_file)
-            if self._watch.fileno() is None:
-                due.append(now + FileWatch.POLL_INTERVAL)
+            if self._watch.poll_interval:
+                due.append(now + self._watch.poll_interval)
             timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
             events = dict(poller.poll(timeout_ms))
             if self._signals.fileno() in events:
@@ -291,12 +289,8 @@ class Master:
             if self.pull in events:
                 self._receive_reports(zmq)
             now = self._clock()
-            if self._watch.fileno() in events or self._watch.fileno() is None:
-                urgency = self._watch.drain()
-                if urgency == FileWatch.NOW:
-                    self._reload_due = now
-                elif urgency == FileWatch.SOON and self._reload_due is None:
-                    self._reload_due = now + RELOAD_SETTLE
+            if self._file_changed(events) and self._reload_due is None:
+                self._reload_due = now + RELOAD_SETTLE
             if self._reload_due is not None and now >= self._reload_due:
                 self._reload_due = None
                 self.reload("file changed")
@@ -311,6 +305,11 @@ class Master:
                 next_nodes_file = now + NODES_FILE_INTERVAL
         log.info("master down")
         return 0
+
+    def _file_changed(self, events):
+        if self._watch.fileno() is None:
+            return self._watch.changed()
+        return self._watch.fileno() in events and self._watch.read_events()
 
     def _handle_signals(self):
         for signum in self._signals.drain():
@@ -485,105 +484,3 @@ class SignalPipe:
         signal.set_wakeup_fd(self._previous_fd)
         os.close(self._read)
         os.close(self._write)
-
-
-_IN_MODIFY = 0x2
-_IN_ATTRIB = 0x4
-_IN_CLOSE_WRITE = 0x8
-_IN_MOVED_FROM = 0x40
-_IN_MOVED_TO = 0x80
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_Q_OVERFLOW = 0x4000
-_IN_IGNORED = 0x8000
-_EVENT = struct.Struct("iIII")
-
-
-class FileWatch:
-    """Notice changes of one file, however it is saved.
-
-    inotify watches the file's *folder* (so an atomic rename over the file
-    is seen as well as an in-place write); ``drain()`` reads the pending
-    events and says how urgently to re-read the file: ``NOW`` after a close
-    or a rename onto it, ``SOON`` after a bare write (more chunks may
-    follow), ``NONE`` otherwise. Without inotify (``fileno()`` is None) the
-    caller calls ``drain()`` every ``POLL_INTERVAL``, which compares the
-    file's inode, size and nanosecond times."""
-
-    NONE, SOON, NOW = 0, 1, 2
-    POLL_INTERVAL = 0.05
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        self.folder, self.name = os.path.split(self.path)
-        self._name_bytes = os.fsencode(self.name)
-        self._signature = self._stat()
-        self._fd = None
-        try:
-            self._fd = self._open_inotify()
-        except OSError:
-            self._fd = None
-
-    def _open_inotify(self):
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        mask = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM
-                | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE)
-        if libc.inotify_add_watch(fd, os.fsencode(self.folder), mask) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, "inotify_add_watch %s" % self.folder)
-        return fd
-
-    def _stat(self):
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def fileno(self):
-        return self._fd
-
-    def drain(self):
-        if self._fd is None:
-            signature = self._stat()
-            if signature != self._signature:
-                self._signature = signature
-                return self.NOW
-            return self.NONE
-        urgency = self.NONE
-        while True:
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError as err:
-                if err.errno == errno.EINTR:
-                    continue
-                raise
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                _, mask, _, length = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size:
-                            offset + _EVENT.size + length].rstrip(b"\0")
-                offset += _EVENT.size + length
-                if mask & (_IN_Q_OVERFLOW | _IN_IGNORED):
-                    urgency = self.NOW
-                    if mask & _IN_IGNORED:  # the folder went away
-                        os.close(self._fd)
-                        self._fd = None
-                        return urgency
-                elif name == self._name_bytes:
-                    if mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO):
-                        urgency = self.NOW
-                    else:
-                        urgency = max(urgency, self.SOON)
-        return urgency
-
-    def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

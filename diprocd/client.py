@@ -1,0 +1,450 @@
+"""dpd-clientd: receive this node's process list, rewrite the worker's file.
+
+The client connects a SUB socket to the master's ``master_updates``,
+subscribed to its own node's NUL-terminated name only, and a PUSH socket to
+``master_stats``. It:
+
+- says hello on the PUSH socket when it starts, and again whenever it has
+  heard nothing from the master for a while (2.5 heartbeats); the master
+  answers with this node's list at once. Until a hello has really gone out
+  (the master may be down) it retries every 0.2 s, then backs off to 2 s;
+- checks every update (frames, node name again, epoch and sequence, size,
+  JSON, and the process list with the worker's own validator on this
+  machine, users included); a bad one is logged and dropped;
+- ignores an update older than what it applied within the same epoch;
+- rewrites ``conf_file`` only when the list differs from the file's
+  ``procs``, atomically (``fileio.atomic_write``), keeping the file's other
+  keys and its mode; a failed write leaves the old file and is retried
+  every ``RETRY_INTERVAL`` seconds;
+- pushes a status heartbeat (node name, what it applied and the worker's
+  status file) every ``status_interval`` seconds and at once when the
+  worker's status file changes.
+"""
+
+import dataclasses
+import os
+import signal
+import socket
+import time
+
+import simplejson as json
+
+from diprocd import protocol
+from diprocd.config import (check_abs_path, check_keys, read_json_file,
+                            validate_procs)
+from diprocd.errors import ConfigError, ProtocolError
+from diprocd.fileio import atomic_write
+from diprocd.master import SignalPipe, check_endpoint, check_seconds
+from diprocd.watch import FileWatch
+from diprocd.status import read_status, status_file_path
+
+CLIENT_KEYS = ("pid_file", "log_file", "master_stats", "master_updates",
+               "node_name", "conf_file", "status_interval")
+DEFAULT_STATUS_INTERVAL = 5.0
+# Before the master's first update tells us its heartbeat, assume this one.
+ASSUMED_HEARTBEAT = 3.0
+HELLO_RETRY = 0.2  # while the master is unreachable (nothing was sent)
+HELLO_BACKOFF_MAX = 2.0  # while hellos go out but no answer comes
+SILENCE_HEARTBEATS = 2.5
+RETRY_INTERVAL = 1.0  # a failed write of the worker's file
+STATUS_MIN_GAP = 0.1  # at most this often on status file changes
+
+
+@dataclasses.dataclass
+class ClientConfig:
+    path: str
+    pid_file: str
+    log_file: str
+    master_stats: str
+    master_updates: str
+    node_name: str  # resolved: "%H" replaced by this machine's hostname
+    conf_file: str
+    status_interval: float = DEFAULT_STATUS_INTERVAL
+    warnings: list = dataclasses.field(default_factory=list)
+
+    def connection(self):
+        return (self.master_stats, self.master_updates, self.node_name)
+
+
+def resolve_node_name(raw):
+    """``%H`` -> socket.gethostname(); ``%%`` -> ``%``."""
+    hostname = socket.gethostname()
+    return raw.replace("%%", "\0").replace("%H", hostname).replace("\0", "%")
+
+
+def load_client_config(path):
+    """Read and validate the client CONFIG; raise ConfigError with every
+    problem or return a ClientConfig."""
+    obj = read_json_file(path)
+    problems, warnings = [], []
+    check_keys(obj, path, ("pid_file", "master_stats", "master_updates",
+                           "node_name", "conf_file"), CLIENT_KEYS,
+               problems, warnings)
+    pid_file = check_abs_path(obj, "pid_file", path, problems)
+    log_file = check_abs_path(obj, "log_file", path, problems, required=False)
+    conf_file = check_abs_path(obj, "conf_file", path, problems)
+    stats = check_endpoint(obj, "master_stats", path, problems)
+    updates = check_endpoint(obj, "master_updates", path, problems)
+    status_interval = check_seconds(obj, "status_interval", path,
+                                    DEFAULT_STATUS_INTERVAL, problems, low=0.1)
+    node_name = None
+    raw_name = obj.get("node_name")
+    if raw_name is not None:
+        if not isinstance(raw_name, str):
+            problems.append('%s: key "node_name": must be a string, got %s'
+                            % (path, json.dumps(raw_name)))
+        else:
+            try:
+                node_name = protocol.check_node_name(
+                    resolve_node_name(raw_name))
+            except ProtocolError as err:
+                problems.append('%s: key "node_name": %s' % (path, err))
+    if conf_file and conf_file in (pid_file, log_file, os.path.abspath(path)):
+        problems.append('%s: key "conf_file": must be the worker\'s own file, '
+                        "not this client's" % path)
+    if conf_file and not problems and not os.path.exists(conf_file):
+        warnings.append('%s: key "conf_file": %s does not exist yet; copy the '
+                        "empty worker example there" % (path, conf_file))
+    if problems:
+        raise ConfigError(problems)
+    return ClientConfig(path, pid_file, log_file, stats, updates, node_name,
+                        conf_file, status_interval, warnings)
+
+
+def check_update_procs(update, worker_doc, conf_file):
+    """Validate an update's process list as the worker will, on this machine
+    (users included). Return (problems, warnings)."""
+    where = '%s: update for node "%s" (epoch %s, seq %d)' % (
+        conf_file, update.node, update.epoch, update.seq)
+    worker_pid = worker_doc.get("pid_file")
+    pid_dir = os.path.dirname(worker_pid) if isinstance(worker_pid, str) \
+        else None
+    specs, problems, warnings = validate_procs(
+        update.procs, where, pid_dir=pid_dir, check_users=True)
+    for spec in specs:
+        if worker_pid and spec.pid_file == worker_pid:
+            problems.append('%s: process "%s": field "pid_file": is the '
+                            "worker's own pid file" % (where, spec.name))
+    return problems, warnings
+
+
+def render_worker_doc(doc):
+    return json.dumps(doc, indent=2) + "\n"
+
+
+class Client:
+    """The client's event loop (one thread, one zmq Poller)."""
+
+    def __init__(self, config, log, clock=time.monotonic):
+        self.config = config
+        self.log = log
+        self._clock = clock
+        self.applied_epoch = None
+        self.applied_seq = None
+        self.pending = None  # an update whose write failed: retried
+        self._next_retry = None
+        self._rejected = None  # (epoch, seq) last logged as invalid
+        self._heartbeat = ASSUMED_HEARTBEAT
+        self._last_heard = None
+        self._hello_due = 0.0
+        self._hello_backoff = HELLO_RETRY
+        self._status_due = 0.0
+        self._status_watch = None
+        self._status_path = None
+        self._last_status_sent = None
+        self._running = False
+        self._context = None
+        self.sub = self.push = None
+
+    # -- life cycle --------------------------------------------------------
+
+    def run(self):
+        import zmq  # only after daemonizing
+
+        self._zmq = zmq
+        self._signals = SignalPipe((signal.SIGTERM, signal.SIGINT,
+                                    signal.SIGHUP))
+        self._context = zmq.Context()
+        try:
+            self._connect()
+            self._watch_status(self._read_worker_doc(quiet=True))
+            return self._loop()
+        finally:
+            self._close_sockets()
+            if self._status_watch:
+                self._status_watch.close()
+            self._context.term()
+            self._signals.close()
+
+    def _connect(self):
+        zmq = self._zmq
+        self._close_sockets()
+        sub = self._context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
+        sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(self.config.node_name))
+        sub.connect(self.config.master_updates)
+        push = self._context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        # Queue nothing for a master that is not connected: a hello or a
+        # status is only worth sending fresh.
+        push.setsockopt(zmq.IMMEDIATE, 1)
+        push.setsockopt(zmq.SNDHWM, 16)
+        push.connect(self.config.master_stats)
+        self.sub, self.push = sub, push
+        self._last_heard = None
+        self._hello_due = 0.0
+        self._hello_backoff = HELLO_RETRY
+        self.log.info('node "%s": listening to %s, reporting to %s',
+                      self.config.node_name, self.config.master_updates,
+                      self.config.master_stats)
+
+    def _close_sockets(self):
+        for sock in (self.sub, self.push):
+            if sock is not None:
+                sock.close(linger=0)
+        self.sub = self.push = None
+
+    def _loop(self):
+        zmq = self._zmq
+        self._running = True
+        while self._running:
+            now = self._clock()
+            due = [self._hello_due if self._needs_hello(now) else now + 3600,
+                   self._status_due, self._silence_deadline(now)]
+            if self._next_retry is not None:
+                due.append(self._next_retry)
+            watch_fd = self._status_watch.fileno() if self._status_watch \
+                else None
+            if self._status_watch and self._status_watch.poll_interval:
+                due.append(now + self._status_watch.poll_interval)
+            poller = zmq.Poller()
+            poller.register(self.sub, zmq.POLLIN)
+            poller.register(self._signals.fileno(), zmq.POLLIN)
+            if watch_fd is not None:
+                poller.register(watch_fd, zmq.POLLIN)
+            timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
+            events = dict(poller.poll(timeout_ms))
+            if self._signals.fileno() in events:
+                self._handle_signals()
+                if not self._running:
+                    break
+            if self.sub in events:
+                self._receive_updates()
+            now = self._clock()
+            if self._status_changed(watch_fd, events):
+                self._status_due = min(self._status_due, max(
+                    now, (self._last_status_sent or 0) + STATUS_MIN_GAP))
+            if self._next_retry is not None and now >= self._next_retry:
+                self._next_retry = None
+                if self.pending is not None:
+                    self.log.info("retrying the write of %s",
+                                  self.config.conf_file)
+                    self.apply(self.pending)
+            if self._needs_hello(now) and now >= self._hello_due:
+                self._send_hello(now)
+            if now >= self._status_due:
+                self._send_status(now)
+        self.log.info("client down")
+        return 0
+
+    def _status_changed(self, watch_fd, events):
+        if self._status_watch is None:
+            return False
+        if watch_fd is None:
+            return self._status_watch.changed()
+        return watch_fd in events and self._status_watch.read_events()
+
+    def _handle_signals(self):
+        for signum in self._signals.drain():
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.log.info("got %s: exiting", signal.Signals(signum).name)
+                self._running = False
+                return
+            if signum == signal.SIGHUP:
+                self.reload()
+
+    def reload(self):
+        try:
+            config = load_client_config(self.config.path)
+        except ConfigError as err:
+            self.log.error("SIGHUP: invalid client file, keeping the last "
+                           "good configuration:")
+            for problem in err.problems:
+                self.log.error("  %s", problem)
+            return False
+        for warning in config.warnings:
+            self.log.warning(warning)
+        for key in ("pid_file", "log_file"):
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warning('key "%s" changed: takes effect at the next '
+                                 "start", key)
+                setattr(config, key, getattr(self.config, key))
+        old = self.config
+        self.config = config
+        if config.connection() != old.connection():
+            self.applied_epoch = self.applied_seq = None
+            self.pending = self._next_retry = None
+            self._connect()
+        self._watch_status(self._read_worker_doc(quiet=True))
+        self._status_due = self._clock()
+        self.log.info("SIGHUP: configuration re-read")
+        return True
+
+    # -- hello and silence ---------------------------------------------------
+
+    def _silence_deadline(self, now):
+        if self._last_heard is None:
+            return now + 3600
+        return self._last_heard + max(1.0, SILENCE_HEARTBEATS * self._heartbeat)
+
+    def _needs_hello(self, now):
+        return self._last_heard is None or now >= self._silence_deadline(now)
+
+    def _send_hello(self, now):
+        if self._last_heard is not None:
+            self.log.warning("heard nothing from the master for %.1f s: "
+                             "saying hello again", now - self._last_heard)
+            self._last_heard = None
+            self._hello_backoff = HELLO_RETRY
+        sent = self._push(protocol.KIND_HELLO, status=None)
+        if sent:
+            self.log.debug("hello sent")
+            self._hello_due = now + self._hello_backoff
+            self._hello_backoff = min(HELLO_BACKOFF_MAX,
+                                      self._hello_backoff * 2)
+        else:
+            self._hello_due = now + HELLO_RETRY
+
+    # -- status flow-back -----------------------------------------------------
+
+    def _watch_status(self, worker_doc):
+        pid_file = (worker_doc or {}).get("pid_file")
+        path = status_file_path(pid_file) if isinstance(pid_file, str) \
+            and os.path.isabs(pid_file) else None
+        if path == self._status_path:
+            return
+        if self._status_watch:
+            self._status_watch.close()
+            self._status_watch = None
+        self._status_path = path
+        if path:
+            self._status_watch = FileWatch(path)
+
+    def _send_status(self, now):
+        status = read_status(self._status_path) if self._status_path else None
+        if status is not None and len(json.dumps(status)) > \
+                protocol.MAX_MESSAGE_BYTES // 2:
+            self.log.warning("worker status larger than %d bytes: not sent",
+                             protocol.MAX_MESSAGE_BYTES // 2)
+            status = None
+        self._push(protocol.KIND_STATUS, status)
+        self._last_status_sent = now
+        self._status_due = now + self.config.status_interval
+
+    def _push(self, kind, status):
+        zmq = self._zmq
+        report = protocol.Report(kind, self.config.node_name,
+                                 self.applied_epoch, self.applied_seq, status)
+        try:
+            self.push.send_multipart(protocol.encode_report(report),
+                                     zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False  # the master is not connected: nothing queued
+
+    # -- updates ---------------------------------------------------------------
+
+    def _receive_updates(self):
+        zmq = self._zmq
+        for _ in range(100):  # bounded: let timers and signals run
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_frames(frames)
+
+    def on_frames(self, frames):
+        """One message from the SUB socket: check it, apply it or drop it."""
+        try:
+            update = protocol.decode_update(frames, self.config.node_name)
+        except ProtocolError as err:
+            self.log.warning("dropped a message: %s", err)
+            return
+        now = self._clock()
+        if self._last_heard is None:
+            self.log.info("heard the master (epoch %s)", update.epoch)
+        self._last_heard = now
+        self._hello_backoff = HELLO_RETRY
+        if update.heartbeat:
+            self._heartbeat = update.heartbeat
+        if protocol.is_stale(self.applied_epoch, self.applied_seq,
+                             update.epoch, update.seq):
+            self.log.debug("ignored stale %r (applied seq %s)", update,
+                           self.applied_seq)
+            return
+        self.apply(update)
+
+    def _read_worker_doc(self, quiet=False):
+        try:
+            return read_json_file(self.config.conf_file)
+        except ConfigError as err:
+            if not quiet:
+                self.log.error("cannot use the worker's file: %s", err)
+            return None
+
+    def apply(self, update):
+        """Make ``conf_file`` hold ``update``'s list; True when it does."""
+        doc = self._read_worker_doc()
+        if doc is None:
+            self._retry_later(update)
+            return False
+        self._watch_status(doc)
+        problems, warnings = check_update_procs(update, doc,
+                                                self.config.conf_file)
+        key = (update.epoch, update.seq)
+        if problems:
+            if self._rejected != key:
+                self._rejected = key
+                self.log.error("dropped an invalid process list:")
+                for problem in problems:
+                    self.log.error("  %s", problem)
+            if self.pending is update:
+                self.pending = self._next_retry = None
+            return False
+        if doc.get("procs") == update.procs:
+            if self.pending is not None:
+                self.log.info("%s now holds the list of seq %d",
+                              self.config.conf_file, update.seq)
+            self._applied(update)
+            return True
+        if self._rejected != key:
+            for warning in warnings:
+                self.log.warning(warning)
+        new_doc = dict(doc)
+        new_doc["procs"] = update.procs
+        try:
+            atomic_write(self.config.conf_file, render_worker_doc(new_doc))
+        except OSError as err:
+            self.log.error("cannot write %s (old file kept, retry in %.0f s): "
+                           "%s", self.config.conf_file, RETRY_INTERVAL,
+                           err.strerror or err)
+            self._retry_later(update)
+            return False
+        self.log.info("wrote %s: %d processes (epoch %s, seq %d)",
+                      self.config.conf_file, len(update.procs), update.epoch,
+                      update.seq)
+        self._applied(update)
+        return True
+
+    def _retry_later(self, update):
+        self.pending = update
+        self._next_retry = self._clock() + RETRY_INTERVAL
+
+    def _applied(self, update):
+        changed = (update.epoch, update.seq) != (self.applied_epoch,
+                                                 self.applied_seq)
+        self.applied_epoch, self.applied_seq = update.epoch, update.seq
+        self.pending = self._next_retry = None
+        if changed:  # tell the master at once what we hold now
+            self._status_due = self._clock()
