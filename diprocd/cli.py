@@ -71,7 +71,11 @@ def run_daemon(prog, args, loader, app_factory):
                             config.log_file)
         for warning in config.warnings:
             log.warning(warning)
-        return app_factory(config, log).run()
+        try:
+            return app_factory(config, log).run()
+        except Exception:
+            log.exception("%s: fatal error", prog)
+            return 1
     finally:
         pid_file.release()
 

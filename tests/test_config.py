@@ -1,0 +1,128 @@
+"""The one validator: every bad input named by file, process and field."""
+
+import os
+import signal
+
+import pytest
+
+from diprocd import config
+from diprocd.errors import ConfigError
+from helpers import run_command
+
+
+def problems_of(procs, **kwargs):
+    kwargs.setdefault("pid_dir", "/run/x")
+    return config.validate_procs(procs, "w.json", **kwargs)
+
+
+def test_defaults_are_the_seeds():
+    specs, problems, warnings = problems_of([{"name": "a", "run": "/bin/true"}])
+    assert problems == [] and warnings == []
+    spec = specs[0]
+    assert spec.args == () and spec.env == () and spec.chroot is None
+    assert spec.pid_file == "/run/x/a.pid"
+    assert spec.logs == "/dev/null" and spec.cwd == "/"
+    assert spec.write_pid and not spec.daemon and spec.restart
+    assert spec.stop_signal == signal.SIGTERM and spec.stop_timeout == 10
+    assert spec.umask == 0o022 and spec.depends == ()
+    assert spec.user == config.default_user()
+
+
+def test_every_problem_is_named():
+    procs = [
+        {"name": "web.1", "run": "sleep"},
+        {"name": "web.1", "run": "/bin/true"},
+        {"run": "/bin/true"},
+        {"name": "u", "run": "/bin/true", "user": "no-such-user-dpd"},
+        {"name": "d", "run": "/bin/true", "daemon": True, "pid_file": "/x.pid"},
+        {"name": "t", "run": "/bin/true", "args": "x", "env": {"A": 1},
+         "restart": "yes", "stop_signal": "NOPE", "umask": "99",
+         "stop_timeout": -1, "logs": "rel.log"},
+        "not an object",
+    ]
+    _, problems, _ = problems_of(procs)
+    text = "\n".join(problems)
+    assert 'w.json: process "web.1": field "run": must be an absolute path, got "sleep"' in text
+    assert 'process "web.1": field "name": duplicate name' in text
+    assert 'w.json: process #3: field "name": required' in text
+    assert 'process "u": field "user": unknown user "no-such-user-dpd"' in text
+    assert 'process "d": field "daemon": a daemon writes its own pid file' in text
+    for field in ("args", "env", "restart", "stop_signal", "umask",
+                  "stop_timeout", "logs"):
+        assert 'process "t": field "%s"' % field in text
+    assert "w.json: process #7: must be an object, got a string" in text
+
+
+def test_unknown_field_is_a_warning():
+    specs, problems, warnings = problems_of(
+        [{"name": "a", "run": "/bin/true", "colour": "red"}])
+    assert problems == [] and len(specs) == 1
+    assert warnings == ['w.json: process "a": unknown field "colour" (ignored)']
+
+
+def test_dependencies_checked():
+    _, problems, _ = problems_of([
+        {"name": "a", "run": "/bin/true", "depends": ["b"]},
+        {"name": "b", "run": "/bin/true", "depends": ["c"]},
+        {"name": "c", "run": "/bin/true", "depends": ["a"]},
+        {"name": "d", "run": "/bin/true", "depends": ["ghost"]},
+    ])
+    assert any("dependency cycle: a -> b -> c -> a" in p for p in problems)
+    assert any('process "d": field "depends": no process named "ghost"' in p
+               for p in problems)
+
+
+def test_master_side_skips_users_and_pid_defaults():
+    specs, problems, _ = problems_of(
+        [{"name": "a", "run": "/bin/true", "user": "only-on-the-node"}],
+        pid_dir=None, check_users=False)
+    assert problems == [] and specs[0].pid_file is None
+
+
+def test_signal_and_umask_forms():
+    specs, problems, _ = problems_of([{"name": "a", "run": "/bin/true",
+                                       "stop_signal": "int", "umask": "0o077"},
+                                      {"name": "b", "run": "/bin/true",
+                                       "stop_signal": 1, "umask": "027"}])
+    assert problems == []
+    assert specs[0].stop_signal == signal.SIGINT and specs[0].umask == 0o077
+    assert specs[1].stop_signal == signal.SIGHUP and specs[1].umask == 0o027
+
+
+def test_spec_equality_is_the_diff():
+    one, _, _ = problems_of([{"name": "a", "run": "/bin/true", "env": {"X": "1", "Y": "2"}}])
+    two, _, _ = problems_of([{"name": "a", "run": "/bin/true", "env": {"Y": "2", "X": "1"}}])
+    three, _, _ = problems_of([{"name": "a", "run": "/bin/true", "env": {"X": "2", "Y": "2"}}])
+    assert one == two and one != three
+    assert one[0].fingerprint() == two[0].fingerprint() != three[0].fingerprint()
+
+
+def test_load_worker_config_errors(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError) as err:
+        config.load_worker_config(str(path))
+    assert str(err.value).startswith("%s: not JSON: line 1 column 2" % path)
+    path.write_text('{"procs": []}')
+    with pytest.raises(ConfigError, match='missing required key "pid_file"'):
+        config.load_worker_config(str(path))
+    path.write_text('{"pid_file": "/tmp/x.pid", "procs": [], "extra": 1}')
+    loaded = config.load_worker_config(str(path))
+    assert loaded.warnings == ['%s: unknown key "extra" (ignored)' % path]
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load_worker_config(str(tmp_path / "missing.json"))
+
+
+def test_check_command(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text('{"pid_file": "%s/w.pid", "procs": [{"name": "a", "run": "x"},'
+                    '{"name": "b", "run": "/bin/true", "daemon": true}]}' % tmp_path)
+    result = run_command("dpd-workerd", ["--check", str(path)])
+    assert result.returncode == 1
+    assert 'process "a": field "run": must be an absolute path' in result.stderr
+    assert 'process "b": field "daemon"' in result.stderr
+    assert not os.path.exists(tmp_path / "w.pid")
+    path.write_text('{"pid_file": "%s/w.pid", "procs": [{"name": "a", "run": "/bin/true"}]}'
+                    % tmp_path)
+    result = run_command("dpd-workerd", ["--check", str(path)])
+    assert result.returncode == 0, result.stderr

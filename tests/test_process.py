@@ -1,0 +1,240 @@
+"""The state machine and the 5-starts-a-minute rule, with a fake clock and
+fake ops: no fork, no sleep."""
+
+import signal
+
+import pytest
+
+from diprocd import process as P
+from diprocd.errors import SpawnError
+from diprocd.spec import ProcessSpec
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return 1.7e9 + self.now
+
+
+class FakeOps:
+    def __init__(self):
+        self.next_pid = 100
+        self.spawned = []
+        self.signals = []
+        self.fail_with = None
+        self.daemon_pid = None
+        self.removed_pid_files = []
+        self.stopped_procs = []
+
+    def spawn(self, spec):
+        if self.fail_with:
+            raise SpawnError(self.fail_with)
+        self.next_pid += 1
+        self.spawned.append((spec, self.next_pid))
+        return self.next_pid
+
+    def ticks(self, pid):
+        return pid * 10
+
+    def kill(self, pid, signum):
+        self.signals.append((pid, signum))
+        return True
+
+    def changed(self, proc):
+        pass
+
+    def pid_changed(self, proc, old):
+        pass
+
+    def watch_launcher(self, proc, pid):
+        pass
+
+    def read_daemon_pid(self, spec):
+        return (self.daemon_pid, 1) if self.daemon_pid else None
+
+    def remove_pid_file(self, spec):
+        self.removed_pid_files.append(spec.pid_file)
+
+    def stopped(self, proc):
+        self.stopped_procs.append(proc)
+
+
+def make(**fields):
+    fields.setdefault("name", "p")
+    fields.setdefault("run", "/bin/true")
+    fields.setdefault("pid_file", "/run/p.pid")
+    clock, ops = FakeClock(), FakeOps()
+    return P.Process(ProcessSpec(**fields), ops, clock), ops, clock
+
+
+def test_transition_table_is_enforced():
+    proc, _, _ = make()
+    with pytest.raises(P.InvalidTransition):
+        proc._set_state(P.STOPPING)
+    for state, targets in P.TRANSITIONS.items():
+        assert state in P.STATES and targets <= set(P.STATES)
+
+
+def test_start_and_restart_after_death():
+    proc, ops, clock = make()
+    proc.want()
+    assert proc.state == P.WAITING
+    proc.start()
+    assert proc.state == P.RUNNING and proc.pid == 101 and proc.starts == 1
+    proc.on_exit("killed by SIGKILL")
+    assert proc.state == P.WAITING and proc.last_exit == "killed by SIGKILL"
+    assert ops.removed_pid_files == ["/run/p.pid"]
+    proc.start()
+    assert proc.state == P.RUNNING and proc.pid == 102 and proc.starts == 2
+
+
+def test_five_starts_a_minute_then_given_up():
+    proc, ops, clock = make()
+    proc.want()
+    for _ in range(5):
+        proc.start()
+        assert proc.state == P.RUNNING
+        clock.now += 1
+        proc.on_exit("exit status 1")
+    proc.start()
+    assert proc.state == P.GIVEN_UP and proc.pid is None
+    assert "given up" in proc.error and len(ops.spawned) == 5
+    assert not proc.as_desired
+    # Time alone does not bring it back: it waits for a change or SIGHUP.
+    clock.now += 3600
+    assert proc.state == P.GIVEN_UP
+    proc.retry()
+    assert proc.state == P.WAITING
+    proc.start()
+    assert proc.state == P.RUNNING
+
+
+def test_limit_is_a_sliding_window():
+    limiter = P.StartLimiter(limit=5, window=60)
+    for t in (0, 10, 20, 30, 40):
+        assert limiter.allow(t)
+        limiter.record(t)
+    assert not limiter.allow(59.9)
+    assert limiter.allow(60.0)  # the start at 0 left the window
+    limiter.record(60.0)
+    assert not limiter.allow(69.9)
+
+
+def test_restart_false_stays_down():
+    proc, ops, _ = make(restart=False)
+    proc.want()
+    proc.start()
+    proc.on_exit("exit status 0")
+    assert proc.state == P.EXITED and proc.as_desired
+    proc.retry()
+    assert proc.state == P.EXITED
+    proc2, _, _ = make(restart=False)
+    proc2.want()
+    proc2.start()
+    proc2.on_exit("exit status 3")
+    assert proc2.state == P.EXITED and not proc2.as_desired
+
+
+def test_spawn_error_is_visible():
+    proc, ops, _ = make(restart=False)
+    ops.fail_with = "exec /nope: No such file or directory"
+    proc.want()
+    proc.start()
+    assert proc.state == P.FAILED
+    assert proc.error == "exec /nope: No such file or directory"
+
+
+def test_spawn_errors_count_against_the_limit():
+    proc, ops, clock = make()
+    ops.fail_with = "chroot /x: No such file or directory"
+    proc.want()
+    for _ in range(5):
+        proc.start()
+        assert proc.state == P.WAITING
+    proc.start()
+    assert proc.state == P.GIVEN_UP
+
+
+def test_stop_escalates_to_kill_at_the_deadline():
+    proc, ops, clock = make(stop_signal=signal.SIGINT, stop_timeout=5)
+    proc.want()
+    proc.start()
+    proc.stop()
+    assert proc.state == P.STOPPING and ops.signals == [(101, signal.SIGINT)]
+    clock.now += 4.9
+    proc.tick(clock.now)
+    assert ops.signals == [(101, signal.SIGINT)]
+    clock.now += 0.2
+    proc.tick(clock.now)
+    assert ops.signals[-1] == (101, signal.SIGKILL)
+    proc.on_exit("killed by SIGKILL")
+    assert proc.state == P.STOPPED and ops.stopped_procs == [proc]
+
+
+def test_replace_restarts_with_new_definition():
+    proc, ops, clock = make()
+    proc.want()
+    proc.start()
+    new_spec = ProcessSpec(name="p", run="/bin/sleep", pid_file="/run/p.pid")
+    proc.replace(new_spec)
+    assert proc.state == P.STOPPING and proc.spec.run == "/bin/true"
+    proc.on_exit("killed by SIGTERM")
+    assert proc.state == P.WAITING and proc.spec is new_spec
+    proc.start()
+    assert ops.spawned[-1][0] is new_spec
+
+
+def test_replace_gives_a_given_up_process_a_new_chance():
+    proc, ops, clock = make()
+    proc.want()
+    for _ in range(5):
+        proc.start()
+        proc.on_exit("exit status 1")
+    proc.start()
+    assert proc.state == P.GIVEN_UP
+    proc.replace(ProcessSpec(name="p", run="/bin/sleep", pid_file="/run/p.pid"))
+    assert proc.state == P.WAITING
+    proc.start()
+    assert proc.state == P.RUNNING
+
+
+def test_daemon_waits_for_its_pid_file():
+    proc, ops, clock = make(daemon=True, write_pid=False)
+    proc.want()
+    proc.start()
+    assert proc.state == P.STARTING and proc.launcher_pid == 101
+    proc.on_launcher_exit("exit status 0")
+    assert proc.state == P.STARTING
+    ops.daemon_pid = 555
+    clock.now += 0.05
+    proc.tick(clock.now)
+    assert proc.state == P.RUNNING and proc.pid == 555
+
+
+def test_daemon_without_pid_file_fails_after_timeout():
+    proc, ops, clock = make(daemon=True, write_pid=False, restart=False)
+    proc.want()
+    proc.start()
+    clock.now += P.DAEMON_PID_TIMEOUT + 1
+    proc.tick(clock.now)
+    assert proc.state == P.FAILED and "did not write a live pid" in proc.error
+
+
+def test_daemon_launcher_failure():
+    proc, ops, clock = make(daemon=True, write_pid=False, restart=False)
+    proc.want()
+    proc.start()
+    proc.on_launcher_exit("exit status 1")
+    assert proc.state == P.FAILED and "exit status 1" in proc.error
+
+
+def test_adopted_process_is_running():
+    proc, ops, clock = make()
+    proc.adopt(4242, 99)
+    assert proc.state == P.RUNNING and proc.adopted and proc.ticks == 99
+    assert ops.spawned == []

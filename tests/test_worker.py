@@ -1,0 +1,426 @@
+"""dpd-workerd end to end: real processes, real files, deadlines not sleeps.
+
+Each test runs ``dpd-workerd -f`` on a temp CONFIG. Every supervised process
+gets the test's marker in its ``env``, so the ``marker`` fixture ends them
+all, and nothing else.
+"""
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import requires_root
+from helpers import (MARKER_VAR, marked_env, marked_pids, pid_alive, read_json,
+                     run_command, start_daemon, wait_for, write_json)
+
+
+class Node:
+    """One worker's files, CONFIG and daemon, for one test."""
+
+    def __init__(self, tmp_path, marker):
+        self.dir = tmp_path
+        self.marker = marker
+        self.config_path = str(tmp_path / "worker.json")
+        self.pid_file = str(tmp_path / "run" / "dpd-workerd.pid")
+        self.status_path = str(tmp_path / "run" / "dpd-workerd.status.json")
+        self.log_path = str(tmp_path / "worker.out")
+        self.daemon = None
+        self.procs = []
+
+    def proc(self, name, run, *args, **fields):
+        fields.update(name=name, run=run, args=list(args))
+        env = dict(fields.get("env", {}))
+        env[MARKER_VAR] = self.marker
+        fields["env"] = env
+        return fields
+
+    def write(self, procs, **extra):
+        self.procs = procs
+        document = {"pid_file": self.pid_file,
+                    "log_file": str(self.dir / "worker.log"), "procs": procs}
+        document.update(extra)
+        write_json(self.config_path, document)
+
+    def start(self, *flags):
+        self.daemon = start_daemon("dpd-workerd", self.marker,
+                                   ["-f", "-v"] + list(flags) + [self.config_path],
+                                   self.log_path)
+        wait_for(self._own_status, what="the worker's status file")
+        return self.daemon
+
+    def _own_status(self):
+        if self.daemon.poll() is not None:
+            raise AssertionError("the worker exited: " + self.log())
+        try:
+            return read_json(self.status_path)["worker_pid"] == self.daemon.pid
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def worker_pid(self):
+        try:
+            with open(self.pid_file) as handle:
+                return int(handle.read())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, signum=signal.SIGTERM):
+        self.daemon.send_signal(signum)
+        self.daemon.wait(timeout=10)
+
+    def log(self):
+        try:
+            with open(self.log_path) as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def status(self):
+        try:
+            return read_json(self.status_path)["procs"]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def state(self, name):
+        return self.status().get(name, {})
+
+    def wait_state(self, name, state, timeout=10, **expect):
+        def ok():
+            entry = self.state(name)
+            if entry.get("state") != state:
+                return None
+            if any(entry.get(k) != v for k, v in expect.items()):
+                return None
+            return entry
+        return wait_for(ok, timeout, what="%s to be %s %s; status: %s; log:\n%s"
+                        % (name, state, expect, self.state(name), self.log()[-3000:]))
+
+    def wait_running(self, name, **kw):
+        entry = self.wait_state(name, "running", **kw)
+        assert pid_alive(entry["pid"])
+        return entry["pid"]
+
+    def instances(self, tag):
+        """Live marked processes whose command line contains ``tag``."""
+        found = []
+        for pid in marked_pids(self.marker):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    if tag.encode() in handle.read():
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+
+@pytest.fixture
+def node(tmp_path, marker):
+    os.chmod(tmp_path, 0o755)  # processes running as nobody may need it
+    node = Node(tmp_path, marker)
+    yield node
+    if node.daemon and node.daemon.poll() is None:
+        node.daemon.kill()
+        node.daemon.wait()
+
+
+def sleeper(node, name, **fields):
+    return node.proc(name, "/bin/sleep", "1000%d" % (abs(hash(name)) % 1000), **fields)
+
+
+def test_start_env_cwd_logs_pidfile(node, tmp_path):
+    logs = str(tmp_path / "out.log")
+    node.write([node.proc("echo", "/bin/sh", "-c",
+                          'echo "foo=$FOO home=$HOME"; pwd; echo err >&2; exec sleep 1000',
+                          env={"FOO": "bar baz"}, cwd="/tmp", logs=logs)])
+    node.start()
+    pid = node.wait_running("echo")
+    wait_for(lambda: "err" in open(logs).read(), what="the log")
+    text = open(logs).read()
+    assert "foo=bar baz" in text and "/tmp\n" in text and "err\n" in text
+    assert int(open(str(tmp_path / "run" / "echo.pid")).read()) == pid
+    environ = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
+    assert b"FOO=bar baz" in environ and any(e.startswith(b"PATH=") for e in environ)
+    assert not any(e.startswith(b"PYTHONPATH=") for e in environ)  # clean env
+    # Own session and process group: it survives the worker.
+    assert os.getsid(pid) != os.getsid(node.daemon.pid)
+    assert os.getpgid(pid) == pid
+    status = run_command("dpd-workerd", ["--status", node.config_path])
+    assert status.returncode == 0, status.stdout
+    assert "echo" in status.stdout and "running" in status.stdout
+
+
+@requires_root
+def test_runs_as_nobody_by_default(node):
+    node.write([sleeper(node, "sl")])
+    node.start()
+    pid = node.wait_running("sl")
+    nobody = pwd.getpwnam("nobody")
+    uids = [l for l in open("/proc/%d/status" % pid) if l.startswith("Uid:")][0]
+    assert uids.split()[1:] == [str(nobody.pw_uid)] * 4
+    assert os.stat("/proc/%d" % pid).st_gid == nobody.pw_gid
+
+
+@requires_root
+def test_chroot(node, tmp_path):
+    root = tmp_path / "jail"
+    binary = shutil.which("sleep")
+    files = [binary]
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    files += [p for p in out.split() if p.startswith("/")]
+    for path in files:
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(path), target)
+    (root / "work").mkdir()
+    node.write([node.proc("jailed", binary, "1000", chroot=str(root), cwd="work",
+                          user="root"),
+                node.proc("nojail", "/bin/sleep", "1000", chroot=str(tmp_path / "missing"),
+                          restart=False)])
+    node.start()
+    pid = node.wait_running("jailed")
+    assert os.readlink("/proc/%d/root" % pid) == str(root)
+    assert os.readlink("/proc/%d/cwd" % pid) == str(root / "work")
+    failed = node.wait_state("nojail", "failed")
+    assert "chroot" in failed["error"] and "No such file" in failed["error"]
+
+
+def test_restart_after_kill_9(node):
+    node.write([sleeper(node, "victim")])
+    node.start()
+    pid = node.wait_running("victim")
+    os.kill(pid, signal.SIGKILL)
+    entry = wait_for(lambda: node.state("victim").get("starts") == 2
+                     and node.state("victim"), what="a restart")
+    new_pid = node.wait_running("victim")
+    assert new_pid != pid
+    assert entry["last_exit"] == "killed by SIGKILL"
+
+
+def test_start_limit_gives_up(node):
+    node.write([node.proc("crash", "/bin/sh", "-c", "exit 3")])
+    node.start()
+    entry = node.wait_state("crash", "given-up")
+    assert entry["starts"] == 5 and entry["last_exit"] == "exit status 3"
+    assert "given up" in entry["error"]
+    status = run_command("dpd-workerd", ["--status", node.config_path])
+    assert status.returncode == 1 and "given-up" in status.stdout
+    # SIGHUP gives it five more starts.
+    node.daemon.send_signal(signal.SIGHUP)
+    node.wait_state("crash", "given-up", starts=10)
+
+
+def test_spawn_error_is_reported(node):
+    node.write([node.proc("nope", "/no/such/program", restart=False)])
+    node.start()
+    entry = node.wait_state("nope", "failed")
+    assert entry["error"] == "exec /no/such/program: No such file or directory"
+
+
+def test_reload_add_remove_change_keeps_unchanged(node):
+    keep, change, remove = (sleeper(node, "keep"), sleeper(node, "change"),
+                            sleeper(node, "remove"))
+    node.write([keep, change, remove])
+    node.start()
+    pids = {name: node.wait_running(name) for name in ("keep", "change", "remove")}
+    changed = dict(change, args=["2000"])
+    node.write([keep, changed, sleeper(node, "added")])
+    added_pid = node.wait_running("added")
+    new_change = wait_for(lambda: node.state("change").get("pid") not in (None, pids["change"])
+                          and node.state("change").get("state") == "running"
+                          and node.state("change")["pid"], what="change restarted")
+    wait_for(lambda: "remove" not in node.status(), what="remove to go")
+    assert not pid_alive(pids["remove"]) and not pid_alive(pids["change"])
+    assert not os.path.exists(str(node.dir / "run" / "remove.pid"))
+    assert node.state("keep")["pid"] == pids["keep"] and node.state("keep")["starts"] == 1
+    assert "2000" in open("/proc/%d/cmdline" % new_change).read()
+    assert pid_alive(added_pid)
+
+
+def test_in_place_write_is_picked_up(node):
+    node.write([sleeper(node, "one")])
+    node.start()
+    node.wait_running("one")
+    with open(node.config_path, "r+") as handle:  # same inode, rewritten
+        import json
+        document = json.load(handle)
+        document["procs"].append(sleeper(node, "two"))
+        handle.seek(0)
+        handle.truncate()
+        json.dump(document, handle)
+    node.wait_running("two")
+
+
+def test_invalid_config_changes_nothing(node):
+    node.write([sleeper(node, "a"), sleeper(node, "b")])
+    node.start()
+    pids = {n: node.wait_running(n) for n in "ab"}
+    with open(node.config_path, "w") as handle:
+        handle.write('{"pid_file": "%s", "procs": [{"name": "a", "run": "sleep"}]}'
+                     % node.pid_file)
+    wait_for(lambda: 'field "run": must be an absolute path' in node.log(),
+             what="the error in the log")
+    assert "keeping the last good configuration" in node.log()
+    with open(node.config_path, "w") as handle:
+        handle.write("{broken")
+    wait_for(lambda: "not JSON" in node.log(), what="the JSON error")
+    assert {n: node.state(n)["pid"] for n in "ab"} == pids
+    assert all(pid_alive(p) for p in pids.values())
+    node.write([sleeper(node, "a"), sleeper(node, "b"), sleeper(node, "c")])
+    node.wait_running("c")
+    assert {n: node.state(n)["pid"] for n in "ab"} == pids
+
+
+def test_invalid_config_at_startup_exits_1(node):
+    with open(node.config_path, "w") as handle:
+        handle.write('{"pid_file": "%s", "procs": [{"name": "x"}]}' % node.pid_file)
+    result = run_command("dpd-workerd", ["-f", node.config_path], node.marker)
+    assert result.returncode == 1
+    assert 'process "x": field "run": required' in result.stderr
+    assert not os.path.exists(node.pid_file)
+
+
+def test_second_instance_exits_0(node):
+    node.write([sleeper(node, "only")])
+    node.start()
+    pid = node.wait_running("only")
+    result = run_command("dpd-workerd", [node.config_path], node.marker)
+    assert result.returncode == 0
+    assert "already running (pid %d)" % node.daemon.pid in result.stdout
+    assert node.worker_pid() == node.daemon.pid
+    assert node.instances("1000") == [pid]
+
+
+def test_sigterm_leaves_processes_running(node):
+    node.write([sleeper(node, "survivor")])
+    node.start()
+    pid = node.wait_running("survivor")
+    node.stop(signal.SIGTERM)
+    assert node.daemon.returncode == 0
+    assert not os.path.exists(node.pid_file)
+    assert pid_alive(pid)
+
+
+def test_kill_9_worker_then_adopt_without_duplicates(node):
+    node.write([sleeper(node, "a"), sleeper(node, "b"),
+                node.proc("c", "/bin/sleep", "1003")])
+    node.start()
+    pids = {n: node.wait_running(n) for n in "abc"}
+    node.stop(signal.SIGKILL)
+    # While the worker is down: "c" changes, "b" is removed.
+    node.write([sleeper(node, "a"), node.proc("c", "/bin/sleep", "1004")])
+    node.start()
+    assert node.wait_running("a") == pids["a"]
+    assert node.state("a")["adopted"] is True
+    wait_for(lambda: node.state("c").get("pid") not in (None, pids["c"])
+             and node.state("c")["state"] == "running", what="c restarted once")
+    wait_for(lambda: "b" not in node.status(), what="b stopped")
+    assert not pid_alive(pids["b"]) and not pid_alive(pids["c"])
+    assert len(node.instances("1003")) == 0 and len(node.instances("1004")) == 1
+    # The adopted process is still supervised: kill it, it comes back once.
+    os.kill(pids["a"], signal.SIGKILL)
+    wait_for(lambda: node.state("a").get("pid") not in (None, pids["a"])
+             and node.state("a")["state"] == "running", what="a restarted")
+    assert len([p for p in marked_pids(node.marker)
+                if "sleep" in open("/proc/%d/cmdline" % p).read()]) == 2
+
+
+def test_stale_pid_file_of_another_program_is_ignored(node, tmp_path):
+    unrelated = subprocess.Popen(["/bin/sleep", "1000"], env=marked_env(node.marker),
+                                 start_new_session=True)
+    try:
+        os.makedirs(str(tmp_path / "run"), exist_ok=True)
+        with open(str(tmp_path / "run" / "svc.pid"), "w") as handle:
+            handle.write("%d\n" % unrelated.pid)
+        # A status file that even names that pid, but with another start time.
+        write_json(node.status_path, {
+            "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(),
+            "procs": {"svc": {"pid": unrelated.pid, "ticks": 1, "state": "running"}}})
+        node.write([node.proc("svc", "/bin/sleep", "1005")])
+        node.start()
+        pid = node.wait_running("svc")
+        assert pid != unrelated.pid and node.state("svc")["adopted"] is False
+        node.stop()
+        node.write([])
+        node.start()
+        wait_for(lambda: "svc" not in node.status(), what="svc removed")
+        assert not pid_alive(pid)
+        assert unrelated.poll() is None, "the unrelated process was signalled"
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_stop_escalates_to_sigkill(node):
+    stubborn = node.proc("stubborn", "/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done",
+                         stop_timeout=0.5)
+    node.write([stubborn])
+    node.start()
+    pid = node.wait_running("stubborn")
+    node.write([])
+    wait_for(lambda: not pid_alive(pid), timeout=10, what="SIGKILL")
+    assert "SIGKILL" in node.log()
+
+
+def test_dependencies_start_in_order_and_stop_in_reverse(node):
+    db = node.proc("db", "/bin/sleep", "1006", stop_timeout=2)
+    app = node.proc("app", "/bin/sh", "-c", "trap 'sleep 0.3; exit 0' TERM; sleep 1007 & wait",
+                    depends=["db"])
+    node.write([app, db])
+    node.start()
+    db_pid = node.wait_running("db")
+    app_pid = node.wait_running("app")
+    assert node.state("app")["started_at"] >= node.state("db")["started_at"]
+    node.write([])
+    wait_for(lambda: not node.status(), what="both removed")
+    log = node.log()
+    assert log.index("app: stopping") < log.index("db: stopping")
+    assert log.index("app: stopped") < log.index("db: stopping")
+    assert not pid_alive(db_pid) and not pid_alive(app_pid)
+
+
+def test_daemonizes_without_f(node, tmp_path):
+    node.write([sleeper(node, "bg")])
+    result = run_command("dpd-workerd", ["-v", node.config_path], node.marker)
+    assert result.returncode == 0, result.stderr
+    pid = wait_for(node.worker_pid, what="the daemon's pid file")
+    try:
+        wait_for(lambda: node.state("bg").get("state") == "running", what="bg")
+        wait_for(lambda: "started" in open(str(tmp_path / "worker.log")).read(),
+                 what="the log file")
+        assert os.getsid(pid) != os.getsid(0)  # detached: another session
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(pid), what="the daemon to exit")
+    assert not os.path.exists(node.pid_file)
+
+
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.mark.skipif(not os.path.exists(REDIS),
+                    reason="redis-server not installed (tests/setup-system.sh installs it as root)")
+def test_forking_daemon(node, tmp_path):
+    from helpers import free_port
+    port = free_port()
+    redis_pid = str(tmp_path / "redis.pid")
+    node.write([node.proc("redis", REDIS, "--port", str(port), "--bind", "127.0.0.1",
+                          "--daemonize", "yes", "--pidfile", redis_pid,
+                          "--dir", str(tmp_path), "--save", "",
+                          "--logfile", str(tmp_path / "redis.log"),
+                          user="root" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name,
+                          daemon=True, write_pid=False, pid_file=redis_pid)])
+    node.start()
+    pid = node.wait_running("redis")
+    assert int(open(redis_pid).read()) == pid
+    assert "redis-server" in open("/proc/%d/cmdline" % pid).read()
+    os.kill(pid, signal.SIGKILL)
+    new_pid = wait_for(lambda: node.state("redis").get("state") == "running"
+                       and node.state("redis")["pid"] != pid and node.state("redis")["pid"],
+                       what="redis restarted")
+    assert pid_alive(new_pid)
+    node.write([])
+    wait_for(lambda: not pid_alive(new_pid), what="redis stopped")
