@@ -424,3 +424,43 @@ def test_forking_daemon(node, tmp_path):
     assert pid_alive(new_pid)
     node.write([])
     wait_for(lambda: not pid_alive(new_pid), what="redis stopped")
+
+
+def test_fallbacks_without_pidfd_and_inotify(node):
+    """Kernels without pidfd_open or inotify: the worker polls pids (0.5 s)
+    and stats CONFIG (50 ms) instead; behaviour is the same."""
+    node.write([sleeper(node, "polled")])
+    code = ("import sys; from diprocd import spawn, watch;"
+            "spawn.pidfd_open = lambda pid: None;"
+            "watch.FileWatch._start_inotify = lambda self: None;"
+            "from diprocd.cli import workerd_main;"
+            "sys.exit(workerd_main(['-f', '-v', %r]))" % node.config_path)
+    log = open(node.log_path, "ab")
+    node.daemon = subprocess.Popen([sys.executable, "-c", code], stdout=log,
+                                   stderr=subprocess.STDOUT, env=marked_env(node.marker))
+    log.close()
+    pid = node.wait_running("polled")
+    assert "no inotify" in node.log()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: node.state("polled").get("pid") not in (None, pid)
+             and node.state("polled")["state"] == "running", what="restart by polling")
+    node.write([sleeper(node, "polled"), sleeper(node, "second")])
+    node.wait_running("second")
+
+
+def test_log_file_survives_logrotate(node, tmp_path):
+    node.write([sleeper(node, "x")])
+    result = run_command("dpd-workerd", [node.config_path], node.marker)
+    assert result.returncode == 0, result.stderr
+    pid = wait_for(node.worker_pid, what="the daemon")
+    log_file = str(tmp_path / "worker.log")
+    try:
+        wait_for(lambda: os.path.exists(log_file) and "started" in open(log_file).read(),
+                 what="the log")
+        os.rename(log_file, log_file + ".1")  # what logrotate does
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: os.path.exists(log_file)
+                 and "SIGHUP" in open(log_file).read(), what="a new log file")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(pid), what="the daemon to exit")
