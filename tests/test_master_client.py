@@ -1,0 +1,360 @@
+"""dpd-masterd and dpd-clientd: configuration, the master's node lists and
+the client's handling of updates, without sockets (fast), plus the daemons'
+command-line behaviour (real processes)."""
+
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+
+import pytest
+
+from diprocd import client as client_mod
+from diprocd import master as master_mod
+from diprocd import protocol
+from diprocd.errors import ConfigError
+from helpers import free_port, run_command, write_json
+
+PROC = {"name": "web.1", "run": "/bin/sleep", "args": ["60"], "user": "root"}
+
+
+def master_doc(tmp_path, nodes, **extra):
+    doc = {"pid_file": str(tmp_path / "master.pid"),
+           "master_stats": "tcp://127.0.0.1:%d" % free_port(),
+           "master_updates": "tcp://127.0.0.1:%d" % free_port(),
+           "nodes": nodes}
+    doc.update(extra)
+    return doc
+
+
+def client_doc(tmp_path, node_name="node1", **extra):
+    doc = {"pid_file": str(tmp_path / "client.pid"),
+           "master_stats": "tcp://127.0.0.1:5001",
+           "master_updates": "tcp://127.0.0.1:5002",
+           "node_name": node_name,
+           "conf_file": str(tmp_path / "worker.json")}
+    doc.update(extra)
+    return doc
+
+
+# -- master configuration ------------------------------------------------------
+
+def test_master_config_valid(tmp_path):
+    path = str(tmp_path / "master.json")
+    write_json(path, master_doc(tmp_path, {"node1": [PROC], "node10": []},
+                                heartbeat=0.5))
+    config = master_mod.load_master_config(path)
+    assert config.nodes == {"node1": [PROC], "node10": []}
+    assert config.heartbeat == 0.5
+    assert config.silent_after == master_mod.DEFAULT_SILENT_AFTER
+
+
+def test_master_config_reports_every_problem(tmp_path):
+    path = str(tmp_path / "master.json")
+    doc = master_doc(tmp_path, {
+        "node1": [{"name": "a", "run": "sleep"}],
+        "node2": [{"name": "b", "run": "/bin/b", "user": "no-such-user"},
+                  {"name": "b", "run": "/bin/b"}],
+        "node3": "not a list"}, heartbeat=-1, bogus=1)
+    doc["master_updates"] = "localhost:80"
+    write_json(path, doc)
+    with pytest.raises(ConfigError) as info:
+        master_mod.load_master_config(path)
+    text = str(info.value)
+    assert 'node "node1": process "a": field "run": must be an absolute' in text
+    assert 'node "node2": process "b": field "name": duplicate' in text
+    assert 'node "node3"' in text
+    assert '"master_updates": must be a ZeroMQ endpoint' in text
+    assert '"heartbeat"' in text
+    # Users are the node's business: an unknown one is no error here.
+    assert "no-such-user" not in text
+    assert all(p.startswith(path) for p in info.value.problems)
+
+
+def test_master_check_command(tmp_path):
+    path = str(tmp_path / "master.json")
+    write_json(path, master_doc(tmp_path, {"node1": [PROC]}))
+    result = run_command("dpd-masterd", ["--check", path])
+    assert result.returncode == 0, result.stderr
+    write_json(path, master_doc(tmp_path, {"node1": [{"run": "/bin/true"}]}))
+    result = run_command("dpd-masterd", ["--check", path])
+    assert result.returncode == 1
+    assert 'node "node1": process #1: field "name"' in result.stderr
+
+
+def test_master_invalid_at_start_exits_1(tmp_path):
+    path = str(tmp_path / "master.json")
+    with open(path, "w") as handle:
+        handle.write("{not json")
+    result = run_command("dpd-masterd", ["-f", path])
+    assert result.returncode == 1
+    assert "not JSON" in result.stderr
+
+
+# -- the master's node lists ---------------------------------------------------
+
+def test_only_changed_nodes_get_a_new_sequence():
+    lists = master_mod.NodeLists("e1")
+    changed, removed = lists.apply({"node1": [PROC], "node10": []})
+    assert sorted(changed) == ["node1", "node10"] and removed == []
+    assert lists.seqs == {"node1": 1, "node10": 1}
+    other = dict(PROC, args=["61"])
+    changed, removed = lists.apply({"node1": [PROC], "node10": [other]})
+    assert changed == ["node10"] and removed == []
+    assert lists.seqs == {"node1": 1, "node10": 2}
+    # Same content again: nothing changes.
+    assert lists.apply({"node1": [PROC], "node10": [other]}) == ([], [])
+
+
+def test_removed_node_gets_an_empty_list_and_keeps_it():
+    lists = master_mod.NodeLists("e1")
+    lists.apply({"node1": [PROC], "node2": [PROC]})
+    changed, removed = lists.apply({"node1": [PROC]})
+    assert changed == [] and removed == ["node2"]
+    update = lists.update("node2")
+    assert (update.procs, update.seq) == ([], 2)
+    # It stays published (empty) at every heartbeat, and is not "removed"
+    # again by the next reload.
+    assert "node2" in lists.nodes()
+    assert lists.apply({"node1": [PROC]}) == ([], [])
+    # Coming back: a new sequence with its list.
+    assert lists.apply({"node1": [PROC], "node2": [PROC]}) == (["node2"], [])
+    assert lists.update("node2").seq == 3
+
+
+def test_unknown_node_saying_hello_gets_an_empty_list():
+    lists = master_mod.NodeLists("e1")
+    lists.apply({"node1": [PROC]})
+    assert lists.ensure("stranger") is True
+    assert lists.ensure("stranger") is False
+    assert lists.update("stranger").procs == []
+    assert lists.ensure("node1") is False
+
+
+class FakePub:
+    def __init__(self):
+        self.sent = []
+
+    def send_multipart(self, frames, copy=True):
+        self.sent.append(frames)
+
+
+def make_master(tmp_path, nodes, clock=None):
+    path = str(tmp_path / "master.json")
+    write_json(path, master_doc(tmp_path, nodes))
+    config = master_mod.load_master_config(path)
+    master = master_mod.Master(config, logging.getLogger("test-master"),
+                               clock=clock or (lambda: 100.0))
+    master.pub = FakePub()
+    master.lists.apply(config.nodes)
+    return master, path
+
+
+def test_master_reload_publishes_changed_nodes_only(tmp_path, caplog):
+    master, path = make_master(tmp_path, {"node1": [PROC], "node10": [PROC],
+                                          "node2": [PROC]})
+    doc = json.load(open(path))
+    doc["nodes"]["node10"] = []
+    del doc["nodes"]["node2"]
+    write_json(path, doc)
+    with caplog.at_level(logging.INFO):
+        assert master.reload("test")
+    sent = {f[0]: protocol.decode_update(f, f[0][:-1].decode())
+            for f in master.pub.sent}
+    assert set(sent) == {b"node10\0", b"node2\0"}
+    assert sent[b"node10\0"].seq == 2 and sent[b"node2\0"].procs == []
+    assert 'node "node2" removed from the master file' in caplog.text
+
+
+def test_master_invalid_reload_changes_nothing(tmp_path, caplog):
+    master, path = make_master(tmp_path, {"node1": [PROC]})
+    good = json.load(open(path))
+    with open(path, "w") as handle:
+        handle.write('{"nodes": ')
+    assert not master.reload("test")
+    assert master.pub.sent == []
+    assert master.lists.lists == {"node1": [PROC]}
+    write_json(path, dict(good, nodes={"node1": [{"name": "x"}]}))
+    assert not master.reload("test")
+    assert master.pub.sent == []
+    assert master.lists.lists == {"node1": [PROC]}
+    assert 'process "x": field "run": required' in caplog.text
+
+
+def test_master_answers_hello_at_once_and_tracks_silence(tmp_path, caplog):
+    now = [100.0]
+    master, _ = make_master(tmp_path, {"node1": [PROC]}, clock=lambda: now[0])
+    hello = protocol.Report(protocol.KIND_HELLO, "node1")
+    master.on_report(hello)
+    assert len(master.pub.sent) == 1
+    assert protocol.decode_update(master.pub.sent[0], "node1").procs == [PROC]
+    status = {"procs": {"web.1": {"state": "running", "pid": 5}}}
+    master.on_report(protocol.Report(protocol.KIND_STATUS, "node1",
+                                     master.lists.epoch, 1, status))
+    doc = master.nodes_document()
+    assert doc["nodes"]["node1"]["status"] == status
+    assert doc["nodes"]["node1"]["in_sync"] is True
+    now[0] += master.config.silent_after + 1
+    with caplog.at_level(logging.INFO):
+        master._check_silence(now[0])
+        assert 'node "node1" fell silent' in caplog.text
+        master.on_report(protocol.Report(protocol.KIND_STATUS, "node1"))
+        assert 'node "node1" is back' in caplog.text
+    # A status without content keeps the last one known.
+    assert master.nodes_document()["nodes"]["node1"]["status"] == status
+
+
+# -- client configuration --------------------------------------------------------
+
+def test_client_config_and_hostname(tmp_path):
+    path = str(tmp_path / "client.json")
+    write_json(path, client_doc(tmp_path, node_name="n-%H"))
+    config = client_mod.load_client_config(path)
+    assert config.node_name == "n-" + socket.gethostname()
+    assert config.status_interval == client_mod.DEFAULT_STATUS_INTERVAL
+    assert any("does not exist yet" in w for w in config.warnings)
+    assert client_mod.resolve_node_name("100%%") == "100%"
+
+
+def test_client_config_problems(tmp_path):
+    path = str(tmp_path / "client.json")
+    write_json(path, client_doc(tmp_path, node_name=5, conf_file="w.json",
+                                status_interval="often"))
+    with pytest.raises(ConfigError) as info:
+        client_mod.load_client_config(path)
+    text = str(info.value)
+    assert '"node_name": must be a string' in text
+    assert '"conf_file": must be an absolute path' in text
+    assert '"status_interval"' in text
+
+
+# -- the client's handling of updates (no sockets) -----------------------------
+
+WORKER = {"pid_file": "/run/dpd-test/w.pid", "log_file": "/tmp/w.log",
+          "extra": {"kept": True}, "procs": []}
+
+
+@pytest.fixture
+def node(tmp_path):
+    conf = tmp_path / "worker.json"
+    with open(conf, "w") as handle:
+        json.dump(WORKER, handle)
+    os.chmod(conf, 0o640)
+    path = str(tmp_path / "client.json")
+    write_json(path, client_doc(tmp_path))
+    now = [1000.0]
+    client = client_mod.Client(client_mod.load_client_config(path),
+                               logging.getLogger("test-client"),
+                               clock=lambda: now[0])
+    client.now = now
+    return client, str(conf)
+
+
+def frames(seq, procs, epoch="e1", node="node1"):
+    return protocol.encode_update(protocol.Update(node, epoch, seq, procs, 1))
+
+
+def read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_client_rewrites_keeping_other_keys_and_mode(node):
+    client, conf = node
+    client.on_frames(frames(1, [PROC]))
+    doc = json.load(open(conf))
+    assert doc["procs"] == [PROC]
+    assert {k: doc[k] for k in WORKER if k != "procs"} == {
+        k: v for k, v in WORKER.items() if k != "procs"}
+    assert list(doc) == list(WORKER)  # key order kept too
+    assert stat.S_IMODE(os.stat(conf).st_mode) == 0o640
+    assert (client.applied_epoch, client.applied_seq) == ("e1", 1)
+
+
+def test_client_does_not_rewrite_an_equal_list(node):
+    client, conf = node
+    client.on_frames(frames(1, [PROC]))
+    before = os.stat(conf)
+    # A republish, and a new epoch (master restart) with the same list.
+    client.on_frames(frames(1, [PROC]))
+    client.on_frames(frames(1, [PROC], epoch="e2"))
+    after = os.stat(conf)
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino,
+                                                   after.st_mtime_ns)
+    assert client.applied_epoch == "e2"
+
+
+def test_client_ignores_stale_updates(node):
+    client, conf = node
+    client.on_frames(frames(5, [PROC]))
+    content = read_bytes(conf)
+    client.on_frames(frames(4, []))
+    assert read_bytes(conf) == content
+    # Another epoch is applied whatever its sequence.
+    client.on_frames(frames(1, [], epoch="e2"))
+    assert json.load(open(conf))["procs"] == []
+
+
+def test_client_republish_repairs_a_hand_edited_file(node):
+    client, conf = node
+    client.on_frames(frames(1, [PROC]))
+    with open(conf, "w") as handle:
+        json.dump(dict(WORKER, procs=[]), handle)
+    client.on_frames(frames(1, [PROC]))
+    assert json.load(open(conf))["procs"] == [PROC]
+
+
+@pytest.mark.parametrize("bad", [
+    frames(1, [PROC], node="node10"),
+    [b"node1\0", b"procs", b"{garbage"],
+    [b"node1\0", b"procs", b"x" * (protocol.MAX_MESSAGE_BYTES + 1)],
+    frames(1, [{"name": "a", "run": "relative/path"}]),
+    frames(1, [dict(PROC, user="no-such-user-here")]),
+    frames(1, [dict(PROC, pid_file=WORKER["pid_file"])]),
+    frames(1, [PROC, PROC]),
+])
+def test_client_drops_bad_messages(node, bad):
+    client, conf = node
+    content = read_bytes(conf)
+    client.on_frames(bad)
+    assert read_bytes(conf) == content
+    assert client.applied_seq is None and client.pending is None
+
+
+def test_client_failed_write_keeps_old_file_and_retries(node, monkeypatch):
+    client, conf = node
+    content = read_bytes(conf)
+    real_write = client_mod.atomic_write
+
+    def full_disk(path, data, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(client_mod, "atomic_write", full_disk)
+    client.on_frames(frames(1, [PROC]))
+    assert read_bytes(conf) == content
+    assert client.pending is not None and client.applied_seq is None
+    assert client._next_retry == client.now[0] + client_mod.RETRY_INTERVAL
+    monkeypatch.setattr(client_mod, "atomic_write", real_write)
+    assert client.apply(client.pending)
+    assert json.load(open(conf))["procs"] == [PROC]
+    assert client.pending is None and client.applied_seq == 1
+
+
+def test_client_missing_worker_file_is_retried(node):
+    client, conf = node
+    os.unlink(conf)
+    client.on_frames(frames(1, [PROC]))
+    assert not os.path.exists(conf)
+    assert client.pending is not None
+
+
+def test_client_check_command(tmp_path):
+    path = str(tmp_path / "client.json")
+    write_json(path, client_doc(tmp_path))
+    result = run_command("dpd-clientd", ["--check", path])
+    assert result.returncode == 0, result.stderr
+    write_json(path, client_doc(tmp_path, master_stats="nowhere"))
+    result = run_command("dpd-clientd", ["--check", path])
+    assert result.returncode == 1 and "master_stats" in result.stderr
