@@ -7,6 +7,13 @@ set -e
 need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v unshare >/dev/null 2>&1 || need="$need util-linux"
+# The init script tests run the daemons under Debian's python3 (as the .deb
+# does); the package test builds and lints the .deb.
+for pkg in python3-zmq python3-simplejson python3-daemon \
+           debhelper dh-python python3-all python3-setuptools fakeroot lintian; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
+        || need="$need $pkg"
+done
 if [ -n "$need" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "tests/setup-system.sh: installing$need"
