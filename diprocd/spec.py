@@ -5,6 +5,7 @@ worker would run the same thing: that equality *is* the reload diff.
 """
 
 import dataclasses
+import functools
 import hashlib
 import signal
 
@@ -72,5 +73,11 @@ class ProcessSpec:
     def fingerprint(self):
         """A short stable digest of the definition, to notice changes across
         worker restarts."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self):
+        # cached_property writes the instance __dict__ directly, which a
+        # frozen dataclass allows; it is not a field, so equality ignores it.
         text = json.dumps(self.to_json(), sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

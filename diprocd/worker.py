@@ -291,6 +291,11 @@ class Worker:
             # The daemon's pid file from an earlier run would be mistaken
             # for the new one.
             _unlink(spec.pid_file)
+        if spec.logs != "/dev/null":
+            try:
+                os.makedirs(os.path.dirname(spec.logs), exist_ok=True)
+            except OSError:
+                pass  # the open in the child reports the real problem
         try:
             return spawn_mod.spawn(spec)
         except SpawnError as err:
