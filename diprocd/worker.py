@@ -251,6 +251,10 @@ class Worker:
         by the same boot and the same kernel start time of their pid."""
         previous = status_mod.read_status(self.status_path)
         if previous is None:
+            if os.path.exists(self.status_path):
+                self.log.warning("%s is unreadable: cannot prove which running "
+                                 "processes are ours, adopting none",
+                                 self.status_path)
             return
         if previous.get("boot_id") != self._boot_id:
             self.log.info("%s is from another boot: nothing to adopt",
