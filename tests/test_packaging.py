@@ -1,0 +1,242 @@
+"""Packaging: the examples, setup.py, the init scripts' headers, and the .deb
+built from a clean copy of the tree, its contents and lintian's verdict."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, run_command
+
+DAEMON_OF_EXAMPLE = {
+    "diprocd-worker.example.json": "dpd-workerd",
+    "diprocd-emptyworker.example.json": "dpd-workerd",
+    "diprocd-client.example.json": "dpd-clientd",
+    "diprocd-master.example.json": "dpd-masterd",
+}
+COMMANDS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
+
+
+@pytest.mark.parametrize("example", sorted(DAEMON_OF_EXAMPLE))
+def test_example_passes_check(example):
+    path = os.path.join(ROOT, "examples", example)
+    assert os.path.exists(path), path
+    result = run_command(DAEMON_OF_EXAMPLE[example], ["--check", path])
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr.lower()
+
+
+def test_worker_example_is_the_seeds_single_node():
+    """Sleep and echo, echo without restart (else it hits the start limit)."""
+    with open(os.path.join(ROOT, "examples", "diprocd-worker.example.json")) as f:
+        procs = {p["run"]: p for p in json.load(f)["procs"]}
+    assert set(procs) == {"/bin/sleep", "/bin/echo"}
+    assert procs["/bin/echo"]["restart"] is False
+
+
+def test_master_example_has_two_nodes_one_process_each():
+    with open(os.path.join(ROOT, "examples", "diprocd-master.example.json")) as f:
+        nodes = json.load(f)["nodes"]
+    assert len(nodes) == 2 and all(len(p) == 1 for p in nodes.values())
+    with open(os.path.join(ROOT, "examples", "diprocd-client.example.json")) as f:
+        assert json.load(f)["node_name"] == "%H"
+
+
+def test_setup_py_installs_the_package_and_three_commands(tmp_path):
+    """The seed's `python setup.py install` path (what `pip install .` also
+    runs): the package and three working console scripts."""
+    source = clean_copy(tmp_path / "src")
+    root = tmp_path / "root"
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "install", "--root", str(root),
+         "--prefix", "/usr"], cwd=source, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr
+    (site,) = glob.glob(str(root / "usr/lib/python3*/site-packages"))
+    assert os.path.exists(os.path.join(site, "diprocd", "worker.py"))
+    env = dict(os.environ, PYTHONPATH=site)
+    for example, command in sorted(DAEMON_OF_EXAMPLE.items()):
+        script = str(root / "usr" / "bin" / command)
+        result = subprocess.run(
+            [script, "--check", os.path.join(ROOT, "examples", example)],
+            env=env, cwd=str(tmp_path), capture_output=True, text=True,
+            timeout=60)
+        assert result.returncode == 0, (command, result.stderr)
+
+
+@pytest.mark.skipif(not shutil.which("insserv"), reason="needs insserv")
+def test_insserv_accepts_the_init_scripts(tmp_path):
+    """insserv, on a scratch /etc: S links in 2-5, K links in 0, 1, 6."""
+    init_d = tmp_path / "init.d"
+    init_d.mkdir()
+    for level in "0123456S":
+        (tmp_path / ("rc%s.d" % level)).mkdir()
+    for command in COMMANDS:
+        shutil.copy(os.path.join(ROOT, "init.d", command), init_d / command)
+    result = subprocess.run(["insserv", "-p", str(init_d)] + list(COMMANDS),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    for command in COMMANDS:
+        for level in "2345":
+            assert glob.glob(str(tmp_path / ("rc%s.d" % level) / ("S??" + command)))
+        for level in "016":
+            assert glob.glob(str(tmp_path / ("rc%s.d" % level) / ("K??" + command)))
+
+
+def test_init_scripts_differ_only_in_their_daemon():
+    def normalized(command):
+        with open(os.path.join(ROOT, "init.d", command)) as handle:
+            text = handle.read()
+        body = text.split("### END INIT INFO", 1)[1].replace(
+            "# Shared by dpd-workerd, dpd-clientd and dpd-masterd", "")
+        short = command[4:-1]  # worker, client, master
+        return body.replace(command, "NAME").replace(
+            short.upper() + "_", "X_").replace("diprocd " + short, "DESC").replace(
+            "diprocd-%s.json" % short, "CONFIG.json")
+    assert normalized("dpd-workerd") == normalized("dpd-clientd") \
+        == normalized("dpd-masterd")
+
+
+# --- the .deb -----------------------------------------------------------
+
+def clean_copy(dest):
+    """Copy the files git knows (tracked, or new and not ignored) to dest."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listing):
+        source = os.path.join(ROOT, name)
+        if not os.path.lexists(source):
+            continue  # deleted in the work tree
+        target = os.path.join(dest, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copy2(source, target)
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def built_deb(tmp_path_factory):
+    """Build the .deb once: dpkg-buildpackage -us -uc -b in a clean copy."""
+    for tool in ("dpkg-buildpackage", "dh", "pybuild", "fakeroot"):
+        if not shutil.which(tool):
+            pytest.skip("%s missing (tests/setup-system.sh installs debhelper, "
+                        "dh-python, lintian with apt as root)" % tool)
+    top = tmp_path_factory.mktemp("deb")
+    source = clean_copy(top / "diprocd")
+    deps = subprocess.run(["dpkg-checkbuilddeps"], cwd=source,
+                          capture_output=True, text=True)
+    if deps.returncode:
+        pytest.skip("build dependencies missing: %s" % deps.stderr.strip())
+    # Rules-Requires-Root: no, so the build runs as a user would run it.
+    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"],
+                            cwd=source, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (deb,) = glob.glob(str(top / "diprocd_*_all.deb"))
+    extracted = top / "root"
+    subprocess.run(["dpkg-deb", "-x", deb, str(extracted)], check=True)
+    control = top / "control"
+    subprocess.run(["dpkg-deb", "-e", deb, str(control)], check=True)
+    return {"deb": deb, "root": str(extracted), "control": str(control),
+            "changes": glob.glob(str(top / "diprocd_*.changes"))[0]}
+
+
+def deb_field(deb, field):
+    return subprocess.run(["dpkg-deb", "-f", deb, field], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+@pytest.mark.timeout(900)
+def test_deb_file_list(built_deb):
+    root = built_deb["root"]
+    expected = [
+        "etc/default/diprocd", "etc/logrotate.d/diprocd",
+        "var/lib/diprocd", "var/log/diprocd",
+        "usr/lib/python3/dist-packages/diprocd/cli.py",
+        "usr/share/doc/diprocd/copyright",
+    ]
+    for command in COMMANDS:
+        expected += ["usr/bin/" + command, "etc/init.d/" + command,
+                     "usr/share/man/man8/%s.8.gz" % command,
+                     "usr/share/doc/diprocd/%s.cron" % command]
+    for example in DAEMON_OF_EXAMPLE:
+        expected.append("usr/share/doc/diprocd/" + example)
+    missing = [p for p in expected if not os.path.lexists(os.path.join(root, p))]
+    assert not missing, missing
+    for command in COMMANDS:
+        assert os.access(os.path.join(root, "etc/init.d", command), os.X_OK)
+        with open(os.path.join(root, "usr/bin", command)) as handle:
+            assert handle.readline().strip() == "#!/usr/bin/python3"
+    with open(os.path.join(built_deb["control"], "conffiles")) as handle:
+        conffiles = handle.read().split()
+    assert "/etc/default/diprocd" in conffiles
+    assert "/etc/logrotate.d/diprocd" in conffiles
+    for command in COMMANDS:
+        assert "/etc/init.d/" + command in conffiles
+
+
+@pytest.mark.timeout(900)
+def test_deb_depends_and_no_start_on_install(built_deb):
+    depends = [d.strip().split()[0] for d in
+               deb_field(built_deb["deb"], "Depends").split(",")]
+    for package in ("python3-zmq", "python3-simplejson", "python3-daemon"):
+        assert package in depends
+    assert deb_field(built_deb["deb"], "Architecture") == "all"
+    with open(os.path.join(built_deb["control"], "postinst")) as handle:
+        postinst = handle.read()
+    # Installed disabled (update-rc.d defaults-disabled), never started.
+    assert "invoke-rc.d" not in postinst
+    assert "update-rc.d dpd-workerd defaults-disabled" in postinst
+    assert "defaults >" not in postinst and "systemctl start" not in postinst
+
+
+@pytest.mark.timeout(900)
+def test_deb_commands_run_from_the_package(built_deb, tmp_path):
+    """The packaged /usr/bin scripts, under Debian's python3, check the
+    packaged examples."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import zmq, simplejson, daemon"],
+                      capture_output=True).returncode:
+        pytest.skip("Debian's python3-zmq/-simplejson/-daemon are not installed")
+    root = built_deb["root"]
+    env = dict(os.environ, PYTHONPATH=os.path.join(
+        root, "usr/lib/python3/dist-packages"))
+    for example, command in DAEMON_OF_EXAMPLE.items():
+        result = subprocess.run(
+            [os.path.join(root, "usr/bin", command), "--check",
+             os.path.join(root, "usr/share/doc/diprocd", example)],
+            env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (example, result.stderr)
+    result = subprocess.run([os.path.join(root, "usr/bin/dpd-workerd"),
+                             "--version"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "dpd-workerd" in result.stdout
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not shutil.which("logrotate"), reason="needs logrotate")
+def test_deb_logrotate_file_parses(built_deb, tmp_path):
+    result = subprocess.run(
+        ["logrotate", "--debug", "--state", str(tmp_path / "state"),
+         os.path.join(built_deb["root"], "etc/logrotate.d/diprocd")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not shutil.which("lintian"), reason="needs lintian")
+def test_deb_lintian_reports_no_errors(built_deb):
+    result = subprocess.run(["lintian", built_deb["changes"]],
+                            capture_output=True, text=True, timeout=600)
+    errors = [line for line in result.stdout.splitlines()
+              if line.startswith("E:")]
+    assert not errors, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+
