@@ -143,7 +143,8 @@ class Client:
         self.applied_seq = None
         self.pending = None  # an update whose write failed: retried
         self._next_retry = None
-        self._rejected = None  # (epoch, seq) last logged as invalid
+        self._rejected = None  # the problems last logged
+        self._write_error = None  # the reason last logged
         self._heartbeat = ASSUMED_HEARTBEAT
         self._last_heard = None
         self._hello_due = 0.0
@@ -238,8 +239,6 @@ class Client:
             if self._next_retry is not None and now >= self._next_retry:
                 self._next_retry = None
                 if self.pending is not None:
-                    self.log.info("retrying the write of %s",
-                                  self.config.conf_file)
                     self.apply(self.pending)
             if self._needs_hello(now) and now >= self._hello_due:
                 self._send_hello(now)
@@ -402,10 +401,10 @@ class Client:
         self._watch_status(doc)
         problems, warnings = check_update_procs(update, doc,
                                                 self.config.conf_file)
-        key = (update.epoch, update.seq)
         if problems:
-            if self._rejected != key:
-                self._rejected = key
+            # The heartbeat repeats a bad list: log its problems once.
+            if self._rejected != problems:
+                self._rejected = problems
                 self.log.error("dropped an invalid process list:")
                 for problem in problems:
                     self.log.error("  %s", problem)
@@ -418,19 +417,27 @@ class Client:
                               self.config.conf_file, update.seq)
             self._applied(update)
             return True
-        if self._rejected != key:
-            for warning in warnings:
-                self.log.warning(warning)
+        for warning in warnings:
+            self.log.warning(warning)
         new_doc = dict(doc)
         new_doc["procs"] = update.procs
         try:
             atomic_write(self.config.conf_file, render_worker_doc(new_doc))
         except OSError as err:
-            self.log.error("cannot write %s (old file kept, retry in %.0f s): "
-                           "%s", self.config.conf_file, RETRY_INTERVAL,
-                           err.strerror or err)
+            reason = err.strerror or str(err)
+            if reason != self._write_error:  # log once, not every retry
+                self._write_error = reason
+                self.log.error("cannot write %s (old file kept, retried "
+                               "every %.0f s): %s", self.config.conf_file,
+                               RETRY_INTERVAL, reason)
+            else:
+                self.log.debug("still cannot write %s: %s",
+                               self.config.conf_file, reason)
             self._retry_later(update)
             return False
+        if self._write_error:
+            self.log.info("%s can be written again", self.config.conf_file)
+            self._write_error = None
         self.log.info("wrote %s: %d processes (epoch %s, seq %d)",
                       self.config.conf_file, len(update.procs), update.epoch,
                       update.seq)
