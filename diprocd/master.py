@@ -43,7 +43,7 @@ DEFAULT_HEARTBEAT = 3.0
 DEFAULT_SILENT_AFTER = 15.0
 # Reload this long after the first change event: an in-place write may come
 # in several chunks; an atomic rename is complete at once.
-RELOAD_SETTLE = 0.02
+RELOAD_SETTLE = 0.01
 NODES_FILE_INTERVAL = 1.0
 SILENCE_CHECK_INTERVAL = 1.0
 
