@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv bench clean
+.PHONY: test venv bench clean demo deb
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 test: venv
 	tests/setup-system.sh
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
+
+# A master and two nodes on loopback, in the foreground; Ctrl-C stops all.
+demo: venv
+	$(VPY) demo/run.py
+
+# The Debian package, built in a clean copy of the tree (needs debhelper and
+# dh-python; tests/setup-system.sh installs them); the .deb
+# lands in build/deb/.
+deb:
+	rm -rf build/deb && mkdir -p build/deb/diprocd
+	git ls-files -z --cached --others --exclude-standard | \
+	    tar --null -T - -cf - | tar -xf - -C build/deb/diprocd
+	cd build/deb/diprocd && dpkg-buildpackage -us -uc -b
+	@ls build/deb/*.deb
 
 bench: venv
 	$(VPY) bench/worker_vs_supervisord.py
