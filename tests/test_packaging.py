@@ -190,12 +190,15 @@ def test_deb_depends_and_no_start_on_install(built_deb):
     for package in ("python3-zmq", "python3-simplejson", "python3-daemon"):
         assert package in depends
     assert deb_field(built_deb["deb"], "Architecture") == "all"
-    with open(os.path.join(built_deb["control"], "postinst")) as handle:
-        postinst = handle.read()
-    # Installed disabled (update-rc.d defaults-disabled), never started.
-    assert "invoke-rc.d" not in postinst
-    assert "update-rc.d dpd-workerd defaults-disabled" in postinst
-    assert "defaults >" not in postinst and "systemctl start" not in postinst
+    # Neither enabled nor started on install: the administrator runs
+    # `insserv dpd-workerd` (which a `defaults-disabled` would defeat).
+    postinst_path = os.path.join(built_deb["control"], "postinst")
+    postinst = open(postinst_path).read() if os.path.exists(postinst_path) else ""
+    for word in ("invoke-rc.d", "update-rc.d", "systemctl", "start-stop-daemon"):
+        assert word not in postinst, postinst
+    with open(os.path.join(built_deb["control"], "postrm")) as handle:
+        postrm = handle.read()
+    assert 'update-rc.d "$name" remove' in postrm  # links go on purge
 
 
 @pytest.mark.timeout(900)
