@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 from diprocd import protocol
-from helpers import (BIN, free_port, marked_env, read_json, start_daemon,
-                     wait_for, write_json)
+from helpers import (BIN, free_port, marked_env, read_json, run_command,
+                     start_daemon, wait_for, write_json)
 
 IS_ROOT = os.geteuid() == 0
 PROC = {"name": "a", "run": "/bin/sleep", "args": ["1000"], "user": "root"}
@@ -212,3 +212,52 @@ def test_unwritable_folder_keeps_the_old_file(tmp_path, marker):
         for proc in (client, master):
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)
+
+
+def test_sighup_rereads_the_configs_and_second_instances_exit_0(tmp_path,
+                                                                marker):
+    master, stats, updates = start_master(
+        tmp_path, marker, {"node1": [PROC], "node2": [dict(PROC, name="b")]})
+    conf = str(tmp_path / "worker.json")
+    write_json(conf, {"pid_file": str(tmp_path / "w.pid"), "procs": []})
+    client_conf = client_files(tmp_path, conf, stats, updates)
+    log = str(tmp_path / "client.log")
+    client = start_daemon("dpd-clientd", marker, ["-f", "-v", client_conf],
+                          log)
+    master_conf = str(tmp_path / "master.json")
+    try:
+        wait_for(lambda: read_json(conf)["procs"] == [PROC], timeout=10,
+                 what="node1's list")
+        # Second instances: "already running", exit 0, nothing touched.
+        for command, path in (("dpd-masterd", master_conf),
+                              ("dpd-clientd", client_conf)):
+            result = run_command(command, ["-f", path], marker)
+            assert result.returncode == 0
+            assert "already running" in result.stdout
+        # The client becomes node2 on SIGHUP.
+        doc = read_json(client_conf)
+        write_json(client_conf, dict(doc, node_name="node2"))
+        client.send_signal(signal.SIGHUP)
+        wait_for(lambda: [p["name"] for p in read_json(conf)["procs"]]
+                 == ["b"], timeout=10, what="node2's list after SIGHUP")
+        # An invalid client file on SIGHUP: logged, the last good one kept.
+        with open(client_conf, "w") as handle:
+            handle.write("{")
+        client.send_signal(signal.SIGHUP)
+        wait_for(lambda: "invalid client file" in text(log), timeout=5,
+                 what="the client to log its invalid file")
+        # The master's SIGHUP with an invalid file: same.
+        master_doc = read_json(master_conf)
+        with open(master_conf + ".new", "w") as handle:
+            handle.write('{"nodes": 1}')
+        os.rename(master_conf + ".new", master_conf)
+        master.send_signal(signal.SIGHUP)
+        wait_for(lambda: text(str(tmp_path / "master.log")).count(
+            "invalid master file") >= 1, timeout=5, what="master errors")
+        write_json(master_conf, master_doc)
+        assert client.poll() is None and master.poll() is None
+        assert [p["name"] for p in read_json(conf)["procs"]] == ["b"]
+    finally:
+        for proc in (client, master):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
