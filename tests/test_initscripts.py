@@ -114,14 +114,15 @@ def namespace(tmp_path, marker):
     ns.close()
 
 
-def write_defaults(ns, **extra):
-    lines = ["DAEMON_DIR=%s" % BIN]
+def write_defaults(ns):
+    """The shipped /etc/default/diprocd, with DAEMON_DIR at the checkout."""
+    with open(os.path.join(ROOT, "init.d", "diprocd")) as handle:
+        shipped = handle.read()
     for daemon in DAEMONS:
-        lines.append("%s=/var/lib/diprocd/%s" % (
-            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")))
-    lines += ["%s=%s" % item for item in extra.items()]
+        assert "%s=/var/lib/diprocd/%s" % (
+            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")) in shipped
     with open(ns.host("/etc/default/diprocd"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+        handle.write(shipped + "\nDAEMON_DIR=%s\n" % BIN)
 
 
 def install_config(ns, daemon):
