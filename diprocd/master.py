@@ -210,6 +210,7 @@ class Master:
         self._running = False
         self._reload_due = None
         self._nodes_dirty = False
+        self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
 
     # -- life cycle --------------------------------------------------------
 
@@ -366,9 +367,15 @@ class Master:
     # -- publishing ------------------------------------------------------------
 
     def publish(self, node):
-        frames = protocol.encode_update(
-            self.lists.update(node, self.config.heartbeat))
-        self.pub.send_multipart(frames, copy=False)
+        # Encoded once per (sequence, heartbeat): the heartbeat republishes
+        # every node, and most lists never change.
+        key = (self.lists.epoch, self.lists.seqs[node], self.config.heartbeat)
+        cached = self._encoded.get(node)
+        if cached is None or cached[0] != key:
+            cached = (key, protocol.encode_update(
+                self.lists.update(node, self.config.heartbeat)))
+            self._encoded[node] = cached
+        self.pub.send_multipart(cached[1], copy=False)
 
     def publish_all(self):
         for node in self.lists.nodes():
