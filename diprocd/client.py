@@ -144,7 +144,7 @@ class Client:
         self.pending = None  # an update whose write failed: retried
         self._next_retry = None
         self._rejected = None  # the problems last logged
-        self._write_error = None  # the reason last logged
+        self._write_error = None  # the failure last logged
         self._heartbeat = ASSUMED_HEARTBEAT
         self._last_heard = None
         self._hello_due = 0.0
@@ -389,8 +389,24 @@ class Client:
             return read_json_file(self.config.conf_file)
         except ConfigError as err:
             if not quiet:
-                self.log.error("cannot use the worker's file: %s", err)
+                self._log_write_error("cannot use the worker's file (not "
+                                      "rewritten, retried every %.0f s): %s"
+                                      % (RETRY_INTERVAL, err))
             return None
+
+    def _log_write_error(self, message):
+        """Log a failure to update the worker's file once, not at every
+        retry; ``_write_ok`` logs the recovery."""
+        if message != self._write_error:
+            self._write_error = message
+            self.log.error(message)
+        else:
+            self.log.debug("still: %s", message)
+
+    def _write_ok(self):
+        if self._write_error:
+            self.log.info("%s can be updated again", self.config.conf_file)
+            self._write_error = None
 
     def apply(self, update):
         """Make ``conf_file`` hold ``update``'s list; True when it does."""
@@ -412,6 +428,7 @@ class Client:
                 self.pending = self._next_retry = None
             return False
         if doc.get("procs") == update.procs:
+            self._write_ok()
             if self.pending is not None:
                 self.log.info("%s now holds the list of seq %d",
                               self.config.conf_file, update.seq)
@@ -424,20 +441,13 @@ class Client:
         try:
             atomic_write(self.config.conf_file, render_worker_doc(new_doc))
         except OSError as err:
-            reason = err.strerror or str(err)
-            if reason != self._write_error:  # log once, not every retry
-                self._write_error = reason
-                self.log.error("cannot write %s (old file kept, retried "
-                               "every %.0f s): %s", self.config.conf_file,
-                               RETRY_INTERVAL, reason)
-            else:
-                self.log.debug("still cannot write %s: %s",
-                               self.config.conf_file, reason)
+            self._log_write_error(
+                "cannot write %s (old file kept, retried every %.0f s): %s"
+                % (self.config.conf_file, RETRY_INTERVAL,
+                   err.strerror or err))
             self._retry_later(update)
             return False
-        if self._write_error:
-            self.log.info("%s can be written again", self.config.conf_file)
-            self._write_error = None
+        self._write_ok()
         self.log.info("wrote %s: %d processes (epoch %s, seq %d)",
                       self.config.conf_file, len(update.procs), update.epoch,
                       update.seq)

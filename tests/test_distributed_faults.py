@@ -157,7 +157,7 @@ def test_full_or_read_only_target_keeps_the_old_file(tmp_path, marker, fault):
         wait_for(lambda: "cannot write %s" % conf in text(log_path),
                  timeout=10, what="the client to fail writing")
         # Retried, and failing each time, the old file stays intact.
-        wait_for(lambda: text(log_path).count("still cannot write") >= 2,
+        wait_for(lambda: text(log_path).count("still: cannot write") >= 2,
                  timeout=10, what="two retries")
         assert read_bytes(os.path.join(inside, "worker.json")) == original
         leftovers = [n for n in os.listdir(inside)
