@@ -38,6 +38,7 @@ deb:
 
 bench: venv
 	$(VPY) bench/worker_vs_supervisord.py
+	$(VPY) bench/propagation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -30,11 +30,12 @@ import time
 import simplejson as json
 
 from diprocd import protocol
-from diprocd.config import (check_abs_path, check_keys, read_json_file,
-                            validate_procs)
+from diprocd.config import (check_abs_path, check_endpoint, check_keys,
+                            check_seconds, read_json_file,
+                            validate_worker_procs)
+from diprocd.daemon import SignalPipe
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
-from diprocd.master import SignalPipe, check_endpoint, check_seconds
 from diprocd.watch import FileWatch
 from diprocd.status import read_status, status_file_path
 
@@ -117,14 +118,10 @@ def check_update_procs(update, worker_doc, conf_file):
     where = '%s: update for node "%s" (epoch %s, seq %d)' % (
         conf_file, update.node, update.epoch, update.seq)
     worker_pid = worker_doc.get("pid_file")
-    pid_dir = os.path.dirname(worker_pid) if isinstance(worker_pid, str) \
-        else None
-    specs, problems, warnings = validate_procs(
-        update.procs, where, pid_dir=pid_dir, check_users=True)
-    for spec in specs:
-        if worker_pid and spec.pid_file == worker_pid:
-            problems.append('%s: process "%s": field "pid_file": is the '
-                            "worker's own pid file" % (where, spec.name))
+    if not isinstance(worker_pid, str):
+        worker_pid = None
+    _, problems, warnings = validate_worker_procs(update.procs, where,
+                                                  worker_pid)
     return problems, warnings
 
 

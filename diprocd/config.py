@@ -8,6 +8,7 @@ problem it finds, each naming the file, the process and the field.
 import collections
 import os
 import pwd
+import re
 import signal
 
 import simplejson as json
@@ -17,6 +18,9 @@ from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
 
 # The largest configuration file we agree to parse (a sanity bound).
 MAX_FILE_BYTES = 16 * 1024 * 1024
+
+# A ZeroMQ endpoint, as the master binds it and the client connects to it.
+ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
 
 WorkerConfig = collections.namedtuple(
     "WorkerConfig", "path pid_file log_file procs warnings")
@@ -74,6 +78,28 @@ def check_abs_path(obj, key, where, problems, required=True):
                         % (where, key, json.dumps(value)))
         return None
     return value
+
+
+def check_endpoint(obj, key, where, problems):
+    value = obj.get(key)
+    if value is None:
+        return None  # check_keys reported it missing
+    if not isinstance(value, str) or not ENDPOINT_RE.match(value):
+        problems.append('%s: key "%s": must be a ZeroMQ endpoint such as '
+                        '"tcp://10.0.0.1:5555", got %s'
+                        % (where, key, json.dumps(value)))
+        return None
+    return value
+
+
+def check_seconds(obj, key, where, default, problems, low=0.05, high=86400):
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not low <= value <= high:
+        problems.append('%s: key "%s": must be a number of seconds (%g to %g), '
+                        'got %s' % (where, key, low, high, json.dumps(value)))
+        return default
+    return float(value)
 
 
 def running_as_root():
@@ -328,6 +354,22 @@ def find_cycle(specs):
 WORKER_KEYS = ("pid_file", "log_file", "procs")
 
 
+def validate_worker_procs(raw, where, worker_pid_file):
+    """``validate_procs`` as the worker applies it on this machine (users
+    looked up, pid files defaulting beside ``worker_pid_file``), plus the
+    check that no process claims the worker's own pid file. The client calls
+    it on every update before writing the worker's file."""
+    pid_dir = os.path.dirname(worker_pid_file) if worker_pid_file else None
+    specs, problems, warnings = validate_procs(raw, where, pid_dir=pid_dir,
+                                               check_users=True)
+    if worker_pid_file:
+        for spec in specs:
+            if spec.pid_file == worker_pid_file:
+                problems.append('%s: process "%s": field "pid_file": is the '
+                                "worker's own pid file" % (where, spec.name))
+    return specs, problems, warnings
+
+
 def load_worker_config(path):
     """Read and validate a worker CONFIG; raise ConfigError with every
     problem, or return a WorkerConfig (whose warnings the caller logs)."""
@@ -337,16 +379,10 @@ def load_worker_config(path):
                problems, warnings)
     pid_file = check_abs_path(obj, "pid_file", path, problems)
     log_file = check_abs_path(obj, "log_file", path, problems, required=False)
-    pid_dir = os.path.dirname(pid_file) if pid_file else None
-    specs, proc_problems, proc_warnings = validate_procs(
-        obj.get("procs", []), path, pid_dir=pid_dir, check_users=True)
+    specs, proc_problems, proc_warnings = validate_worker_procs(
+        obj.get("procs", []), path, pid_file)
     problems += proc_problems
     warnings += proc_warnings
-    if pid_file:
-        for spec in specs:
-            if spec.pid_file == pid_file:
-                problems.append('%s: process "%s": field "pid_file": is the '
-                                "worker's own pid file" % (path, spec.name))
     if problems:
         raise ConfigError(problems)
     return WorkerConfig(path, pid_file, log_file, tuple(specs), warnings)

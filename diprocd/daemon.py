@@ -11,6 +11,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 
 from diprocd.errors import AlreadyRunning
@@ -107,3 +108,43 @@ def setup_logging(name, foreground, verbose, log_file):
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     return logging.getLogger(name)
+
+
+class SignalPipe:
+    """Signal handlers that only record: Python's C-level handler writes the
+    signal number to a non-blocking pipe (``signal.set_wakeup_fd``), whose
+    read end the loop polls with its sockets; ``drain()`` returns the
+    signal numbers received since the last call."""
+
+    def __init__(self, signums):
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_fd = signal.set_wakeup_fd(self._write,
+                                                 warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, self._record)
+                          for signum in signums}
+
+    @staticmethod
+    def _record(signum, frame):
+        """Nothing to do: the wake-up fd already carries the number."""
+
+    def fileno(self):
+        return self._read
+
+    def drain(self):
+        received = []
+        while True:
+            try:
+                data = os.read(self._read, 512)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            received.extend(data)
+        return list(dict.fromkeys(received))
+
+    def close(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read)
+        os.close(self._write)

@@ -24,15 +24,15 @@ written to ``<pid file base>.nodes.json``; nodes that fall silent for
 
 import dataclasses
 import os
-import re
 import signal
 import time
 
 import simplejson as json
 
 from diprocd import protocol
-from diprocd.config import (check_abs_path, check_keys, read_json_file,
-                            validate_procs)
+from diprocd.config import (check_abs_path, check_endpoint, check_keys,
+                            check_seconds, read_json_file, validate_procs)
+from diprocd.daemon import SignalPipe
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
 from diprocd.watch import FileWatch
@@ -47,7 +47,6 @@ RELOAD_SETTLE = 0.01
 NODES_FILE_INTERVAL = 1.0
 SILENCE_CHECK_INTERVAL = 1.0
 
-ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
 
 
 @dataclasses.dataclass
@@ -61,28 +60,6 @@ class MasterConfig:
     heartbeat: float = DEFAULT_HEARTBEAT
     silent_after: float = DEFAULT_SILENT_AFTER
     warnings: list = dataclasses.field(default_factory=list)
-
-
-def check_endpoint(obj, key, where, problems):
-    value = obj.get(key)
-    if value is None:
-        return None  # check_keys reported it missing
-    if not isinstance(value, str) or not ENDPOINT_RE.match(value):
-        problems.append('%s: key "%s": must be a ZeroMQ endpoint such as '
-                        '"tcp://10.0.0.1:5555", got %s'
-                        % (where, key, json.dumps(value)))
-        return None
-    return value
-
-
-def check_seconds(obj, key, where, default, problems, low=0.05, high=86400):
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not low <= value <= high:
-        problems.append('%s: key "%s": must be a number of seconds (%g to %g), '
-                        'got %s' % (where, key, low, high, json.dumps(value)))
-        return default
-    return float(value)
 
 
 def load_master_config(path):
@@ -452,42 +429,3 @@ class Master:
 
 
 # -- loop helpers (the client uses them too) ----------------------------------
-
-class SignalPipe:
-    """Signal handlers that only record: Python's C-level handler writes the
-    signal number to a non-blocking pipe (``signal.set_wakeup_fd``), whose
-    read end the loop polls with its sockets; ``drain()`` returns the
-    signal numbers received since the last call."""
-
-    def __init__(self, signums):
-        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._previous_fd = signal.set_wakeup_fd(self._write,
-                                                 warn_on_full_buffer=False)
-        self._previous = {signum: signal.signal(signum, self._record)
-                          for signum in signums}
-
-    @staticmethod
-    def _record(signum, frame):
-        """Nothing to do: the wake-up fd already carries the number."""
-
-    def fileno(self):
-        return self._read
-
-    def drain(self):
-        received = []
-        while True:
-            try:
-                data = os.read(self._read, 512)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            received.extend(data)
-        return list(dict.fromkeys(received))
-
-    def close(self):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        signal.set_wakeup_fd(self._previous_fd)
-        os.close(self._read)
-        os.close(self._write)
