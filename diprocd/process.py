@@ -132,6 +132,19 @@ class Process:
 
     def start(self):
         """Start now (the worker calls this when dependencies are met)."""
+        if not self.begin_start():
+            return
+        try:
+            pid = self.ops.spawn(self.spec)
+        except SpawnError as err:
+            self.start_failed(err)
+            return
+        self.started(pid)
+
+    # start() in three steps, for the worker's overlapped burst of starts.
+    def begin_start(self):
+        """Apply the start limit: False (and GIVEN_UP) when 5 starts already
+        happened within 60 s; else count this start and return True."""
         now = self.clock.monotonic()
         if not self.limiter.allow(now):
             self.error = ("started %d times within %ds: given up until the "
@@ -140,30 +153,31 @@ class Process:
             log.error("%s: %s", self.spec.name, self.error)
             self._set_pid(None)
             self._set_state(GIVEN_UP)
-            return
+            return False
         self.limiter.record(now)
         self.starts += 1
         self.adopted = False
-        try:
-            pid = self.ops.spawn(self.spec)
-        except SpawnError as err:
-            self.error = str(err)
-            self.last_exit = None
-            log.error("%s: cannot start: %s", self.spec.name, err)
-            self._set_pid(None)
-            if self.spec.restart:
-                # Counts against the limit like a death; retried at once.
-                self._set_state(WAITING)
-            else:
-                self._set_state(FAILED)
-            return
+        return True
+
+    def start_failed(self, err):
+        """The start counted by begin_start failed before exec."""
+        self.error = str(err)
+        self.last_exit = None
+        log.error("%s: cannot start: %s", self.spec.name, err)
+        self._set_pid(None)
+        # With restart, a failed start counts against the limit like a
+        # death and is retried at once.
+        self._set_state(WAITING if self.spec.restart else FAILED)
+
+    def started(self, pid):
+        """The program runs as ``pid`` (a daemon: its launcher does)."""
         self.error = None
         self.started_at = self.clock.time()
         self.own_child = True
         if self.spec.daemon:
             self.launcher_pid = pid
             self._set_pid(None)
-            self.deadline = now + DAEMON_PID_TIMEOUT
+            self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
             self._set_state(STARTING)
             self.ops.watch_launcher(self, pid)
         else:

@@ -17,22 +17,26 @@
    d. ``chroot`` (when set);
    e. ``chdir("/")`` then ``chdir(cwd)``: a relative ``cwd`` resolves inside
       the chroot;
-   f. ``setgid``, ``initgroups``, ``setuid`` to the target user (as root),
-      or checks that the target user is the worker's own;
+   f. ``setgid``, ``setgroups`` (the user's groups, as ``initgroups`` would
+      set them, looked up by the worker), ``setuid`` to the target user (as
+      root); a worker that is not root only runs processes as itself;
    g. ``umask``;
    h. stdin from ``/dev/null``, stdout and stderr appended to ``logs``;
-   i. closes every other file descriptor (the pipe closes itself on exec);
+   i. closes every other file descriptor (the pipe closes itself on exec)
+      and gives back the open-files limit the worker was started with;
    j. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
 4. The worker reads the pipe to its end: a successful exec closes it with no
    error, so a failure comes back as a SpawnError with its reason, not as a
-   silent death.
+   silent death. ``launch`` returns after step 1 and ``Launch.wait`` does
+   step 4, so a burst of starts overlaps (see Worker._start_waiting).
 """
 
 import ctypes
 import errno
 import os
+import resource
 import select
 import signal
 import time
@@ -44,6 +48,10 @@ from diprocd.errors import SpawnError
 EXEC_TIMEOUT = 10.0
 
 PR_SET_CHILD_SUBREAPER = 36
+
+# The open-files limit the programs get: the worker raises its own (one
+# pidfd per process) and gives them back the limit it was started with.
+_program_nofile = None
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -63,15 +71,51 @@ def clean_environment(spec, user_entry):
     return env
 
 
-def spawn(spec):
-    """Start ``spec``'s program; return its pid or raise SpawnError."""
+class Launch:
+    """A process being started: the intermediate child is forked and the
+    report pipe is open. ``wait()`` collects the outcome. Several launches
+    may be in flight at once: the children reach ``exec`` on the other cores
+    while the worker forks the next one."""
+
+    def __init__(self, spec, middle_pid, report_fd):
+        self.spec = spec
+        self.middle_pid = middle_pid
+        self.report_fd = report_fd
+
+    def wait(self, timeout=EXEC_TIMEOUT):
+        """Return the pid once the program runs (its exec closed the pipe),
+        or raise SpawnError with the reason it could not."""
+        try:
+            report = _read_report(self.report_fd, timeout)
+        finally:
+            os.close(self.report_fd)
+            _reap(self.middle_pid)
+        pid, error = _parse_report(report)
+        if pid is None:
+            raise SpawnError(error or "fork: the intermediate child failed")
+        if error is not None:
+            failure = SpawnError(error)
+            failure.pid = pid
+            raise failure
+        return pid
+
+
+def launch(spec):
+    """Fork the intermediate child for ``spec`` and return a Launch at once;
+    raise SpawnError for what fails before the fork."""
     try:
         user = lookup_user(spec.user)
     except (KeyError, OverflowError, ValueError):
         raise SpawnError('user: unknown user "%s"' % spec.user)
-    if os.geteuid() != 0 and user.pw_uid != os.geteuid():
+    if os.geteuid() == 0:
+        # Looked up here, once, not by initgroups() in every child: the
+        # child would load the NSS machinery from scratch each time.
+        groups = os.getgrouplist(user.pw_name, user.pw_gid)
+    elif user.pw_uid != os.geteuid():
         raise SpawnError('user: cannot run as "%s": the worker is not root'
                          % spec.user)
+    else:
+        groups = None
     argv = [spec.run] + list(spec.args)
     env = clean_environment(spec, user)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -87,25 +131,18 @@ def spawn(spec):
             os.setsid()
             final = os.fork()
             if final == 0:
-                _exec_child(spec, user, argv, env, write_end)
+                _exec_child(spec, user, groups, argv, env, write_end)
             os.write(write_end, b"P%d\n" % final)
         except BaseException:
             os._exit(1)
         os._exit(0)
     os.close(write_end)
-    try:
-        report = _read_report(read_end, EXEC_TIMEOUT)
-    finally:
-        os.close(read_end)
-        _reap(middle)
-    pid, error = _parse_report(report)
-    if pid is None:
-        raise SpawnError(error or "fork: the intermediate child failed")
-    if error is not None:
-        return_pid_error = SpawnError(error)
-        return_pid_error.pid = pid
-        raise return_pid_error
-    return pid
+    return Launch(spec, middle, read_end)
+
+
+def spawn(spec):
+    """Start ``spec``'s program; return its pid or raise SpawnError."""
+    return launch(spec).wait()
 
 
 def _read_report(fd, timeout):
@@ -150,7 +187,7 @@ def _reap(pid):
             continue
 
 
-def _exec_child(spec, user, argv, env, report_fd):
+def _exec_child(spec, user, groups, argv, env, report_fd):
     """Steps 3a-3j of the module docstring; never returns."""
     step = "signals"
     try:
@@ -177,7 +214,7 @@ def _exec_child(spec, user, argv, env, report_fd):
         step = "user %s" % spec.user
         if os.geteuid() == 0:
             os.setgid(user.pw_gid)
-            os.initgroups(user.pw_name, user.pw_gid)
+            os.setgroups(groups)
             os.setuid(user.pw_uid)
         step = "umask"
         os.umask(spec.umask)
@@ -188,6 +225,9 @@ def _exec_child(spec, user, argv, env, report_fd):
         step = "close fds"
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, _max_fd())
+        if _program_nofile is not None:
+            step = "open files limit"
+            resource.setrlimit(resource.RLIMIT_NOFILE, _program_nofile)
         step = "exec %s" % spec.run
         os.execve(spec.run, argv, env)
     except BaseException as err:  # report, whatever it is
@@ -217,6 +257,23 @@ def become_subreaper():
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def raise_open_files_limit():
+    """Raise our soft RLIMIT_NOFILE to the hard limit (the worker holds a
+    pidfd per process); programs get the original limit back at exec."""
+    global _program_nofile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    target = min(target, 1 << 20)
+    if target <= soft:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    _program_nofile = (soft, hard)
+    return target
 
 
 def start_ticks(pid):

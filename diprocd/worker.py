@@ -22,7 +22,7 @@ from diprocd import status as status_mod
 from diprocd.config import load_worker_config
 from diprocd.errors import ConfigError, SpawnError
 from diprocd.fileio import atomic_write
-from diprocd.process import (RUNNING, STOPPED, STOPPING, WAITING, Process)
+from diprocd.process import RUNNING, STOPPING, WAITING, Process
 from diprocd.spec import ProcessSpec
 from diprocd.watch import FileWatch
 
@@ -30,6 +30,8 @@ import simplejson as json
 
 # Let a burst of writes to CONFIG settle before reading it.
 RELOAD_DEBOUNCE = 0.01
+# Starts in flight at once in a burst (each holds a pipe until exec).
+LAUNCH_BATCH = 64
 # Without pidfd: how often each supervised pid is checked.
 PID_POLL_INTERVAL = 0.5
 
@@ -72,6 +74,7 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                        signal.SIGCHLD):
             signal.signal(signum, _record_only)
+        spawn_mod.raise_open_files_limit()
         if not spawn_mod.become_subreaper():
             self.log.warning("cannot become a child subreaper: exit statuses "
                              "of processes will show as unknown")
@@ -231,10 +234,33 @@ class Worker:
                     if proc.state != STOPPING and not self._has_live_dependent(
                             proc):
                         proc.stop()
-                elif proc.state == WAITING and all(
-                        self._dependency_running(dep)
-                        for dep in proc.spec.depends):
-                    proc.start()
+            self._start_waiting()
+
+    def _start_waiting(self):
+        """Start every waiting process whose dependencies run, as one
+        overlapped burst: fork them all, then collect their exec reports,
+        so the programs reach exec on the other cores while the worker
+        forks the next one."""
+        ready = [proc for proc in self.procs.values()
+                 if proc.state == WAITING and not proc.removing
+                 and all(self._dependency_running(dep)
+                         for dep in proc.spec.depends)]
+        for first in range(0, len(ready), LAUNCH_BATCH):
+            launches = []
+            for proc in ready[first:first + LAUNCH_BATCH]:
+                if not proc.begin_start():
+                    continue
+                try:
+                    launches.append((proc, self._launch(proc.spec)))
+                except SpawnError as err:
+                    proc.start_failed(err)
+            for proc, launch in launches:
+                try:
+                    pid = self._wait_launch(launch)
+                except SpawnError as err:
+                    proc.start_failed(err)
+                else:
+                    proc.started(pid)
 
     def _dependency_running(self, name):
         dep = self.procs.get(name)
@@ -291,6 +317,9 @@ class Worker:
 
     # --- ops: what the state machine asks for ---------------------------------
     def spawn(self, spec):
+        return self._wait_launch(self._launch(spec))
+
+    def _launch(self, spec):
         if spec.daemon and spec.pid_file:
             # The daemon's pid file from an earlier run would be mistaken
             # for the new one.
@@ -300,8 +329,11 @@ class Worker:
                 os.makedirs(os.path.dirname(spec.logs), exist_ok=True)
             except OSError:
                 pass  # the open in the child reports the real problem
+        return spawn_mod.launch(spec)
+
+    def _wait_launch(self, launch):
         try:
-            return spawn_mod.spawn(spec)
+            return launch.wait()
         except SpawnError as err:
             pid = getattr(err, "pid", None)
             if pid:

@@ -145,6 +145,11 @@ def test_start_env_cwd_logs_pidfile(node, tmp_path):
     environ = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
     assert b"FOO=bar baz" in environ and any(e.startswith(b"PATH=") for e in environ)
     assert not any(e.startswith(b"PYTHONPATH=") for e in environ)  # clean env
+    # The worker raised its own open-files limit; the program gets ours back.
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limits = [l for l in open("/proc/%d/limits" % pid) if l.startswith("Max open files")]
+    assert limits[0].split()[3] == str(soft)
     # Own session and process group: it survives the worker.
     assert os.getsid(pid) != os.getsid(node.daemon.pid)
     assert os.getpgid(pid) == pid
@@ -162,6 +167,9 @@ def test_runs_as_nobody_by_default(node):
     uids = [l for l in open("/proc/%d/status" % pid) if l.startswith("Uid:")][0]
     assert uids.split()[1:] == [str(nobody.pw_uid)] * 4
     assert os.stat("/proc/%d" % pid).st_gid == nobody.pw_gid
+    groups = [l for l in open("/proc/%d/status" % pid) if l.startswith("Groups:")]
+    assert sorted(map(int, groups[0].split()[1:])) == sorted(
+        set(os.getgrouplist("nobody", nobody.pw_gid)))
 
 
 @requires_root
