@@ -11,6 +11,7 @@ state machine asks for (spawn, signals, pid files, watching pids) and keeps
 the status file, which doubles as its memory across restarts for adoption.
 """
 
+import collections
 import errno
 import os
 import selectors
@@ -238,29 +239,41 @@ class Worker:
 
     def _start_waiting(self):
         """Start every waiting process whose dependencies run, as one
-        overlapped burst: fork them all, then collect their exec reports,
-        so the programs reach exec on the other cores while the worker
-        forks the next one."""
+        overlapped burst: up to LAUNCH_BATCH launches are in flight while the
+        worker forks the next, so the programs reach exec on the other cores
+        meanwhile; pid files and pidfds follow once the whole burst runs.
+        (A program that dies meanwhile stays a zombie of ours, the worker
+        being its subreaper, so no exit is missed.)"""
         ready = [proc for proc in self.procs.values()
                  if proc.state == WAITING and not proc.removing
                  and all(self._dependency_running(dep)
                          for dep in proc.spec.depends)]
-        for first in range(0, len(ready), LAUNCH_BATCH):
-            launches = []
-            for proc in ready[first:first + LAUNCH_BATCH]:
-                if not proc.begin_start():
-                    continue
-                try:
-                    launches.append((proc, self._launch(proc.spec)))
-                except SpawnError as err:
-                    proc.start_failed(err)
-            for proc, launch in launches:
-                try:
-                    pid = self._wait_launch(launch)
-                except SpawnError as err:
-                    proc.start_failed(err)
-                else:
-                    proc.started(pid)
+        in_flight = collections.deque()
+        outcomes = []
+
+        def collect_oldest():
+            proc, launch = in_flight.popleft()
+            try:
+                outcomes.append((proc, self._wait_launch(launch), None))
+            except SpawnError as err:
+                outcomes.append((proc, None, err))
+
+        for proc in ready:
+            if not proc.begin_start():
+                continue
+            try:
+                in_flight.append((proc, self._launch(proc.spec)))
+            except SpawnError as err:
+                outcomes.append((proc, None, err))
+            if len(in_flight) >= LAUNCH_BATCH:
+                collect_oldest()
+        while in_flight:
+            collect_oldest()
+        for proc, pid, err in outcomes:
+            if err is not None:
+                proc.start_failed(err)
+            else:
+                proc.started(pid)
 
     def _dependency_running(self, name):
         dep = self.procs.get(name)
