@@ -21,6 +21,7 @@ import time
 from diprocd import spawn as spawn_mod
 from diprocd import status as status_mod
 from diprocd.config import load_worker_config
+from diprocd.daemon import SignalPipe
 from diprocd.errors import ConfigError, SpawnError
 from diprocd.fileio import atomic_write
 from diprocd.process import RUNNING, STOPPING, WAITING, Process
@@ -69,12 +70,10 @@ class Worker:
     # --- life cycle ---------------------------------------------------------
     def run(self):
         self.selector = selectors.DefaultSelector()
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.selector.register(wake_r, selectors.EVENT_READ, "signals")
-        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                       signal.SIGCHLD):
-            signal.signal(signum, _record_only)
+        signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                              signal.SIGCHLD))
+        self.selector.register(signals.fileno(), selectors.EVENT_READ,
+                               "signals")
         spawn_mod.raise_open_files_limit()
         if not spawn_mod.become_subreaper():
             self.log.warning("cannot become a child subreaper: exit statuses "
@@ -93,27 +92,25 @@ class Worker:
             self._adopt_previous(self.config.procs)
             self._apply(self.config.procs)
             while not self._stop:
-                self._step(wake_r)
+                self._step(signals)
         finally:
             self._flush_status(force=True)
-            signal.set_wakeup_fd(old_wakeup)
             self.watch.close()
             for fd in list(self._pidfds):
                 os.close(fd)
             self.selector.close()
-            os.close(wake_r)
-            os.close(wake_w)
+            signals.close()
         self.log.info("dpd-workerd exiting; %d processes left running",
                       sum(1 for p in self.procs.values() if p.alive))
         return 0
 
-    def _step(self, wake_r):
+    def _step(self, signals):
         self._run_schedulers()
         self._flush_status()
         timeout = self._timeout()
         for key, _ in self.selector.select(timeout):
             if key.data == "signals":
-                self._handle_signals(wake_r)
+                self._handle_signals(signals.drain())
             elif key.data == "config":
                 if self.watch.read_events():
                     self._reload_at = self.clock.monotonic() + RELOAD_DEBOUNCE
@@ -146,12 +143,8 @@ class Worker:
             return None
         return max(0.0, min(deadlines) - now)
 
-    def _handle_signals(self, wake_r):
-        try:
-            data = os.read(wake_r, 512)
-        except BlockingIOError:
-            return
-        for signum in set(data):
+    def _handle_signals(self, received):
+        for signum in received:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.log.info("received %s: exiting, processes keep running",
                               signal.Signals(signum).name)
@@ -498,10 +491,6 @@ class Worker:
                                self.status_path, message)
             self._status_error = message
             self._status_dirty = True
-
-
-def _record_only(signum, frame):
-    """Signal handlers only record: the wake-up fd carries the number."""
 
 
 def _read_bytes(path):
