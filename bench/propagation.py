@@ -45,19 +45,14 @@ import zmq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import protocol  # noqa: E402
+from helpers import free_port, marked_pids  # noqa: E402  (the tests' helpers)
 
 MARKER_VAR = "DPD_BENCH_MARKER"
 USER = pwd.getpwuid(os.geteuid()).pw_name
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_json(path, obj):
@@ -97,21 +92,6 @@ def percentile(values, fraction):
     index = min(len(ordered) - 1, max(0, int(round(fraction * len(ordered)
                                                    + 0.5)) - 1))
     return ordered[index]
-
-
-def marked_pids(token):
-    needle = ("%s=%s" % (MARKER_VAR, token)).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as handle:
-                if needle in handle.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
 
 
 class Bench:
@@ -265,7 +245,7 @@ class Bench:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for pid in marked_pids(self.token):
+        for pid in marked_pids(self.token, MARKER_VAR):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -38,9 +38,9 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def marked_pids(marker):
-    """Pids of live processes whose environment carries ``marker``."""
-    needle = ("%s=%s" % (MARKER_VAR, marker)).encode()
+def marked_pids(marker, var=MARKER_VAR):
+    """Pids of live processes whose environment carries ``var=marker``."""
+    needle = ("%s=%s" % (var, marker)).encode()
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
