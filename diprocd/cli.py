@@ -6,6 +6,7 @@ error), take the pid file lock (a second instance prints "already running
 """
 
 import argparse
+import os
 import sys
 
 from diprocd import __version__
@@ -47,6 +48,7 @@ def check_config(loader, path):
 
 def run_daemon(prog, args, loader, app_factory):
     """Load, lock, detach, log and run ``app_factory(config, log).run()``."""
+    args.config = os.path.abspath(args.config)  # daemonizing chdirs to /
     try:
         config = loader(args.config)
     except ConfigError as err:

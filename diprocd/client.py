@@ -181,6 +181,9 @@ class Client:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
         sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(self.config.node_name))
+        # A (re)connection to the master (it may have restarted with other
+        # lists) is answered by a hello, not by waiting for its heartbeat.
+        self._monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         sub.connect(self.config.master_updates)
         push = self._context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
@@ -198,6 +201,9 @@ class Client:
                       self.config.master_stats)
 
     def _close_sockets(self):
+        if self.sub is not None:
+            self.sub.disable_monitor()
+            self._monitor.close(linger=0)
         for sock in (self.sub, self.push):
             if sock is not None:
                 sock.close(linger=0)
@@ -218,6 +224,7 @@ class Client:
                 due.append(now + self._status_watch.poll_interval)
             poller = zmq.Poller()
             poller.register(self.sub, zmq.POLLIN)
+            poller.register(self._monitor, zmq.POLLIN)
             poller.register(self._signals.fileno(), zmq.POLLIN)
             if watch_fd is not None:
                 poller.register(watch_fd, zmq.POLLIN)
@@ -230,6 +237,11 @@ class Client:
             if self.sub in events:
                 self._receive_updates()
             now = self._clock()
+            if self._monitor in events:
+                while self._monitor.poll(0):
+                    self._monitor.recv_multipart()
+                self._last_heard, self._hello_due = None, now
+                self._hello_backoff = HELLO_RETRY
             if self._status_changed(watch_fd, events):
                 self._status_due = min(self._status_due, max(
                     now, (self._last_status_sent or 0) + STATUS_MIN_GAP))

@@ -17,7 +17,8 @@ def atomic_write(path, data, mode=None, fsync=True):
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # replace a symlink's target, not the link
+    folder = os.path.dirname(path)
     if mode is None:
         try:
             mode = os.stat(path).st_mode & 0o7777

@@ -46,6 +46,9 @@ DEFAULT_SILENT_AFTER = 15.0
 RELOAD_SETTLE = 0.01
 NODES_FILE_INTERVAL = 1.0
 SILENCE_CHECK_INTERVAL = 1.0
+# Anyone who reaches the stats socket can name a node: keep at most this many
+# nodes that are not in the master file.
+MAX_UNKNOWN_NODES = 1024
 
 
 
@@ -98,6 +101,13 @@ def load_master_config(path):
             procs, where, pid_dir=None, check_users=False)
         problems += node_problems
         warnings += node_warnings
+        # Clients drop a message over the protocol's bound: refuse it here.
+        size = len(protocol.encode_update(protocol.Update(
+            node, "e" * protocol.MAX_EPOCH_CHARS, 2 ** 53, procs, heartbeat))[2])
+        if size > protocol.MAX_MESSAGE_BYTES:
+            problems.append("%s: its list encodes to %d bytes, more than the "
+                            "%d a client accepts" % (where, size,
+                                                     protocol.MAX_MESSAGE_BYTES))
         nodes[node] = procs
     if problems:
         raise ConfigError(problems)
@@ -214,25 +224,35 @@ class Master:
             context.term()
             self._signals.close()
 
-    def _bind(self, context, config):
+    def _bind(self, context, config, bound=None):
+        """Bind a socket for each endpoint of ``config`` that ``bound`` (the
+        configuration in force) does not already serve; close the replaced
+        sockets only once every new bind worked."""
         import zmq
-        pub = context.socket(zmq.PUB)
-        pull = context.socket(zmq.PULL)
+        wanted = (("pub", zmq.PUB, config.master_updates,
+                   bound and bound.master_updates),
+                  ("pull", zmq.PULL, config.master_stats,
+                   bound and bound.master_stats))
+        new = {}
         try:
-            pub.setsockopt(zmq.LINGER, 0)
-            pull.setsockopt(zmq.LINGER, 0)
-            pull.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
-            pub.bind(config.master_updates)
-            pull.bind(config.master_stats)
+            for attr, kind, endpoint, current in wanted:
+                if endpoint == current:
+                    continue
+                sock = new[attr] = context.socket(kind)
+                sock.setsockopt(zmq.LINGER, 0)
+                if kind == zmq.PULL:
+                    sock.setsockopt(zmq.MAXMSGSIZE,
+                                    2 * protocol.MAX_MESSAGE_BYTES)
+                sock.bind(endpoint)
         except zmq.ZMQError:
-            pub.close(linger=0)
-            pull.close(linger=0)
-            raise
-        old = (getattr(self, "pub", None), getattr(self, "pull", None))
-        self.pub, self.pull = pub, pull
-        for sock in old:
-            if sock is not None:
+            for sock in new.values():
                 sock.close(linger=0)
+            raise
+        for attr, sock in new.items():
+            old = getattr(self, attr, None)
+            setattr(self, attr, sock)
+            if old is not None:
+                old.close(linger=0)
 
     def _loop(self, zmq):
         log = self.log
@@ -314,7 +334,7 @@ class Master:
         if (config.master_updates, config.master_stats) != (
                 self.config.master_updates, self.config.master_stats):
             try:
-                self._bind(self.pub.context, config)
+                self._bind(self.pub.context, config, self.config)
                 self.log.info("now publishing on %s, stats on %s",
                               config.master_updates, config.master_stats)
             except Exception as err:  # zmq.ZMQError
@@ -377,6 +397,11 @@ class Master:
         now = self._clock()
         node = report.node
         previous = self.seen.get(node)
+        if previous is None and node not in self.lists.configured and len(
+                set(self.seen) - self.lists.configured) >= MAX_UNKNOWN_NODES:
+            self.log.debug('report from unknown node "%s" dropped: already '
+                           "%d unknown nodes", node, MAX_UNKNOWN_NODES)
+            return
         if previous is not None and previous.silent:
             self.log.info('node "%s" is back after %.0f s of silence', node,
                           now - previous.monotonic)

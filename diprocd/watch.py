@@ -44,6 +44,10 @@ class FileWatch:
     def __init__(self, path, use_inotify=True):
         self.path = os.path.abspath(path)
         self.name = os.path.basename(self.path).encode()
+        # A symlinked file (config management) is edited where it points:
+        # watch that folder too.
+        self.real = os.path.realpath(self.path)
+        self.names = {self.name, os.path.basename(self.real).encode()}
         self.signature = file_signature(self.path)
         self.fd = None
         self.poll_interval = STAT_POLL_INTERVAL
@@ -58,10 +62,10 @@ class FileWatch:
             return
         if fd < 0:
             return
-        folder = os.path.dirname(self.path).encode()
-        if libc.inotify_add_watch(fd, folder, WATCH_MASK) < 0:
-            os.close(fd)
-            return
+        for folder in {os.path.dirname(self.path), os.path.dirname(self.real)}:
+            if libc.inotify_add_watch(fd, folder.encode(), WATCH_MASK) < 0:
+                os.close(fd)
+                return
         self.fd = fd
         self.poll_interval = None
 
@@ -85,7 +89,7 @@ class FileWatch:
                 offset += EVENT_HEADER.size
                 name = data[offset:offset + length].rstrip(b"\0")
                 offset += length
-                if name == self.name or mask & IN_Q_OVERFLOW:
+                if name in self.names or mask & IN_Q_OVERFLOW:
                     hit = True
 
     def changed(self):
