@@ -194,6 +194,16 @@ def validate_procs(raw, where, pid_dir=None, check_users=True):
             elif dep not in names and dep not in seen:
                 problems.append('%s: process "%s": field "depends": no process '
                                 'named "%s"' % (where, spec.name, dep))
+    owners = {}
+    for spec in specs:
+        if spec.pid_file is None:
+            continue
+        if spec.pid_file in owners:
+            problems.append('%s: process "%s": field "pid_file": %s is also '
+                            'the pid file of process "%s"' % (
+                                where, spec.name, spec.pid_file,
+                                owners[spec.pid_file]))
+        owners.setdefault(spec.pid_file, spec.name)
     cycle = find_cycle(specs)
     if cycle:
         problems.append('%s: field "depends": dependency cycle: %s'

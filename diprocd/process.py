@@ -207,15 +207,7 @@ class Process:
         name = self.spec.name
         self._set_pid(None)
         if self.state == STOPPING:
-            log.info("%s: stopped (%s)", name, how)
-            self.deadline = None
-            self._set_state(STOPPED)
-            if self.next_spec is not None and not self.removing:
-                self.spec, self.next_spec = self.next_spec, None
-                self.error = None
-                self._set_state(WAITING)
-            else:
-                self.ops.stopped(self)
+            self._finish_stop(how)
             return
         log.warning("%s: exited (%s)", name, how)
         if self.spec.write_pid:
@@ -225,12 +217,28 @@ class Process:
         else:
             self._set_state(EXITED)
 
+    def _finish_stop(self, how):
+        log.info("%s: stopped (%s)", self.spec.name, how)
+        self.deadline = None
+        self._set_pid(None)
+        self._set_state(STOPPED)
+        if self.next_spec is not None and not self.removing:
+            self.spec, self.next_spec = self.next_spec, None
+            self.error = None
+            self._set_state(WAITING)
+        else:
+            self.ops.stopped(self)
+
     def on_launcher_exit(self, how):
         """``daemon: true``: the program we exec'd returned (it forked)."""
         self.launcher_pid = None
         if self.state == STOPPING and self.pid is None:
-            self.on_exit(how)
-            return
+            # Stopping a daemon that was still launching.
+            if how == "exit status 0" and self._stop_found_daemon():
+                return
+            if how != "exit status 0" or self.deadline is None:
+                self._finish_stop(how)
+            return  # else wait (bounded) for its pid file, then stop it
         if self.state != STARTING:
             return
         if how != "exit status 0":
@@ -242,6 +250,17 @@ class Process:
     def tick(self, now):
         """Handle a passed deadline: SIGKILL a stop that lasted too long, or
         look for a starting daemon's pid file."""
+        if self.state == STOPPING and self.pid is None:
+            if self._stop_found_daemon():
+                return
+            if self.deadline is not None and now >= self.deadline:
+                if self.launcher_pid:
+                    self.deadline = None  # its exit ends the stop
+                    self.ops.kill(self.launcher_pid, signal.SIGKILL)
+                else:
+                    self._finish_stop("no daemon pid appeared in %s"
+                                      % self.spec.pid_file)
+            return
         if self.deadline is None or now < self.deadline:
             if self.state == STARTING:
                 self._poll_daemon_pid()
@@ -261,7 +280,8 @@ class Process:
                 self._fail_start()
 
     def next_deadline(self):
-        if self.state == STARTING:
+        if self.deadline is not None and (self.state == STARTING or (
+                self.state == STOPPING and self.pid is None)):
             return min(self.deadline,
                        self.clock.monotonic() + DAEMON_PID_POLL)
         return self.deadline
@@ -271,10 +291,29 @@ class Process:
         if not found:
             return False
         pid, ticks = found
+        if pid == self.launcher_pid:
+            self.launcher_pid = None  # it did not fork: one pid, one watch
         self.deadline = None
         self._set_pid(pid, ticks)
         self._set_state(RUNNING)
         log.info("%s: daemon running, pid %d", self.spec.name, pid)
+        return True
+
+    def _stop_found_daemon(self):
+        """Stopping a daemon that was launching: once its pid file names a
+        live pid, send it the stop signal."""
+        found = self.ops.read_daemon_pid(self.spec)
+        if not found:
+            return False
+        pid, ticks = found
+        if pid == self.launcher_pid:
+            self.launcher_pid = None
+        self._set_pid(pid, ticks)
+        self.deadline = self.clock.monotonic() + self.spec.stop_timeout
+        log.info("%s: stopping daemon pid %d with %s", self.spec.name, pid,
+                 signal.Signals(self.spec.stop_signal).name)
+        if not self.ops.kill(pid, self.spec.stop_signal):
+            self.on_exit("gone before the stop signal")
         return True
 
     def _fail_start(self):
@@ -289,20 +328,25 @@ class Process:
         that is not alive goes straight to STOPPED."""
         if self.state == STOPPING:
             return
-        if not self.alive or (self.pid is None and self.launcher_pid is None):
+        if self.state == STARTING:
+            # A daemon still launching: let it write its pid file (bounded),
+            # then stop that pid; killing the launcher could orphan it.
+            log.info("%s: stopping a daemon that is still starting",
+                     self.spec.name)
+            self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
+            self._set_state(STOPPING)
+            self._stop_found_daemon()
+            return
+        if not self.alive or self.pid is None:
             if self.state != STOPPED:
                 self._set_state(STOPPED)
             self.ops.stopped(self)
             return
-        target = self.pid or self.launcher_pid
-        log.info("%s: stopping pid %d with %s", self.spec.name, target,
+        log.info("%s: stopping pid %d with %s", self.spec.name, self.pid,
                  signal.Signals(self.spec.stop_signal).name)
         self.deadline = self.clock.monotonic() + self.spec.stop_timeout
         self._set_state(STOPPING)
-        if self.pid is None:
-            # A daemon still launching: end the launcher, then it is gone.
-            self.ops.kill(target, signal.SIGKILL)
-        elif not self.ops.kill(self.pid, self.spec.stop_signal):
+        if not self.ops.kill(self.pid, self.spec.stop_signal):
             self.on_exit("gone before the stop signal")
 
     def replace(self, spec):

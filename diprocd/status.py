@@ -20,6 +20,33 @@ def status_file_path(worker_pid_file):
     return base + ".status.json"
 
 
+def journal_file_path(worker_pid_file):
+    """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.journal``: one line per
+    process started since the status file was last written."""
+    base, ext = os.path.splitext(worker_pid_file)
+    if ext != ".pid":
+        base = worker_pid_file
+    return base + ".journal"
+
+
+def read_journal(path):
+    """The journal's entries (dicts), skipping a torn or foreign line."""
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line.decode("utf-8"))
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            entries.append(entry)
+    return entries
+
+
 def read_status(path):
     """The status document, or None when missing or unreadable."""
     try:
@@ -82,7 +109,7 @@ def status_main(config_path):
     path = status_file_path(config.pid_file)
     document = read_status(path)
     worker_pid = read_pid(config.pid_file)
-    worker_alive = worker_pid is not None and _alive(worker_pid)
+    worker_alive = worker_pid is not None and _lock_held(config.pid_file)
     if worker_alive:
         print("dpd-workerd running, pid %d; status from %s" % (worker_pid, path))
     else:
@@ -95,11 +122,18 @@ def status_main(config_path):
     return 0 if worker_alive and all_ok else 1
 
 
-def _alive(pid):
+def _lock_held(pid_file):
+    """A live worker holds its pid file's flock; a pid file left by a killed
+    worker (whose pid may belong to anything by now) is not locked."""
+    import fcntl
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        fd = os.open(pid_file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
         return True
+    finally:
+        os.close(fd)
+    return False

@@ -14,6 +14,7 @@ the status file, which doubles as its memory across restarts for adoption.
 import collections
 import errno
 import os
+import select
 import selectors
 import signal
 import time
@@ -32,6 +33,8 @@ import simplejson as json
 
 # Let a burst of writes to CONFIG settle before reading it.
 RELOAD_DEBOUNCE = 0.01
+# How often a status file write that failed (disk full...) is retried.
+STATUS_RETRY = 1.0
 # Starts in flight at once in a burst (each holds a pipe until exec).
 LAUNCH_BATCH = 64
 # Without pidfd: how often each supervised pid is checked.
@@ -52,6 +55,8 @@ class Worker:
         self.log = log
         self.clock = clock or SystemClock()
         self.status_path = status_mod.status_file_path(config.pid_file)
+        self.journal_path = status_mod.journal_file_path(config.pid_file)
+        self._journal_fd = None
         self.procs = {}
         self.selector = None
         self._pidfds = {}          # fd -> (process, pid, kind)
@@ -64,6 +69,7 @@ class Worker:
         self._next_poll = None
         self._stop = False
         self._status_error = None
+        self._status_retry_at = None
         self._loaded_bytes = None
         self._boot_id = spawn_mod.boot_id()
 
@@ -86,6 +92,9 @@ class Worker:
             self.log.info("no inotify: checking %s every %.2fs",
                           self.config.path, self.watch.poll_interval)
         self._loaded_bytes = _read_bytes(self.config.path)
+        self._journal_fd = os.open(
+            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            | os.O_CLOEXEC, 0o644)
         self.log.info("dpd-workerd started, pid %d, %d processes in %s",
                       os.getpid(), len(self.config.procs), self.config.path)
         try:
@@ -100,6 +109,7 @@ class Worker:
                 os.close(fd)
             self.selector.close()
             signals.close()
+            os.close(self._journal_fd)
         self.log.info("dpd-workerd exiting; %d processes left running",
                       sum(1 for p in self.procs.values() if p.alive))
         return 0
@@ -134,6 +144,8 @@ class Worker:
                      if p.deadline is not None]
         if self._reload_at is not None:
             deadlines.append(self._reload_at)
+        if self._status_error:
+            deadlines.append(self._status_retry_at)
         if self.watch.poll_interval:
             deadlines.append(now + self.watch.poll_interval)
         if self._polled:
@@ -170,6 +182,8 @@ class Worker:
                 self.log.error(problem)
             self.log.error("%s is invalid: keeping the last good configuration "
                            "and every process as it is", self.config.path)
+            if force:
+                self._retry_all()
             return
         self._loaded_bytes = data
         for warning in config.warnings:
@@ -180,10 +194,14 @@ class Worker:
             config = config._replace(pid_file=self.config.pid_file)
         self.config = config
         if force:
-            for proc in self.procs.values():
-                if not proc.removing:
-                    proc.retry()
+            self._retry_all()
         self._apply(config.procs)
+
+    def _retry_all(self):
+        for proc in self.procs.values():
+            if not proc.removing:
+                proc.retry()
+        self._schedule_dirty = True
 
     def _apply(self, specs):
         """Diff by name: stop the removed, start the added, restart the
@@ -208,7 +226,7 @@ class Worker:
                 else:
                     proc.replace(spec) if spec != proc.spec else proc.want()
                 changed += 1
-            elif spec != proc.spec and spec != proc.next_spec:
+            elif spec != (proc.next_spec or proc.spec):
                 self.log.info("%s: definition changed: restarting", name)
                 proc.replace(spec)
                 changed += 1
@@ -232,20 +250,33 @@ class Worker:
 
     def _start_waiting(self):
         """Start every waiting process whose dependencies run, as one
-        overlapped burst: up to LAUNCH_BATCH launches are in flight while the
-        worker forks the next, so the programs reach exec on the other cores
-        meanwhile; pid files and pidfds follow once the whole burst runs.
-        (A program that dies meanwhile stays a zombie of ours, the worker
-        being its subreaper, so no exit is missed.)"""
+        overlapped burst: up to LAUNCH_BATCH launches are forked ahead, up to
+        LAUNCH_BATCH more are released (recorded in the journal, then let
+        through to exec) while the worker forks the next, so the programs
+        reach exec on the other cores meanwhile. States, pid files and the
+        status file follow once the whole burst runs; the journal already
+        holds every pid, and a program that dies meanwhile stays a zombie of
+        ours (the worker is its subreaper), so no exit is missed."""
         ready = [proc for proc in self.procs.values()
                  if proc.state == WAITING and not proc.removing
                  and all(self._dependency_running(dep)
                          for dep in proc.spec.depends)]
-        in_flight = collections.deque()
+        forked = collections.deque()
+        released = collections.deque()
         outcomes = []
 
+        def release_oldest():
+            proc, launch = forked.popleft()
+            try:
+                self._release(launch)
+            except SpawnError as err:
+                outcomes.append((proc, None, err))
+                self._wait_quietly(launch)
+                return
+            released.append((proc, launch))
+
         def collect_oldest():
-            proc, launch = in_flight.popleft()
+            proc, launch = released.popleft()
             try:
                 outcomes.append((proc, self._wait_launch(launch), None))
             except SpawnError as err:
@@ -255,12 +286,16 @@ class Worker:
             if not proc.begin_start():
                 continue
             try:
-                in_flight.append((proc, self._launch(proc.spec)))
+                forked.append((proc, self._launch(proc.spec)))
             except SpawnError as err:
                 outcomes.append((proc, None, err))
-            if len(in_flight) >= LAUNCH_BATCH:
+            if len(forked) >= LAUNCH_BATCH:
+                release_oldest()
+            if len(released) >= LAUNCH_BATCH:
                 collect_oldest()
-        while in_flight:
+        while forked:
+            release_oldest()
+        while released:
             collect_oldest()
         for proc, pid, err in outcomes:
             if err is not None:
@@ -281,19 +316,27 @@ class Worker:
     def _adopt_previous(self, specs):
         """Take over the processes a previous worker left running, proven ours
         by the same boot and the same kernel start time of their pid."""
+        records = {}
         previous = status_mod.read_status(self.status_path)
         if previous is None:
             if os.path.exists(self.status_path):
                 self.log.warning("%s is unreadable: cannot prove which running "
-                                 "processes are ours, adopting none",
-                                 self.status_path)
-            return
-        if previous.get("boot_id") != self._boot_id:
+                                 "processes it lists are ours", self.status_path)
+        elif previous.get("boot_id") != self._boot_id:
             self.log.info("%s is from another boot: nothing to adopt",
                           self.status_path)
-            return
+        else:
+            records.update(previous["procs"])
+        # Starts recorded after the last status write (the worker may have
+        # been killed in the middle of a burst): newer, so they win.
+        for entry in status_mod.read_journal(self.journal_path):
+            if entry.get("boot_id") == self._boot_id:
+                name = entry.get("name")
+                merged = dict(records.get(name) or {})
+                merged.update(entry)
+                records[name] = merged
         wanted = {spec.name: spec for spec in specs}
-        for name, record in previous["procs"].items():
+        for name, record in records.items():
             if not isinstance(record, dict):
                 continue
             pid, ticks = record.get("pid"), record.get("ticks")
@@ -323,7 +366,13 @@ class Worker:
 
     # --- ops: what the state machine asks for ---------------------------------
     def spawn(self, spec):
-        return self._wait_launch(self._launch(spec))
+        launch = self._launch(spec)
+        try:
+            self._release(launch)
+        except SpawnError:
+            self._wait_quietly(launch)
+            raise
+        return self._wait_launch(launch)
 
     def _launch(self, spec):
         if spec.daemon and spec.pid_file:
@@ -336,6 +385,34 @@ class Worker:
             except OSError:
                 pass  # the open in the child reports the real problem
         return spawn_mod.launch(spec)
+
+    def _release(self, launch):
+        """Record the new pid in the journal, then let it exec. A pid that
+        cannot be recorded is not let through: a later worker could neither
+        adopt nor stop it."""
+        pid = launch.read_pid()
+        ticks = spawn_mod.start_ticks(pid)
+        if ticks is not None:  # else it died already: wait() says why
+            spec = launch.spec
+            line = json.dumps({
+                "boot_id": self._boot_id, "name": spec.name, "pid": pid,
+                "ticks": ticks, "fingerprint": spec.fingerprint(),
+                "pid_file": spec.pid_file, "write_pid": spec.write_pid,
+                "stop": [spec.stop_signal, spec.stop_timeout]}) + "\n"
+            try:
+                os.write(self._journal_fd, line.encode("utf-8"))
+            except OSError as err:
+                reason = "cannot record the pid in %s: %s" % (
+                    self.journal_path, err.strerror or err)
+                launch.abort(reason)
+                raise SpawnError(reason)
+        launch.release()
+
+    def _wait_quietly(self, launch):
+        try:
+            launch.wait()
+        except SpawnError:
+            pass
 
     def _wait_launch(self, launch):
         try:
@@ -398,6 +475,11 @@ class Worker:
 
     # --- watching pids ---------------------------------------------------------
     def _watch(self, proc, pid, kind):
+        fd = self._fd_of_pid.get(pid)
+        if fd is not None:
+            # A daemon whose pid file names its launcher: one pid, one pidfd.
+            self._pidfds[fd] = (proc, pid, kind)
+            return
         try:
             fd = spawn_mod.pidfd_open(pid)
         except ProcessLookupError:
@@ -421,7 +503,12 @@ class Worker:
             os.close(fd)
 
     def _on_pidfd(self, fd):
-        proc, pid, kind = self._pidfds[fd]
+        entry = self._pidfds.get(fd)
+        if entry is None or not _readable(fd):
+            # Unwatched earlier in this batch of events (its fd number may
+            # even be a new process's pidfd by now): not an exit.
+            return
+        proc, pid, kind = entry
         how = None
         try:
             result = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
@@ -481,6 +568,8 @@ class Worker:
         try:
             atomic_write(self.status_path, json.dumps(document, indent=1),
                          mode=0o644, fsync=False)
+            if self._journal_fd is not None:
+                os.ftruncate(self._journal_fd, 0)  # all in the status now
             if self._status_error:
                 self.log.info("status file %s written again", self.status_path)
             self._status_error = None
@@ -491,6 +580,12 @@ class Worker:
                                self.status_path, message)
             self._status_error = message
             self._status_dirty = True
+            self._status_retry_at = self.clock.monotonic() + STATUS_RETRY
+
+
+def _readable(fd):
+    ready, _, _ = select.select([fd], [], [], 0)
+    return bool(ready)
 
 
 def _read_bytes(path):

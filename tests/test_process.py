@@ -238,3 +238,47 @@ def test_adopted_process_is_running():
     proc.adopt(4242, 99)
     assert proc.state == P.RUNNING and proc.adopted and proc.ticks == 99
     assert ops.spawned == []
+
+
+def test_stop_a_daemon_still_waiting_for_its_pid_file():
+    """Removed or changed between the launcher's exit and the pid file: the
+    worker waits for the pid (bounded), then stops that daemon."""
+    proc, ops, clock = make(daemon=True, write_pid=False)
+    proc.want()
+    proc.start()
+    proc.on_launcher_exit("exit status 0")
+    assert proc.state == P.STARTING and proc.launcher_pid is None
+    proc.stop()
+    assert proc.state == P.STOPPING and ops.signals == []
+    ops.daemon_pid = 777
+    clock.now += 0.05
+    proc.tick(clock.now)
+    assert proc.pid == 777 and ops.signals == [(777, signal.SIGTERM)]
+    proc.on_exit("killed by SIGTERM")
+    assert proc.state == P.STOPPED and ops.stopped_procs == [proc]
+
+
+def test_stop_a_launching_daemon_that_never_writes_its_pid():
+    proc, ops, clock = make(daemon=True, write_pid=False, stop_timeout=0)
+    proc.want()
+    proc.start()
+    proc.stop()  # the launcher still runs: it is not killed at once
+    assert proc.state == P.STOPPING and ops.signals == []
+    clock.now += P.DAEMON_PID_TIMEOUT + 1
+    proc.tick(clock.now)
+    assert ops.signals == [(101, signal.SIGKILL)]  # the launcher, never None
+    proc.tick(clock.now + 1)
+    assert ops.signals == [(101, signal.SIGKILL)]
+    proc.on_launcher_exit("killed by SIGKILL")
+    assert proc.state == P.STOPPED
+
+
+def test_daemon_that_does_not_fork():
+    """Its pid file names the launcher itself: one pid, supervised once."""
+    proc, ops, clock = make(daemon=True, write_pid=False)
+    proc.want()
+    proc.start()
+    ops.daemon_pid = 101
+    proc.tick(clock.now + 0.05)
+    assert proc.state == P.RUNNING and proc.pid == 101
+    assert proc.launcher_pid is None

@@ -472,3 +472,107 @@ def test_log_file_survives_logrotate(node, tmp_path):
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pid_alive(pid), what="the daemon to exit")
+
+
+def test_kill_9_during_a_burst_of_starts_leaves_no_duplicate(node):
+    """Every pid is recorded (journal) before its program may exec, so a
+    worker killed in the middle of a cold start is followed by one that
+    adopts what was started and starts only the rest."""
+    count = 150
+    node.write([node.proc("b%d" % i, "/bin/sleep", "%d" % (20000 + i)) for i in range(count)])
+    node.daemon = start_daemon("dpd-workerd", node.marker, ["-f", node.config_path],
+                               node.log_path)
+    wait_for(lambda: len(node.instances("sleep")) >= 20, what="the burst to begin")
+    node.daemon.kill()
+    node.daemon.wait()
+    node.start()
+    wait_for(lambda: sum(1 for e in node.status().values()
+                         if e.get("state") == "running") == count, timeout=30,
+             what="all running")
+    for i in range(count):
+        assert len(node.instances("%d" % (20000 + i))) == 1, "duplicate of b%d" % i
+
+
+def test_revert_while_stopping_runs_the_reverted_definition(node):
+    def stubborn(version):
+        return node.proc("s", "/bin/sh", "-c", "trap '' TERM; exec sleep %d" % version,
+                         stop_timeout=1)
+    node.write([stubborn(3001)])
+    node.start()
+    first = node.wait_running("s")
+    node.write([stubborn(3002)])
+    wait_for(lambda: node.state("s").get("state") == "stopping", what="stopping")
+    node.write([stubborn(3001)])
+    wait_for(lambda: node.state("s").get("pid") not in (None, first)
+             and node.state("s")["state"] == "running", what="restarted")
+    assert "3001" in open("/proc/%d/cmdline" % node.state("s")["pid"]).read()
+
+
+LATE_DAEMON = """
+import os, sys, time
+pid_file, delay, fork = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "fork"
+if fork and os.fork():
+    os._exit(0)
+time.sleep(delay)
+with open(pid_file + ".tmp", "w") as handle:
+    handle.write("%d\\n" % os.getpid())
+os.rename(pid_file + ".tmp", pid_file)
+time.sleep(1000)
+"""
+
+
+def daemon_proc(node, tmp_path, name, delay, fork=True):
+    script = tmp_path / "late_daemon.py"
+    script.write_text(LATE_DAEMON)
+    pid_file = str(tmp_path / ("%s.daemon.pid" % name))
+    return node.proc(name, sys.executable, str(script), pid_file, str(delay),
+                     "fork" if fork else "nofork", daemon=True, write_pid=False,
+                     pid_file=pid_file, user=pwd.getpwuid(os.geteuid()).pw_name)
+
+
+def test_daemon_removed_before_its_pid_file_is_stopped_once_it_appears(node, tmp_path):
+    node.write([daemon_proc(node, tmp_path, "late", 1.5)])
+    node.start()
+    node.wait_state("late", "starting")
+    node.write([])
+    wait_for(lambda: "late" not in node.status(), timeout=15, what="late removed")
+    assert node.daemon.poll() is None, node.log()
+    assert node.instances("late_daemon") == []
+
+
+def test_daemon_that_does_not_fork(node, tmp_path):
+    node.write([daemon_proc(node, tmp_path, "nofork", 0.1, fork=False)])
+    node.start()
+    pid = node.wait_running("nofork")
+    os.kill(pid, signal.SIGKILL)
+    new_pid = wait_for(lambda: node.state("nofork").get("state") == "running"
+                       and node.state("nofork")["pid"] != pid
+                       and node.state("nofork")["pid"], what="restart")
+    assert pid_alive(new_pid)
+    # Idle again: the worker sleeps (no spinning on a stale pidfd).
+    worker = node.daemon.pid
+    ticks = lambda: sum(map(int, open("/proc/%d/stat" % worker).read()
+                            .rsplit(")", 1)[1].split()[11:13]))
+    before = ticks()
+    import time
+    time.sleep(1)  # idle CPU is measured over an interval: not a wait
+    assert ticks() - before < 20
+
+
+def test_status_sees_a_dead_worker_despite_a_live_pid(node):
+    node.write([sleeper(node, "z")])
+    node.start()
+    node.wait_running("z")
+    node.stop(signal.SIGKILL)
+    with open(node.pid_file, "w") as handle:
+        handle.write("1\n")  # a leftover pid file naming a live process
+    result = run_command("dpd-workerd", ["--status", node.config_path])
+    assert result.returncode == 1 and "not running" in result.stdout
+
+
+def test_duplicate_pid_files_are_refused(node, tmp_path):
+    shared = str(tmp_path / "same.pid")
+    node.write([sleeper(node, "p1", pid_file=shared), sleeper(node, "p2", pid_file=shared)])
+    result = run_command("dpd-workerd", ["--check", node.config_path])
+    assert result.returncode == 1
+    assert 'process "p2": field "pid_file"' in result.stderr
