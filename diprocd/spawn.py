@@ -24,16 +24,16 @@
    h. stdin from ``/dev/null``, stdout and stderr appended to ``logs``;
    i. closes every other file descriptor (the pipe closes itself on exec)
       and gives back the open-files limit the worker was started with;
-   i'. waits for the worker's go-ahead on a second pipe: the worker first
-      records the pid (see Launch), and without the go-ahead the child
-      exits without running anything;
+   i'. appends its pid and kernel start time to the worker's journal (the
+      record a later worker adopts it by), so no program ever runs
+      unrecorded, whenever the worker dies; a failed write stops here;
    j. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
 4. The worker reads the pipe to its end: a successful exec closes it with no
    error, so a failure comes back as a SpawnError with its reason, not as a
-   silent death. ``launch`` returns after step 1 and the Launch object does
-   the rest, so a burst of starts overlaps (see Worker._start_waiting).
+   silent death. ``launch`` returns after step 1 and ``Launch.wait`` does
+   step 4, so a burst of starts overlaps (see Worker._start_waiting).
 """
 
 import ctypes
@@ -75,84 +75,39 @@ def clean_environment(spec, user_entry):
 
 
 class Launch:
-    """A process being started, in three steps the worker may overlap for a
-    burst of starts (the children work on the other cores meanwhile):
-
-    - ``launch(spec)`` forks the intermediate child and returns at once;
-    - ``read_pid()`` returns the final child's pid, which is then blocked
-      just before ``exec``, waiting for the worker's go-ahead: the worker
-      records the pid first, so a worker killed at any moment never leaves
-      behind a program it has no record of (without the go-ahead, the child
-      exits instead of running the program);
-    - ``release()`` (or ``abort(reason)``) and then ``wait()``, which
-      returns the pid once ``exec`` succeeded or raises SpawnError.
+    """A process being started. ``launch(spec)`` forks the intermediate
+    child and returns at once; ``wait()`` returns the pid once ``exec``
+    succeeded, or raises SpawnError. Several launches may be in flight: the
+    children reach exec on the other cores while the worker forks the next.
     """
 
-    def __init__(self, spec, middle_pid, report_fd, go_fd):
+    def __init__(self, spec, middle_pid, report_fd):
         self.spec = spec
         self.middle_pid = middle_pid
         self.report_fd = report_fd
-        self.go_fd = go_fd
-        self.pid = None
-        self.aborted = None
-        self._report = b""
         self._deadline = time.monotonic() + EXEC_TIMEOUT
-
-    def read_pid(self):
-        """The final child's pid; raise SpawnError if there is none."""
-        while b"\n" not in self._report:
-            chunk = _read_some(self.report_fd, self._deadline)
-            if not chunk:
-                break
-            self._report += chunk
-        pid, _ = _parse_report(self._report)
-        if pid is None:
-            self.abort("fork: the intermediate child failed")
-            raise SpawnError(self.aborted)
-        self.pid = pid
-        return pid
-
-    def release(self):
-        """Let the final child exec the program."""
-        try:
-            os.write(self.go_fd, b"g")
-        except OSError:
-            pass  # it died already: wait() reports why
-        self._close_go()
-
-    def abort(self, reason):
-        """Never run the program: the child exits when the pipe closes."""
-        self.aborted = reason
-        self._close_go()
-
-    def _close_go(self):
-        if self.go_fd is not None:
-            os.close(self.go_fd)
-            self.go_fd = None
 
     def wait(self):
         """Return the pid once the program runs (its exec closed the report
         pipe), or raise SpawnError with the reason it could not."""
-        if self.go_fd is not None:
-            self.release()
+        report = b""
         try:
             while True:
                 chunk = _read_some(self.report_fd, self._deadline)
                 if chunk is None:
-                    self._report += (b"Eexec: the process did not reach exec "
-                                     b"within %ds" % int(EXEC_TIMEOUT))
-                    if self.pid:
-                        _kill_quietly(self.pid)  # else it runs unsupervised
+                    pid, _ = _parse_report(report)
+                    if pid:
+                        _kill_quietly(pid)  # else it runs later, unsupervised
+                    report += (b"Eexec: the process did not reach exec "
+                               b"within %ds" % int(EXEC_TIMEOUT))
                     break
                 if not chunk:
                     break
-                self._report += chunk
+                report += chunk
         finally:
             os.close(self.report_fd)
             _reap(self.middle_pid)
-        pid, error = _parse_report(self._report)
-        if self.aborted:
-            error = self.aborted
+        pid, error = _parse_report(report)
         if pid is None:
             raise SpawnError(error or "fork: the intermediate child failed")
         if error is not None:
@@ -162,9 +117,14 @@ class Launch:
         return pid
 
 
-def launch(spec):
+def launch(spec, journal_fd=None, journal_entry=b"{"):
     """Fork the intermediate child for ``spec`` and return a Launch at once;
-    raise SpawnError for what fails before the fork."""
+    raise SpawnError for what fails before the fork.
+
+    With ``journal_fd`` (opened with O_APPEND), the final child appends one
+    line to it before exec: ``journal_entry`` (the start of a JSON object)
+    completed with its own pid and kernel start time. A program is thus
+    recorded before it can run, whenever the worker is killed."""
     try:
         user = lookup_user(spec.user)
     except (KeyError, OverflowError, ValueError):
@@ -181,36 +141,31 @@ def launch(spec):
     argv = [spec.run] + list(spec.args)
     env = clean_environment(spec, user)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    go_read, go_write = os.pipe2(os.O_CLOEXEC)
     try:
         middle = os.fork()
     except OSError as err:
-        for fd in (read_end, write_end, go_read, go_write):
-            os.close(fd)
+        os.close(read_end)
+        os.close(write_end)
         raise SpawnError("fork: %s" % err.strerror)
     if middle == 0:  # the intermediate child
         try:
             os.close(read_end)
-            os.close(go_write)
             os.setsid()
             final = os.fork()
             if final == 0:
-                _exec_child(spec, user, groups, argv, env, write_end, go_read)
+                _exec_child(spec, user, groups, argv, env, write_end,
+                            journal_fd, journal_entry)
             os.write(write_end, b"P%d\n" % final)
         except BaseException:
             os._exit(1)
         os._exit(0)
     os.close(write_end)
-    os.close(go_read)
-    return Launch(spec, middle, read_end, go_write)
+    return Launch(spec, middle, read_end)
 
 
 def spawn(spec):
-    """Start ``spec``'s program; return its pid or raise SpawnError (no
-    record kept: the worker uses the Launch steps)."""
-    started = launch(spec)
-    started.read_pid()
-    return started.wait()
+    """Start ``spec``'s program; return its pid or raise SpawnError."""
+    return launch(spec).wait()
 
 
 def _read_some(fd, deadline):
@@ -254,7 +209,8 @@ def _reap(pid):
             continue
 
 
-def _exec_child(spec, user, groups, argv, env, report_fd, go_fd):
+def _exec_child(spec, user, groups, argv, env, report_fd, journal_fd,
+                journal_entry):
     """Steps 3a-3j of the module docstring; never returns."""
     step = "signals"
     try:
@@ -266,6 +222,12 @@ def _exec_child(spec, user, groups, argv, env, report_fd, go_fd):
             except (OSError, ValueError):
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if journal_fd is not None:
+            step = "journal"
+            # /proc may not exist inside the chroot: read it now.
+            pid = os.getpid()
+            line = b'%s"pid": %d, "ticks": %d}\n' % (
+                journal_entry, pid, start_ticks(pid))
         step = "logs"
         null_fd = os.open("/dev/null", os.O_RDONLY)
         log_fd = os.open(spec.logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
@@ -290,16 +252,19 @@ def _exec_child(spec, user, groups, argv, env, report_fd, go_fd):
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         step = "close fds"
-        low, high = sorted((report_fd, go_fd))
-        os.closerange(3, low)
-        os.closerange(low + 1, high)
-        os.closerange(high + 1, _max_fd())
+        keep = sorted(fd for fd in (report_fd, journal_fd) if fd is not None)
+        low = 3
+        for fd in keep:
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, _max_fd())
         if _program_nofile is not None:
             step = "open files limit"
             resource.setrlimit(resource.RLIMIT_NOFILE, _program_nofile)
-        step = "wait for the worker"
-        if os.read(go_fd, 1) != b"g":
-            os._exit(0)  # the worker is gone or said no: run nothing
+        if journal_fd is not None:
+            step = "journal"
+            if os.write(journal_fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write")
         step = "exec %s" % spec.run
         os.execve(spec.run, argv, env)
     except BaseException as err:  # report, whatever it is

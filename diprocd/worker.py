@@ -250,33 +250,21 @@ class Worker:
 
     def _start_waiting(self):
         """Start every waiting process whose dependencies run, as one
-        overlapped burst: up to LAUNCH_BATCH launches are forked ahead, up to
-        LAUNCH_BATCH more are released (recorded in the journal, then let
-        through to exec) while the worker forks the next, so the programs
-        reach exec on the other cores meanwhile. States, pid files and the
-        status file follow once the whole burst runs; the journal already
-        holds every pid, and a program that dies meanwhile stays a zombie of
-        ours (the worker is its subreaper), so no exit is missed."""
+        overlapped burst: up to LAUNCH_BATCH launches are in flight while the
+        worker forks the next, so the programs reach exec on the other cores
+        meanwhile. States, pid files and the status file follow once the
+        whole burst runs: each program journals its own pid before exec, and
+        one that dies meanwhile stays a zombie of ours (the worker is its
+        subreaper), so neither a record nor an exit is lost."""
         ready = [proc for proc in self.procs.values()
                  if proc.state == WAITING and not proc.removing
                  and all(self._dependency_running(dep)
                          for dep in proc.spec.depends)]
-        forked = collections.deque()
-        released = collections.deque()
+        in_flight = collections.deque()
         outcomes = []
 
-        def release_oldest():
-            proc, launch = forked.popleft()
-            try:
-                self._release(launch)
-            except SpawnError as err:
-                outcomes.append((proc, None, err))
-                self._wait_quietly(launch)
-                return
-            released.append((proc, launch))
-
         def collect_oldest():
-            proc, launch = released.popleft()
+            proc, launch = in_flight.popleft()
             try:
                 outcomes.append((proc, self._wait_launch(launch), None))
             except SpawnError as err:
@@ -286,16 +274,12 @@ class Worker:
             if not proc.begin_start():
                 continue
             try:
-                forked.append((proc, self._launch(proc.spec)))
+                in_flight.append((proc, self._launch(proc.spec)))
             except SpawnError as err:
                 outcomes.append((proc, None, err))
-            if len(forked) >= LAUNCH_BATCH:
-                release_oldest()
-            if len(released) >= LAUNCH_BATCH:
+            if len(in_flight) >= LAUNCH_BATCH:
                 collect_oldest()
-        while forked:
-            release_oldest()
-        while released:
+        while in_flight:
             collect_oldest()
         for proc, pid, err in outcomes:
             if err is not None:
@@ -366,13 +350,7 @@ class Worker:
 
     # --- ops: what the state machine asks for ---------------------------------
     def spawn(self, spec):
-        launch = self._launch(spec)
-        try:
-            self._release(launch)
-        except SpawnError:
-            self._wait_quietly(launch)
-            raise
-        return self._wait_launch(launch)
+        return self._wait_launch(self._launch(spec))
 
     def _launch(self, spec):
         if spec.daemon and spec.pid_file:
@@ -384,35 +362,18 @@ class Worker:
                 os.makedirs(os.path.dirname(spec.logs), exist_ok=True)
             except OSError:
                 pass  # the open in the child reports the real problem
-        return spawn_mod.launch(spec)
+        return spawn_mod.launch(spec, self._journal_fd,
+                                self._journal_entry(spec))
 
-    def _release(self, launch):
-        """Record the new pid in the journal, then let it exec. A pid that
-        cannot be recorded is not let through: a later worker could neither
-        adopt nor stop it."""
-        pid = launch.read_pid()
-        ticks = spawn_mod.start_ticks(pid)
-        if ticks is not None:  # else it died already: wait() says why
-            spec = launch.spec
-            line = json.dumps({
-                "boot_id": self._boot_id, "name": spec.name, "pid": pid,
-                "ticks": ticks, "fingerprint": spec.fingerprint(),
-                "pid_file": spec.pid_file, "write_pid": spec.write_pid,
-                "stop": [spec.stop_signal, spec.stop_timeout]}) + "\n"
-            try:
-                os.write(self._journal_fd, line.encode("utf-8"))
-            except OSError as err:
-                reason = "cannot record the pid in %s: %s" % (
-                    self.journal_path, err.strerror or err)
-                launch.abort(reason)
-                raise SpawnError(reason)
-        launch.release()
-
-    def _wait_quietly(self, launch):
-        try:
-            launch.wait()
-        except SpawnError:
-            pass
+    def _journal_entry(self, spec):
+        """The start of the journal line the new process completes with its
+        pid and start time (see spawn.launch)."""
+        text = json.dumps({
+            "boot_id": self._boot_id, "name": spec.name,
+            "fingerprint": spec.fingerprint(), "pid_file": spec.pid_file,
+            "write_pid": spec.write_pid,
+            "stop": [spec.stop_signal, spec.stop_timeout]})
+        return text[:-1].encode("utf-8") + b", "
 
     def _wait_launch(self, launch):
         try:
