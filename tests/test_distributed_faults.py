@@ -5,6 +5,7 @@ read-only (a small tmpfs in a private mount namespace, as root)."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -12,8 +13,10 @@ import pytest
 import zmq
 
 from diprocd import protocol
-from helpers import (BIN, free_port, marked_env, read_json, run_command,
-                     start_daemon, wait_for, write_json)
+from diprocd.master import nodes_file_path
+from helpers import (BIN, free_port, marked_env, marked_pids, pid_alive,
+                     read_json, run_command, start_daemon, wait_for,
+                     write_json)
 
 IS_ROOT = os.geteuid() == 0
 PROC = {"name": "a", "run": "/bin/sleep", "args": ["1000"], "user": "root"}
@@ -107,12 +110,12 @@ def test_malformed_messages_leave_the_worker_file_unchanged(tmp_path,
         context.term()
 
 
-def start_master(tmp_path, marker, nodes):
+def start_master(tmp_path, marker, nodes, heartbeat=1):
     stats = "tcp://127.0.0.1:%d" % free_port()
     updates = "tcp://127.0.0.1:%d" % free_port()
     path = str(tmp_path / "master.json")
     doc = {"pid_file": str(tmp_path / "master.pid"), "master_stats": stats,
-           "master_updates": updates, "heartbeat": 1, "nodes": nodes}
+           "master_updates": updates, "heartbeat": heartbeat, "nodes": nodes}
     write_json(path, doc)
     master = start_daemon("dpd-masterd", marker, ["-f", "-v", path],
                           str(tmp_path / "master.log"))
@@ -261,3 +264,174 @@ def test_sighup_rereads_the_configs_and_second_instances_exit_0(tmp_path,
         for proc in (client, master):
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
+
+
+def start_node(tmp_path, marker, stats, updates):
+    """A dpd-clientd for node1 on an empty worker file; (client, conf)."""
+    conf = str(tmp_path / "worker.json")
+    write_json(conf, {"pid_file": str(tmp_path / "w.pid"), "procs": []})
+    client = start_daemon("dpd-clientd", marker,
+                          ["-f", "-v", client_files(tmp_path, conf, stats,
+                                                    updates)],
+                          str(tmp_path / "client.log"))
+    return client, conf
+
+
+def stop(*procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert proc.wait(timeout=10) == 0
+
+
+def listening(port):
+    """True while something listens on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def read_nodes_file(path):
+    try:
+        return read_json(path)["nodes"]
+    except (OSError, ValueError):
+        return {}
+
+
+def test_changing_only_master_stats_then_a_list_reaches_the_node(tmp_path,
+                                                                  marker):
+    master, stats, updates = start_master(tmp_path, marker,
+                                          {"node1": [PROC]})
+    client, conf = start_node(tmp_path, marker, stats, updates)
+    master_conf = str(tmp_path / "master.json")
+    master_log = str(tmp_path / "master.log")
+    try:
+        wait_for(lambda: read_json(conf)["procs"] == [PROC], timeout=10,
+                 what="node1's first list")
+        # Only the stats endpoint moves: the PUB socket stays as it is.
+        doc = read_json(master_conf)
+        new_stats = "tcp://127.0.0.1:%d" % free_port()
+        doc["master_stats"] = new_stats
+        write_json(master_conf, doc)
+        wait_for(lambda: "stats on " + new_stats in text(master_log) or
+                 "cannot bind" in text(master_log), timeout=5,
+                 what="the master to reload")
+        # Later, a list change: published on the same endpoint, applied.
+        proc2 = dict(PROC, args=["2000"])
+        doc["nodes"] = {"node1": [proc2]}
+        write_json(master_conf, doc)
+        wait_for(lambda: read_json(conf)["procs"] == [proc2], timeout=5,
+                 what="the changed list to reach node1")
+        assert "cannot bind" not in text(master_log)
+        assert "now publishing on %s, stats on %s" % (updates, new_stats) \
+            in text(master_log)
+        old_port = int(stats.rsplit(":", 1)[1])
+        wait_for(lambda: not listening(old_port), timeout=5,
+                 what="the old stats socket to be closed")
+        # The client follows on SIGHUP: the master hears it on the new
+        # stats socket, holding the new list.
+        client_conf = str(tmp_path / "client.json")
+        write_json(client_conf, dict(read_json(client_conf),
+                                     master_stats=new_stats))
+        client.send_signal(signal.SIGHUP)
+        nodes_file = nodes_file_path(str(tmp_path / "master.pid"))
+        wait_for(lambda: read_nodes_file(nodes_file).get("node1", {}).get(
+            "applied", {}).get("seq") == 2, timeout=5,
+            what="node1's status on the new stats socket")
+        assert read_nodes_file(nodes_file)["node1"]["in_sync"] is True
+    finally:
+        stop(client, master)
+
+
+def test_a_restarted_master_with_a_changed_list_is_heard_at_once(tmp_path,
+                                                                 marker):
+    # A long heartbeat: neither the master's republish nor the client's
+    # silence (2.5 heartbeats) may be what brings the new list.
+    master, stats, updates = start_master(tmp_path, marker,
+                                          {"node1": [PROC]}, heartbeat=30)
+    client, conf = start_node(tmp_path, marker, stats, updates)
+    master_conf = str(tmp_path / "master.json")
+    master_log = str(tmp_path / "master.log")
+    try:
+        wait_for(lambda: read_json(conf)["procs"] == [PROC], timeout=10,
+                 what="node1's first list")
+        stop(master)
+        # The client reconnects only once the new master has published its
+        # start-up lists, as a real fleet does: it must ask for its list.
+        client.send_signal(signal.SIGSTOP)
+        proc2 = dict(PROC, args=["2000"])
+        write_json(master_conf, dict(read_json(master_conf),
+                                     nodes={"node1": [proc2]}))
+        master = start_daemon("dpd-masterd", marker,
+                              ["-f", "-v", master_conf], master_log)
+        wait_for(lambda: text(master_log).count("master up") == 2,
+                 timeout=5, what="the master to start again")
+        # SIGHUP is answered from its loop: the start-up lists are out.
+        master.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: no node's list changed" in text(master_log),
+                 timeout=5, what="the master's loop")
+        client.send_signal(signal.SIGCONT)
+        wait_for(lambda: read_json(conf)["procs"] == [proc2], timeout=5,
+                 what="the restarted master's list to reach node1")
+        assert client.poll() is None
+    finally:
+        client.send_signal(signal.SIGCONT)
+        stop(client, master)
+
+
+def test_a_detached_master_given_a_relative_path_rereads_it(tmp_path,
+                                                            marker):
+    """Daemonizing chdirs to /: "master.json" must still mean the file in
+    the folder the master was started from."""
+    updates = "tcp://127.0.0.1:%d" % free_port()
+    pid_file = str(tmp_path / "master.pid")
+    log = str(tmp_path / "master.log")
+    doc = {"pid_file": pid_file, "log_file": log, "heartbeat": 0.2,
+           "master_stats": "tcp://127.0.0.1:%d" % free_port(),
+           "master_updates": updates, "nodes": {"node1": [PROC]}}
+    write_json(str(tmp_path / "master.json"), doc)
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, protocol.topic("node1"))
+    sub.connect(updates)
+    heard = []
+
+    def hears(procs):
+        while sub.poll(0):
+            heard.append(protocol.decode_update(sub.recv_multipart(),
+                                                "node1"))
+        return heard and heard[-1].procs == procs
+
+    try:
+        result = run_command("dpd-masterd", ["-v", "master.json"], marker,
+                             cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        pid = int(wait_for(lambda: os.path.exists(pid_file) and
+                           text(pid_file).strip(), timeout=5,
+                           what="the detached master's pid"))
+        assert pid in marked_pids(marker)
+        wait_for(lambda: hears([PROC]), timeout=5, what="the first list")
+        # An edit is noticed (the master watches the right folder)...
+        proc2 = dict(PROC, args=["2000"])
+        write_json(str(tmp_path / "master.json"),
+                   dict(doc, nodes={"node1": [proc2]}))
+        wait_for(lambda: hears([proc2]), timeout=5, what="the edited list")
+        assert heard[-1].seq == 2
+        # ... and SIGHUP re-reads the same file.
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: no node's list changed" in text(log),
+                 timeout=5, what="the SIGHUP reload")
+        assert "invalid master file" not in text(log)
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(pid), timeout=10,
+                 what="the master to exit")
+        assert not os.path.exists(pid_file)  # a clean exit
+    finally:
+        sub.close(linger=0)
+        context.term()

@@ -15,7 +15,9 @@ from diprocd import client as client_mod
 from diprocd import master as master_mod
 from diprocd import protocol
 from diprocd.errors import ConfigError
-from helpers import free_port, run_command, write_json
+from diprocd.fileio import atomic_write
+from diprocd.watch import FileWatch
+from helpers import free_port, run_command, wait_for, write_json
 
 PROC = {"name": "web.1", "run": "/bin/sleep", "args": ["60"], "user": "root"}
 
@@ -71,6 +73,32 @@ def test_master_config_reports_every_problem(tmp_path):
     # Users are the node's business: an unknown one is no error here.
     assert "no-such-user" not in text
     assert all(p.startswith(path) for p in info.value.problems)
+
+
+def big_list(body_bytes):
+    """One process whose list encodes to about ``body_bytes`` bytes."""
+    return [dict(PROC, args=["x" * body_bytes])]
+
+
+def test_master_config_refuses_a_list_a_client_would_drop(tmp_path):
+    path = str(tmp_path / "master.json")
+    # Just over the protocol's bound: every client would drop it, forever.
+    write_json(path, master_doc(tmp_path, {
+        "node1": [PROC], "node2": big_list(protocol.MAX_MESSAGE_BYTES)}))
+    with pytest.raises(ConfigError) as info:
+        master_mod.load_master_config(path)
+    [problem] = info.value.problems
+    assert problem.startswith('%s: node "node2": its list encodes to' % path)
+    assert "%d a client accepts" % protocol.MAX_MESSAGE_BYTES in problem
+    # A list a little under the bound is accepted, and a client accepts it
+    # whatever the epoch and sequence it comes with.
+    write_json(path, master_doc(tmp_path, {
+        "node2": big_list(protocol.MAX_MESSAGE_BYTES - 1024)}))
+    config = master_mod.load_master_config(path)
+    update = protocol.Update("node2", "e" * protocol.MAX_EPOCH_CHARS,
+                             10 ** 15, config.nodes["node2"], config.heartbeat)
+    decoded = protocol.decode_update(protocol.encode_update(update), "node2")
+    assert decoded.procs == config.nodes["node2"]
 
 
 def test_master_check_command(tmp_path):
@@ -204,6 +232,46 @@ def test_master_answers_hello_at_once_and_tracks_silence(tmp_path, caplog):
         assert 'node "node1" is back' in caplog.text
     # A status without content keeps the last one known.
     assert master.nodes_document()["nodes"]["node1"]["status"] == status
+
+
+def test_master_keeps_a_bounded_number_of_unknown_nodes(tmp_path):
+    master, path = make_master(tmp_path, {"node1": [PROC]})
+    flood = 1500  # hellos from names the master file does not know
+    for i in range(flood):
+        master.on_report(protocol.Report(protocol.KIND_HELLO, "ghost-%d" % i))
+    unknown = set(master.seen) - {"node1"}
+    assert len(unknown) < flood
+    cap = master_mod.MAX_UNKNOWN_NODES
+    assert unknown == {"ghost-%d" % i for i in range(cap)}  # the first ones
+    assert len(master.pub.sent) == cap  # each admitted hello answered once
+    assert set(master.lists.seqs) == unknown | {"node1"}
+    assert len(master.nodes_document()["nodes"]) == cap
+    # One more stranger: dropped, not answered, not remembered.
+    master.pub.sent.clear()
+    master.on_report(protocol.Report(protocol.KIND_HELLO, "ghost-late"))
+    assert master.pub.sent == [] and "ghost-late" not in master.seen
+    # An unknown node already admitted is still served.
+    master.on_report(protocol.Report(protocol.KIND_HELLO, "ghost-0"))
+    assert [f[0] for f in master.pub.sent] == [b"ghost-0\0"]
+    # Configured nodes are never refused, whether they were in the master
+    # file from the start or added after the cap was reached.
+    master.pub.sent.clear()
+    master.on_report(protocol.Report(protocol.KIND_HELLO, "node1"))
+    [answer] = master.pub.sent
+    assert protocol.decode_update(answer, "node1").procs == [PROC]
+    doc = json.load(open(path))
+    doc["nodes"]["node2"] = [PROC]
+    write_json(path, doc)
+    assert master.reload("test")
+    master.pub.sent.clear()
+    master.on_report(protocol.Report(protocol.KIND_HELLO, "node2"))
+    assert "node2" in master.seen
+    sent = master.pub.sent
+    assert len(sent) == 1
+    assert protocol.decode_update(sent[0], "node2").procs == [PROC]
+    master.pub.sent.clear()
+    master.publish_all()
+    assert len(master.pub.sent) == cap + 2
 
 
 # -- client configuration --------------------------------------------------------
@@ -348,6 +416,76 @@ def test_client_missing_worker_file_is_retried(node):
     client.on_frames(frames(1, [PROC]))
     assert not os.path.exists(conf)
     assert client.pending is not None
+
+
+def symlinked(tmp_path, name, content):
+    """``tmp_path/lib/name`` -> ``tmp_path/etc/name`` (config management
+    style); return (link, target)."""
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "lib").mkdir(exist_ok=True)
+    target = str(tmp_path / "etc" / name)
+    link = str(tmp_path / "lib" / name)
+    with open(target, "w") as handle:
+        handle.write(content)
+    os.symlink(target, link)
+    return link, target
+
+
+def test_atomic_write_through_a_symlink_replaces_the_target(tmp_path):
+    link, target = symlinked(tmp_path, "data.json", "old")
+    os.chmod(target, 0o640)
+    atomic_write(link, "new")
+    assert os.path.islink(link) and os.readlink(link) == target
+    assert read_bytes(target) == b"new"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path / "lib")) == ["data.json"]
+    assert sorted(os.listdir(tmp_path / "etc")) == ["data.json"]
+
+
+def test_client_writes_a_symlinked_worker_file_through_the_link(tmp_path):
+    link, target = symlinked(tmp_path, "worker.json", json.dumps(WORKER))
+    path = str(tmp_path / "client.json")
+    write_json(path, client_doc(tmp_path, conf_file=link))
+    client = client_mod.Client(client_mod.load_client_config(path),
+                               logging.getLogger("test-client"),
+                               clock=lambda: 1000.0)
+    client.on_frames(frames(1, [PROC]))
+    assert os.path.islink(link) and os.readlink(link) == target
+    assert json.load(open(target))["procs"] == [PROC]
+    assert client.applied_seq == 1
+
+
+def test_file_watch_sees_edits_of_a_symlinked_file_target(tmp_path):
+    link, target = symlinked(tmp_path, "master.json", "{}")
+    watch = FileWatch(link)
+    try:
+        if watch.fileno() is None:
+            pytest.skip("no inotify here")
+        assert not watch.read_events()
+        # In place, where the link points.
+        with open(target, "w") as handle:
+            handle.write('{"a": 1}')
+        wait_for(watch.read_events, timeout=2,
+                 what="the in-place edit of the target")
+        # An editor's save (write a temporary file, rename it over) there.
+        write_json(target, {"a": 2})
+        wait_for(watch.read_events, timeout=2,
+                 what="the atomic rename over the target")
+        # Something else in the target's folder is no news.
+        with open(str(tmp_path / "etc" / "other.json"), "w") as handle:
+            handle.write("{}")
+        assert not watch.read_events()
+        # The link itself replaced: still seen.
+        os.symlink(target, link + ".new")
+        os.rename(link + ".new", link)
+        wait_for(watch.read_events, timeout=2, what="the link replaced")
+    finally:
+        watch.close()
+    # The stat watch (no inotify) follows the link as well.
+    watch = FileWatch(link, use_inotify=False)
+    with open(target, "w") as handle:
+        handle.write('{"a": 33}')
+    assert watch.changed()
 
 
 def test_client_check_command(tmp_path):
