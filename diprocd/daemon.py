@@ -9,7 +9,6 @@ clean exit.
 import errno
 import fcntl
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -103,7 +102,9 @@ def setup_logging(name, foreground, verbose, log_file):
         folder = os.path.dirname(log_file)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        handler = logging.handlers.WatchedFileHandler(log_file)
+        # Imported here: only a detached daemon needs it.
+        from logging.handlers import WatchedFileHandler
+        handler = WatchedFileHandler(log_file)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

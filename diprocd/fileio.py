@@ -1,7 +1,6 @@
 """File helpers: the one atomic-write routine of diprocd."""
 
 import os
-import tempfile
 
 
 def atomic_write(path, data, mode=None, fsync=True):
@@ -24,8 +23,12 @@ def atomic_write(path, data, mode=None, fsync=True):
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
-                               suffix=".tmp")
+    # Our own unique name (not tempfile, whose imports every fork of the
+    # worker would copy); O_EXCL refuses to reuse a stray file.
+    tmp = os.path.join(folder, ".%s.%d.%s.tmp" % (
+        os.path.basename(path), os.getpid(), os.urandom(6).hex()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o600)
     try:
         try:
             view = memoryview(data)
