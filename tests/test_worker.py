@@ -576,3 +576,44 @@ def test_duplicate_pid_files_are_refused(node, tmp_path):
     result = run_command("dpd-workerd", ["--check", node.config_path])
     assert result.returncode == 1
     assert 'process "p2": field "pid_file"' in result.stderr
+
+
+@requires_root
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
+def test_full_disk_changes_nothing_running(node, tmp_path):
+    """The worker's folder (pid, status, journal) on a full 256 KiB tmpfs, in
+    a mount namespace of the worker's own: what runs keeps running, new
+    starts are refused with the reason (they could not be recorded), the
+    status file is retried and written again once space is back."""
+    run = tmp_path / "run"
+    run.mkdir()
+    node.write([sleeper(node, "s%d" % i) for i in range(5)])
+    script = "mount -t tmpfs -o size=256k tmpfs %s && exec %s %s -f -v %s" % (
+        run, sys.executable, os.path.join(os.path.dirname(__file__), "..", "bin",
+                                          "dpd-workerd"), node.config_path)
+    log = open(node.log_path, "ab")
+    node.daemon = subprocess.Popen(["unshare", "-m", "--propagation", "private",
+                                    "sh", "-c", script], env=marked_env(node.marker),
+                                   stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    inside = "/proc/%d/root%s" % (node.daemon.pid, run)
+    node.status_path = inside + "/dpd-workerd.status.json"
+    pids = {n: node.wait_running("s%d" % n) for n in range(5)}
+    with open(inside + "/filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"x" * 4096)
+        except OSError:
+            pass
+    node.write([sleeper(node, "s%d" % i) for i in range(5)] + [sleeper(node, "new")])
+    wait_for(lambda: "cannot write status file" in node.log(), what="the status error")
+    wait_for(lambda: "journal: No space left on device" in node.log(),
+             what="the refused start")
+    assert node.daemon.poll() is None
+    assert all(pid_alive(pid) for pid in pids.values())
+    assert node.instances("sleep") and len(node.instances("sleep")) == 5
+    os.unlink(inside + "/filler")
+    wait_for(lambda: "written again" in node.log(), what="the status retried")
+    node.daemon.send_signal(signal.SIGHUP)
+    node.wait_running("new")
+    assert {n: node.state("s%d" % n)["pid"] for n in range(5)} == pids
