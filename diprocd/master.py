@@ -292,6 +292,9 @@ class Master:
             if self._reload_due is not None and now >= self._reload_due:
                 self._reload_due = None
                 self.reload("file changed")
+            # A reload may have shortened the heartbeat: never wait longer
+            # than the one in force.
+            next_heartbeat = min(next_heartbeat, now + self.config.heartbeat)
             if now >= next_heartbeat:
                 self.publish_all()
                 next_heartbeat = now + self.config.heartbeat
