@@ -3,7 +3,7 @@
 import os
 
 
-def atomic_write(path, data, mode=None, fsync=True):
+def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
     """Replace ``path`` with ``data`` (bytes or text) atomically.
 
     Writes a temporary file in the same folder, fsyncs it, renames it over
@@ -16,7 +16,13 @@ def atomic_write(path, data, mode=None, fsync=True):
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path = os.path.realpath(path)  # replace a symlink's target, not the link
+    if follow_symlinks:
+        path = os.path.realpath(path)  # replace a symlink's target, not the link
+    else:
+        # Where root writes into a folder a program's user controls (its
+        # pid file), a planted symlink must not redirect the write: the
+        # rename replaces the link itself.
+        path = os.path.abspath(path)
     folder = os.path.dirname(path)
     if mode is None:
         try:

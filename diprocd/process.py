@@ -88,6 +88,7 @@ class Process:
         self.pid = None
         self.ticks = None          # kernel start time of pid
         self.launcher_pid = None   # daemon: the program we exec'd, which forks
+        self.launcher_ticks = None  # its start time: an older pid is stale
         self.started_at = None     # wall clock, for status
         self.since = clock.time()  # wall clock of the last state change
         self.starts = 0
@@ -176,6 +177,7 @@ class Process:
         self.own_child = True
         if self.spec.daemon:
             self.launcher_pid = pid
+            self.launcher_ticks = self.ops.ticks(pid)
             self._set_pid(None)
             self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
             self._set_state(STARTING)
@@ -184,6 +186,18 @@ class Process:
             self._set_pid(pid)
             self._set_state(RUNNING)
         log.info("%s: started, pid %s", self.spec.name, pid)
+
+    def adopt_starting(self, launcher_pid, launcher_ticks):
+        """A daemon a previous worker launched whose pid file had not come
+        yet: wait for it (bounded) instead of launching a second one."""
+        self.adopted = True
+        self.own_child = False
+        self.launcher_pid = launcher_pid
+        self.launcher_ticks = launcher_ticks
+        self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
+        self._set_state(STARTING)
+        if launcher_pid is not None:
+            self.ops.watch_launcher(self, launcher_pid)
 
     def adopt(self, pid, ticks):
         """Supervise a process a previous worker started (checked by the
@@ -287,7 +301,7 @@ class Process:
         return self.deadline
 
     def _poll_daemon_pid(self):
-        found = self.ops.read_daemon_pid(self.spec)
+        found = self.ops.read_daemon_pid(self.spec, self.launcher_ticks)
         if not found:
             return False
         pid, ticks = found
@@ -302,7 +316,7 @@ class Process:
     def _stop_found_daemon(self):
         """Stopping a daemon that was launching: once its pid file names a
         live pid, send it the stop signal."""
-        found = self.ops.read_daemon_pid(self.spec)
+        found = self.ops.read_daemon_pid(self.spec, self.launcher_ticks)
         if not found:
             return False
         pid, ticks = found
@@ -387,4 +401,7 @@ class Process:
             "pid_file": self.spec.pid_file,
             "write_pid": self.spec.write_pid,
             "stop": [self.spec.stop_signal, self.spec.stop_timeout],
+            "launcher": ([self.launcher_pid, self.launcher_ticks]
+                         if self.state == STARTING and self.launcher_ticks
+                         else None),
         }

@@ -225,9 +225,12 @@ def _exec_child(spec, user, groups, argv, env, report_fd, journal_fd,
         if journal_fd is not None:
             step = "journal"
             # /proc may not exist inside the chroot: read it now.
+            # The line starts with a newline: a line torn by a full disk
+            # then spoils only itself, not the next one.
             pid = os.getpid()
-            line = b'%s"pid": %d, "ticks": %d}\n' % (
-                journal_entry, pid, start_ticks(pid))
+            ticks = start_ticks(pid)
+            line = b'\n%s"pid": %d, "ticks": %s}\n' % (
+                journal_entry, pid, b"null" if ticks is None else b"%d" % ticks)
         step = "logs"
         null_fd = os.open("/dev/null", os.O_RDONLY)
         log_fd = os.open(spec.logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT,

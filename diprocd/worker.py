@@ -270,22 +270,25 @@ class Worker:
             except SpawnError as err:
                 outcomes.append((proc, None, err))
 
-        for proc in ready:
-            if not proc.begin_start():
-                continue
-            try:
-                in_flight.append((proc, self._launch(proc.spec)))
-            except SpawnError as err:
-                outcomes.append((proc, None, err))
-            if len(in_flight) >= LAUNCH_BATCH:
+        try:
+            for proc in ready:
+                if not proc.begin_start():
+                    continue
+                try:
+                    in_flight.append((proc, self._launch(proc.spec)))
+                except SpawnError as err:
+                    outcomes.append((proc, None, err))
+                if len(in_flight) >= LAUNCH_BATCH:
+                    collect_oldest()
+        finally:
+            # Whatever happened, no launch is left in flight or unrecorded.
+            while in_flight:
                 collect_oldest()
-        while in_flight:
-            collect_oldest()
-        for proc, pid, err in outcomes:
-            if err is not None:
-                proc.start_failed(err)
-            else:
-                proc.started(pid)
+            for proc, pid, err in outcomes:
+                if err is not None:
+                    proc.start_failed(err)
+                else:
+                    proc.started(pid)
 
     def _dependency_running(self, name):
         dep = self.procs.get(name)
@@ -318,10 +321,17 @@ class Worker:
                 name = entry.get("name")
                 merged = dict(records.get(name) or {})
                 merged.update(entry)
+                if entry.get("daemon"):
+                    # The journalled pid is a daemon's launcher.
+                    merged.update(state="starting", pid=None, ticks=None,
+                                  launcher=[entry.get("pid"), entry.get("ticks")])
                 records[name] = merged
         wanted = {spec.name: spec for spec in specs}
         for name, record in records.items():
             if not isinstance(record, dict):
+                continue
+            if record.get("state") == "starting" and self._adopt_starting(
+                    name, record, wanted):
                 continue
             pid, ticks = record.get("pid"), record.get("ticks")
             if not isinstance(pid, int) or not isinstance(ticks, int):
@@ -348,11 +358,43 @@ class Worker:
             else:
                 self.log.info("%s: adopted pid %d", name, pid)
 
+    def _adopt_starting(self, name, record, wanted):
+        """A daemon the last worker launched and was still waiting for: wait
+        for its pid file again rather than launching a second one."""
+        launcher = record.get("launcher")
+        if not (isinstance(launcher, list) and len(launcher) == 2
+                and isinstance(launcher[1], int)):
+            return False
+        launcher_pid, launcher_ticks = launcher
+        if not isinstance(launcher_pid, int):
+            launcher_pid = None  # it had already exited (it forked)
+        spec = wanted.get(name) or _spec_from_record(name, record)
+        proc = Process(spec, self, self.clock)
+        proc.starts = record.get("starts") or 0
+        self.procs[name] = proc
+        alive = launcher_pid is not None and spawn_mod.start_ticks(
+            launcher_pid) == launcher_ticks
+        proc.adopt_starting(launcher_pid if alive else None, launcher_ticks)
+        self.log.info("%s: the last worker was starting this daemon: waiting "
+                      "for its pid file", name)
+        if name not in wanted:
+            proc.removing = True
+        elif record.get("fingerprint") != spec.fingerprint():
+            proc.replace(spec)
+        return True
+
     # --- ops: what the state machine asks for ---------------------------------
     def spawn(self, spec):
         return self._wait_launch(self._launch(spec))
 
     def _launch(self, spec):
+        try:
+            return self._launch_unchecked(spec)
+        except OSError as err:  # pid file, pipes, fork...: one start fails
+            raise SpawnError("%s: %s" % (err.filename or "start",
+                                         err.strerror or err))
+
+    def _launch_unchecked(self, spec):
         if spec.daemon and spec.pid_file:
             # The daemon's pid file from an earlier run would be mistaken
             # for the new one.
@@ -369,7 +411,7 @@ class Worker:
         """The start of the journal line the new process completes with its
         pid and start time (see spawn.launch)."""
         text = json.dumps({
-            "boot_id": self._boot_id, "name": spec.name,
+            "boot_id": self._boot_id, "name": spec.name, "daemon": spec.daemon,
             "fingerprint": spec.fingerprint(), "pid_file": spec.pid_file,
             "write_pid": spec.write_pid,
             "stop": [spec.stop_signal, spec.stop_timeout]})
@@ -405,14 +447,19 @@ class Worker:
     def watch_launcher(self, proc, pid):
         self._watch(proc, pid, "launcher")
 
-    def read_daemon_pid(self, spec):
+    def read_daemon_pid(self, spec, not_before=None):
+        """The live pid in a daemon's own pid file; with ``not_before`` (its
+        launcher's start time) only a process started since then, not a
+        stale file naming an older one."""
         try:
             with open(spec.pid_file) as handle:
                 pid = int(handle.read(64).split()[0])
         except (OSError, ValueError, IndexError):
             return None
         ticks = spawn_mod.start_ticks(pid)
-        return (pid, ticks) if ticks else None
+        if not ticks or (not_before is not None and ticks < not_before):
+            return None
+        return pid, ticks
 
     def remove_pid_file(self, spec):
         _unlink(spec.pid_file)
@@ -429,7 +476,8 @@ class Worker:
     def _write_pid_file(self, spec, pid):
         try:
             os.makedirs(os.path.dirname(spec.pid_file), exist_ok=True)
-            atomic_write(spec.pid_file, b"%d\n" % pid, mode=0o644, fsync=False)
+            atomic_write(spec.pid_file, b"%d\n" % pid, mode=0o644, fsync=False,
+                         follow_symlinks=False)
         except OSError as err:
             self.log.error("%s: cannot write pid file %s: %s", spec.name,
                            spec.pid_file, err.strerror or err)

@@ -126,3 +126,23 @@ def test_check_command(tmp_path):
                     % tmp_path)
     result = run_command("dpd-workerd", ["--check", str(path)])
     assert result.returncode == 0, result.stderr
+
+
+def test_a_torn_journal_line_spoils_only_itself(tmp_path):
+    """The child writes its journal line itself, starting with a newline, so
+    a line cut short by a full disk does not swallow the next one."""
+    import pwd
+    from diprocd import spawn, status
+    from diprocd.spec import ProcessSpec
+    path = tmp_path / "w.journal"
+    path.write_bytes(b'\n{"name": "a", "pid": 1, "ti')  # cut by a full disk
+    fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        spec = ProcessSpec(name="b", run="/bin/true",
+                           user=pwd.getpwuid(os.geteuid()).pw_name)
+        pid = spawn.launch(spec, fd, b'{"name": "b", ').wait()
+    finally:
+        os.close(fd)
+    entries = status.read_journal(str(path))
+    assert [(e["name"], e["pid"]) for e in entries] == [("b", pid)]
+    assert isinstance(entries[0]["ticks"], int)

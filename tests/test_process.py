@@ -54,7 +54,7 @@ class FakeOps:
     def watch_launcher(self, proc, pid):
         pass
 
-    def read_daemon_pid(self, spec):
+    def read_daemon_pid(self, spec, not_before=None):
         return (self.daemon_pid, 1) if self.daemon_pid else None
 
     def remove_pid_file(self, spec):

@@ -617,3 +617,54 @@ def test_full_disk_changes_nothing_running(node, tmp_path):
     node.daemon.send_signal(signal.SIGHUP)
     node.wait_running("new")
     assert {n: node.state("s%d" % n)["pid"] for n in range(5)} == pids
+
+
+def test_pid_file_symlink_is_not_followed(node, tmp_path):
+    """A program's user may own its pid file's folder: a symlink planted
+    there must not make the worker (root) overwrite the link's target."""
+    victim = tmp_path / "victim"
+    victim.write_text("SECRET\n")
+    os.chmod(str(victim), 0o600)
+    appdir = tmp_path / "appdir"
+    appdir.mkdir()
+    os.symlink(str(victim), str(appdir / "app.pid"))
+    node.write([sleeper(node, "app", pid_file=str(appdir / "app.pid"))])
+    node.start()
+    pid = node.wait_running("app")
+    wait_for(lambda: not os.path.islink(str(appdir / "app.pid")), what="the pid file")
+    assert int(open(str(appdir / "app.pid")).read()) == pid
+    assert victim.read_text() == "SECRET\n"
+    assert os.stat(str(victim)).st_mode & 0o777 == 0o600
+
+
+def test_a_start_error_in_a_burst_loses_nothing(node):
+    """A pid file that cannot even be removed (ENOTDIR) fails that start
+    only: the burst around it is recorded, nothing runs twice."""
+    procs = [node.proc("n%d" % i, "/bin/sleep", "%d" % (40000 + i)) for i in range(40)]
+    bad = node.proc("bad", "/bin/true", daemon=True, write_pid=False,
+                    pid_file="/etc/hostname/bad.pid", restart=False)
+    node.write(procs[:20] + [bad] + procs[20:])
+    node.start()
+    entry = node.wait_state("bad", "failed")
+    assert "Not a directory" in entry["error"]
+    wait_for(lambda: sum(1 for e in node.status().values() if e.get("state") == "running")
+             == 40, what="all 40 running")
+    node.stop(signal.SIGKILL)
+    node.write(procs)
+    node.start()
+    wait_for(lambda: sum(1 for e in node.status().values() if e.get("state") == "running")
+             == 40, what="all 40 adopted")
+    for i in range(40):
+        assert len(node.instances("%d" % (40000 + i))) == 1
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["forking", "not-forking"])
+def test_kill_9_while_a_daemon_starts_leaves_one_daemon(node, tmp_path, fork):
+    node.write([daemon_proc(node, tmp_path, "slow", 2.0, fork=fork)])
+    node.start()
+    node.wait_state("slow", "starting")
+    node.stop(signal.SIGKILL)
+    node.start()
+    pid = node.wait_running("slow", timeout=15)
+    assert node.instances("late_daemon") == [pid]
+    assert int(open(str(tmp_path / "slow.daemon.pid")).read()) == pid
