@@ -177,7 +177,7 @@ class Process:
         self.own_child = True
         if self.spec.daemon:
             self.launcher_pid = pid
-            self.launcher_ticks = self.ops.ticks(pid)
+            self.launcher_ticks = self.ops.launcher_ticks(pid)
             self._set_pid(None)
             self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
             self._set_state(STARTING)
@@ -246,6 +246,8 @@ class Process:
     def on_launcher_exit(self, how):
         """``daemon: true``: the program we exec'd returned (it forked)."""
         self.launcher_pid = None
+        if not self.own_child and how.startswith("status unknown"):
+            how = "exit status 0"  # adopted: not ours to reap; wait for the pid file
         if self.state == STOPPING and self.pid is None:
             # Stopping a daemon that was still launching.
             if how == "exit status 0" and self._stop_found_daemon():
@@ -402,6 +404,7 @@ class Process:
             "write_pid": self.spec.write_pid,
             "stop": [self.spec.stop_signal, self.spec.stop_timeout],
             "launcher": ([self.launcher_pid, self.launcher_ticks]
-                         if self.state == STARTING and self.launcher_ticks
+                         if self.state in (STARTING, STOPPING)
+                         and self.pid is None and self.launcher_ticks
                          else None),
         }

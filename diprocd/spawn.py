@@ -316,7 +316,7 @@ def raise_open_files_limit():
     return target
 
 
-def start_ticks(pid):
+def start_ticks(pid, zombie_ok=False):
     """The kernel's start time of ``pid`` (clock ticks since boot), or None
     when there is no such live process. With the boot id, it identifies a
     process uniquely: a recycled pid has another start time."""
@@ -325,7 +325,7 @@ def start_ticks(pid):
             fields = handle.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    if fields[0] in (b"Z", b"X"):
+    if fields[0] == b"X" or (fields[0] == b"Z" and not zombie_ok):
         return None
     return int(fields[19])
 

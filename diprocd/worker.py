@@ -325,12 +325,15 @@ class Worker:
                     # The journalled pid is a daemon's launcher.
                     merged.update(state="starting", pid=None, ticks=None,
                                   launcher=[entry.get("pid"), entry.get("ticks")])
+                else:
+                    merged.update(state="running", launcher=None)
                 records[name] = merged
         wanted = {spec.name: spec for spec in specs}
         for name, record in records.items():
             if not isinstance(record, dict):
                 continue
-            if record.get("state") == "starting" and self._adopt_starting(
+            if record.get("state") in ("starting", "stopping") and record.get(
+                    "pid") is None and self._adopt_starting(
                     name, record, wanted):
                 continue
             pid, ticks = record.get("pid"), record.get("ticks")
@@ -368,18 +371,21 @@ class Worker:
         launcher_pid, launcher_ticks = launcher
         if not isinstance(launcher_pid, int):
             launcher_pid = None  # it had already exited (it forked)
-        spec = wanted.get(name) or _spec_from_record(name, record)
-        proc = Process(spec, self, self.clock)
+        spec = wanted.get(name)
+        changed = spec is None or record.get("fingerprint") != spec.fingerprint()
+        proc = Process(_spec_from_record(name, record) if changed else spec,
+                       self, self.clock)
         proc.starts = record.get("starts") or 0
+        proc.started_at = record.get("started_at")
         self.procs[name] = proc
         alive = launcher_pid is not None and spawn_mod.start_ticks(
             launcher_pid) == launcher_ticks
         proc.adopt_starting(launcher_pid if alive else None, launcher_ticks)
         self.log.info("%s: the last worker was starting this daemon: waiting "
                       "for its pid file", name)
-        if name not in wanted:
+        if spec is None:
             proc.removing = True
-        elif record.get("fingerprint") != spec.fingerprint():
+        elif changed:
             proc.replace(spec)
         return True
 
@@ -428,6 +434,10 @@ class Worker:
 
     def ticks(self, pid):
         return spawn_mod.start_ticks(pid)
+
+    def launcher_ticks(self, pid):
+        # It may have forked and exited already: a zombie of ours (subreaper).
+        return spawn_mod.start_ticks(pid, zombie_ok=True)
 
     def kill(self, pid, signum):
         return spawn_mod.signal_process(pid, signum)

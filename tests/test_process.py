@@ -41,6 +41,9 @@ class FakeOps:
     def ticks(self, pid):
         return pid * 10
 
+    def launcher_ticks(self, pid):
+        return pid * 10
+
     def kill(self, pid, signum):
         self.signals.append((pid, signum))
         return True
@@ -282,3 +285,39 @@ def test_daemon_that_does_not_fork():
     proc.tick(clock.now + 0.05)
     assert proc.state == P.RUNNING and proc.pid == 101
     assert proc.launcher_pid is None
+
+
+UNKNOWN = "status unknown (not the worker's child)"
+
+
+def test_adopted_starting_daemon_launcher_exit_is_not_a_failure():
+    """After a worker restart the launcher is not our child: its exit has no
+    status, and it is the normal fork of a daemon, not a failure."""
+    proc, ops, clock = make(daemon=True, write_pid=False)
+    proc.adopt_starting(101, 1010)
+    proc.on_launcher_exit(UNKNOWN)
+    assert proc.state == P.STARTING, (proc.state, proc.error)
+    ops.daemon_pid = 555
+    proc.tick(clock.now + 0.1)
+    assert proc.state == P.RUNNING and proc.pid == 555 and ops.spawned == []
+
+
+def test_adopted_starting_daemon_removed_is_stopped_once_it_writes_its_pid():
+    proc, ops, clock = make(daemon=True, write_pid=False)
+    proc.adopt_starting(101, 1010)
+    proc.removing = True
+    proc.stop()
+    proc.on_launcher_exit(UNKNOWN)
+    assert proc.state == P.STOPPING
+    ops.daemon_pid = 555
+    proc.tick(clock.now + 0.1)
+    assert ops.signals == [(555, proc.spec.stop_signal)]
+
+
+def test_a_daemon_being_stopped_while_starting_keeps_its_launcher_in_status():
+    proc, ops, clock = make(daemon=True, write_pid=False)
+    proc.want()
+    proc.start()
+    proc.stop()
+    assert proc.state == P.STOPPING
+    assert proc.status()["launcher"] == [101, 1010]

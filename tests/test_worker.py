@@ -660,11 +660,49 @@ def test_a_start_error_in_a_burst_loses_nothing(node):
 
 @pytest.mark.parametrize("fork", [True, False], ids=["forking", "not-forking"])
 def test_kill_9_while_a_daemon_starts_leaves_one_daemon(node, tmp_path, fork):
-    node.write([daemon_proc(node, tmp_path, "slow", 2.0, fork=fork)])
+    """Started in a burst (its launcher is already a zombie when the burst
+    ends), the worker killed while it waits for the pid file: the next worker
+    waits for that daemon instead of launching a second one."""
+    sleepers = [node.proc("s%d" % i, "/bin/sleep", "%d" % (50000 + i)) for i in range(30)]
+    node.write([daemon_proc(node, tmp_path, "slow", 3.0, fork=fork)] + sleepers)
     node.start()
     node.wait_state("slow", "starting")
+    assert node.state("slow")["launcher"][1], node.state("slow")
     node.stop(signal.SIGKILL)
     node.start()
     pid = node.wait_running("slow", timeout=15)
     assert node.instances("late_daemon") == [pid]
     assert int(open(str(tmp_path / "slow.daemon.pid")).read()) == pid
+
+
+def test_a_starting_daemon_changed_while_the_worker_was_down(node, tmp_path):
+    """The old definition's daemon (its own pid file) is stopped, then the
+    new one started: one daemon at the end, the new one."""
+    node.write([daemon_proc(node, tmp_path, "chg", 2.0)])
+    node.start()
+    node.wait_state("chg", "starting")
+    node.stop(signal.SIGKILL)
+    changed = daemon_proc(node, tmp_path, "chg", 0.1)
+    changed["pid_file"] = changed["args"][1] = str(tmp_path / "chg.new.pid")
+    node.write([changed])
+    node.start()
+    pid = wait_for(lambda: node.state("chg").get("state") == "running"
+                   and node.state("chg").get("starts", 0) >= 2
+                   and node.state("chg")["pid"], timeout=20, what="the new daemon")
+    wait_for(lambda: node.instances("late_daemon") == [pid], timeout=15,
+             what="the old daemon stopped")
+    assert int(open(str(tmp_path / "chg.new.pid")).read()) == pid
+
+
+def test_a_daemon_removed_while_starting_is_stopped_across_a_worker_kill(node, tmp_path):
+    """Removed while starting, then the worker killed: the next worker still
+    stops that daemon once its pid file appears."""
+    node.write([daemon_proc(node, tmp_path, "gone", 2.0)])
+    node.start()
+    node.wait_state("gone", "starting")
+    node.write([])
+    node.wait_state("gone", "stopping")
+    node.stop(signal.SIGKILL)
+    node.start()
+    wait_for(lambda: "gone" not in node.status(), timeout=20, what="gone stopped")
+    wait_for(lambda: node.instances("late_daemon") == [], what="no daemon left")
