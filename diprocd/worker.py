@@ -8,7 +8,8 @@ the select timeout, so an idle worker sleeps in the kernel.
 
 The worker is also the ``ops`` of every Process: it does the I/O that the
 state machine asks for (spawn, signals, pid files, watching pids) and keeps
-the status file, which doubles as its memory across restarts for adoption.
+the status file and the journal (each new process's own record, written
+before its exec), which are its memory across restarts for adoption.
 """
 
 import collections
