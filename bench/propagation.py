@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import protocol  # noqa: E402
-from helpers import free_port, marked_pids  # noqa: E402  (the tests' helpers)
+from helpers import free_port, marked_pids, wait_for  # noqa: E402  (the tests' helpers)
 
 MARKER_VAR = "DPD_BENCH_MARKER"
 USER = pwd.getpwuid(os.geteuid()).pw_name
@@ -60,17 +60,6 @@ def write_json(path, obj):
     with open(tmp, "w") as handle:
         json.dump(obj, handle)
     os.rename(tmp, path)
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit("timed out waiting for %s" % what)
-        time.sleep(0.0005)
 
 
 def cpu_seconds(pid):
@@ -160,7 +149,7 @@ class Bench:
                     return json.load(handle)["nodes"]["node1"]["in_sync"]
             except (OSError, ValueError, KeyError):
                 return False
-        wait_for(in_sync, 15, "the node to join the master")
+        wait_for(in_sync, timeout=15, what="the node to join the master")
         cpu_before = cpu_seconds(master.pid)
         latencies = []
         for index in range(self.args.changes):
@@ -168,7 +157,7 @@ class Bench:
             before = time.time()
             self.write_master({"node1": [proc]})
             wait_for(lambda: os.path.exists(out) and os.path.getsize(out),
-                     10, "probe %d to run" % index)
+                     timeout=10, interval=0.0005, what="probe %d to run" % index)
             with open(out) as handle:
                 started = float(handle.read().strip())
             latencies.append((started - before) * 1000.0)

@@ -67,6 +67,31 @@ class PidFile:
         self.fd = None
 
 
+def beside_pid_file(pid_file, suffix):
+    """``/run/dpd-workerd.pid``, ``.status.json`` ->
+    ``/run/dpd-workerd.status.json``: the daemons' other files live there."""
+    base, ext = os.path.splitext(pid_file)
+    if ext != ".pid":
+        base = pid_file
+    return base + suffix
+
+
+def pid_file_locked(path):
+    """True while a live daemon holds the lock of ``path``; a pid file left
+    by a killed daemon (whose pid may belong to anything by now) is not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def read_pid(path):
     """The pid recorded in a pid file, or None."""
     try:

@@ -23,7 +23,6 @@ written to ``<pid file base>.nodes.json``; nodes that fall silent for
 """
 
 import dataclasses
-import os
 import signal
 import time
 
@@ -32,7 +31,7 @@ import simplejson as json
 from diprocd import protocol
 from diprocd.config import (check_abs_path, check_endpoint, check_keys,
                             check_seconds, read_json_file, validate_procs)
-from diprocd.daemon import SignalPipe
+from diprocd.daemon import SignalPipe, beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
 from diprocd.watch import FileWatch
@@ -176,10 +175,7 @@ class NodeSeen:
 
 def nodes_file_path(pid_file):
     """``/run/dpd-masterd.pid`` -> ``/run/dpd-masterd.nodes.json``."""
-    base, ext = os.path.splitext(pid_file)
-    if ext != ".pid":
-        base = pid_file
-    return base + ".nodes.json"
+    return beside_pid_file(pid_file, ".nodes.json")
 
 
 class Master:

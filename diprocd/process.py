@@ -302,15 +302,22 @@ class Process:
                        self.clock.monotonic() + DAEMON_PID_POLL)
         return self.deadline
 
-    def _poll_daemon_pid(self):
+    def _found_daemon_pid(self):
+        """The live pid the daemon's own pid file names (not older than its
+        launcher), now supervised; or None."""
         found = self.ops.read_daemon_pid(self.spec, self.launcher_ticks)
         if not found:
-            return False
+            return None
         pid, ticks = found
         if pid == self.launcher_pid:
             self.launcher_pid = None  # it did not fork: one pid, one watch
-        self.deadline = None
         self._set_pid(pid, ticks)
+        return pid
+
+    def _poll_daemon_pid(self):
+        pid = self._found_daemon_pid()
+        if pid is None:
+            return False
         self._set_state(RUNNING)
         log.info("%s: daemon running, pid %d", self.spec.name, pid)
         return True
@@ -318,13 +325,9 @@ class Process:
     def _stop_found_daemon(self):
         """Stopping a daemon that was launching: once its pid file names a
         live pid, send it the stop signal."""
-        found = self.ops.read_daemon_pid(self.spec, self.launcher_ticks)
-        if not found:
+        pid = self._found_daemon_pid()
+        if pid is None:
             return False
-        pid, ticks = found
-        if pid == self.launcher_pid:
-            self.launcher_pid = None
-        self._set_pid(pid, ticks)
         self.deadline = self.clock.monotonic() + self.spec.stop_timeout
         log.info("%s: stopping daemon pid %d with %s", self.spec.name, pid,
                  signal.Signals(self.spec.stop_signal).name)

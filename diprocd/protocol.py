@@ -119,10 +119,7 @@ def decode_update(frames, expected_node):
                             % (bytes(node_frame[:80]), expected_node))
     if kind != KIND_PROCS:
         raise ProtocolError("unknown message kind %r" % bytes(kind[:40]))
-    obj = _decode_body(body)
-    if obj.get("node") != expected_node:
-        raise ProtocolError("body names node %r, frame names %r"
-                            % (obj.get("node"), expected_node))
+    obj = _decode_body(body, expected_node)
     epoch, seq = _check_epoch_seq(obj, required=True)
     procs = obj.get("procs")
     if not isinstance(procs, list):
@@ -181,10 +178,7 @@ def decode_report(frames):
         node = check_node_name(node_frame[:-1].decode("utf-8"))
     except UnicodeDecodeError:
         raise ProtocolError("node frame is not UTF-8")
-    obj = _decode_body(body)
-    if obj.get("node") != node:
-        raise ProtocolError("body names node %r, frame names %r"
-                            % (obj.get("node"), node))
+    obj = _decode_body(body, node)
     epoch, seq = _check_epoch_seq(obj, required=False)
     status = obj.get("status")
     if status is not None and not isinstance(status, dict):
@@ -194,7 +188,9 @@ def decode_report(frames):
 
 # -- shared checks ---------------------------------------------------------------
 
-def _decode_body(body):
+def _decode_body(body, node):
+    """The JSON object of a body, which must name ``node`` (as its frame
+    does)."""
     if len(body) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message of %d bytes exceeds the %d bytes limit"
                             % (len(body), MAX_MESSAGE_BYTES))
@@ -206,6 +202,9 @@ def _decode_body(body):
         raise ProtocolError("body must be a JSON object")
     if obj.get("v") != VERSION:
         raise ProtocolError("unsupported protocol version %r" % obj.get("v"))
+    if obj.get("node") != node:
+        raise ProtocolError("body names node %r, frame names %r"
+                            % (obj.get("node"), node))
     return obj
 
 

@@ -5,28 +5,23 @@ worker's memory across restarts (pid, kernel start time, definition
 fingerprint of every process it started), used to adopt processes safely.
 """
 
-import os
 
 import simplejson as json
+
+from diprocd.daemon import beside_pid_file
 
 STATUS_VERSION = 1
 
 
 def status_file_path(worker_pid_file):
     """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.status.json``."""
-    base, ext = os.path.splitext(worker_pid_file)
-    if ext != ".pid":
-        base = worker_pid_file
-    return base + ".status.json"
+    return beside_pid_file(worker_pid_file, ".status.json")
 
 
 def journal_file_path(worker_pid_file):
     """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.journal``: one line per
     process started since the status file was last written."""
-    base, ext = os.path.splitext(worker_pid_file)
-    if ext != ".pid":
-        base = worker_pid_file
-    return base + ".journal"
+    return beside_pid_file(worker_pid_file, ".journal")
 
 
 def read_journal(path):
@@ -97,7 +92,7 @@ def status_main(config_path):
     import time
 
     from diprocd.config import load_worker_config
-    from diprocd.daemon import read_pid
+    from diprocd.daemon import pid_file_locked, read_pid
     from diprocd.errors import ConfigError
 
     try:
@@ -109,7 +104,7 @@ def status_main(config_path):
     path = status_file_path(config.pid_file)
     document = read_status(path)
     worker_pid = read_pid(config.pid_file)
-    worker_alive = worker_pid is not None and _lock_held(config.pid_file)
+    worker_alive = worker_pid is not None and pid_file_locked(config.pid_file)
     if worker_alive:
         print("dpd-workerd running, pid %d; status from %s" % (worker_pid, path))
     else:
@@ -120,20 +115,3 @@ def status_main(config_path):
     print(render(document, time.time()))
     all_ok = all(proc.get("ok") for proc in document["procs"].values())
     return 0 if worker_alive and all_ok else 1
-
-
-def _lock_held(pid_file):
-    """A live worker holds its pid file's flock; a pid file left by a killed
-    worker (whose pid may belong to anything by now) is not locked."""
-    import fcntl
-    try:
-        fd = os.open(pid_file, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False

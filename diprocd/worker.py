@@ -13,7 +13,6 @@ before its exec), which are its memory across restarts for adoption.
 """
 
 import collections
-import errno
 import os
 import select
 import selectors
@@ -621,9 +620,6 @@ def _unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
-    except OSError as err:
-        if err.errno != errno.ENOENT:
-            raise
 
 
 def _spec_from_record(name, record):
