@@ -1,6 +1,7 @@
 """Starting one process, Ganeti-style, and the small syscalls around it.
 
-``spawn(spec)`` double-forks so the process survives the worker:
+``launch(spec)`` then ``Launch.wait()`` double-fork so the process survives
+the worker:
 
 1. The worker creates a close-on-exec report pipe and forks an
    intermediate child.
@@ -161,11 +162,6 @@ def launch(spec, journal_fd=None, journal_entry=b"{"):
         os._exit(0)
     os.close(write_end)
     return Launch(spec, middle, read_end)
-
-
-def spawn(spec):
-    """Start ``spec``'s program; return its pid or raise SpawnError."""
-    return launch(spec).wait()
 
 
 def _read_some(fd, deadline):
