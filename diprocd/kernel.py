@@ -1,0 +1,169 @@
+"""What diprocd asks the Linux kernel about processes, in one place.
+
+- ``proc_stat(pid)``: the one reader of ``/proc/PID/stat`` (state, parent,
+  group, session, CPU ticks, start time); ``start_ticks`` and ``is_alive``
+  are built on it. The kernel start time and the boot id identify a process
+  uniquely: a recycled pid has another start time.
+- ``pidfd_open``, ``signal_process``, the wait-status words, the child
+  subreaper flag and the open-files limit (returned, never kept here).
+
+No state and no diprocd imports: the worker, the daemons' command lines, the
+tests, the demo and the benchmarks all read processes through this module.
+"""
+
+import collections
+import ctypes
+import errno
+import os
+import resource
+import signal
+
+PR_SET_CHILD_SUBREAPER = 36
+
+ProcStat = collections.namedtuple(
+    "ProcStat", "pid state ppid pgrp session utime stime start_ticks")
+
+
+def proc_stat(pid):
+    """``/proc/PID/stat`` as a ProcStat, or None when there is no such pid.
+    The command name (in parentheses, and free to hold spaces or ")") is
+    skipped by splitting at the last ")"."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        # Fields after the name, counted from 0: 0 state, 1 ppid, 2 pgrp,
+        # 3 session, 11 utime, 12 stime, 19 starttime (proc(5)).
+        return ProcStat(pid, fields[0].decode("ascii", "replace"),
+                        int(fields[1]), int(fields[2]), int(fields[3]),
+                        int(fields[11]), int(fields[12]), int(fields[19]))
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def start_ticks(pid, zombie_ok=False):
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None
+    when there is no such live process (a zombie counts with ``zombie_ok``:
+    a launcher that forked and exited, not reaped yet)."""
+    stat = proc_stat(pid)
+    if stat is None or stat.state == "X" or (stat.state == "Z"
+                                               and not zombie_ok):
+        return None
+    return stat.start_ticks
+
+
+def is_alive(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    return start_ticks(pid) is not None
+
+
+def cpu_ticks(pid):
+    """utime + stime of ``pid`` in clock ticks, or None."""
+    stat = proc_stat(pid)
+    return None if stat is None else stat.utime + stat.stime
+
+
+def boot_id():
+    """This boot's random id: with start_ticks, a process's identity."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def pidfd_open(pid):
+    """A pidfd for ``pid``; None where the kernel has no pidfd_open (the
+    caller polls instead); raise ProcessLookupError when pid is gone."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            raise ProcessLookupError(pid)
+        if err.errno in (errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+
+
+def signal_process(pid, signum):
+    """Send ``signum`` to the process group led by ``pid`` (the processes we
+    start lead their own group), else to ``pid`` alone (a daemon that moved
+    to another group). Returns False if the process is gone."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # It exists but is not ours to signal (a setuid program under a
+        # worker that is not root): still alive, the caller keeps watching.
+        return True
+
+
+def kill_quietly(pid, signum=signal.SIGKILL):
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def describe_wait_status(status):
+    """A waitpid status as words: 'exit status 1', 'killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        return "killed by %s" % signal_name(os.WTERMSIG(status))
+    if os.WIFEXITED(status):
+        return "exit status %d" % os.WEXITSTATUS(status)
+    return "status %d" % status
+
+
+def describe_waitid(result):
+    """An os.waitid result as words."""
+    if result.si_code == os.CLD_EXITED:
+        return "exit status %d" % result.si_status
+    return "killed by %s" % signal_name(result.si_status)
+
+
+def signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+def become_subreaper():
+    """Make orphaned descendants our children (PR_SET_CHILD_SUBREAPER), so
+    the processes we start report their exit status to us. Returns False
+    where the kernel refuses (the worker still works, without statuses)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def raise_open_files_limit():
+    """Raise our soft RLIMIT_NOFILE to the hard limit (the worker holds a
+    pidfd per process). Returns the limit we were started with, for the
+    programs to get back at exec, or None when it was not changed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    target = min(target, 1 << 20)
+    if target <= soft:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return (soft, hard)
+
+
+def max_fd():
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
