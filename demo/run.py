@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 from diprocd.daemon import read_pid  # noqa: E402
 from diprocd.fileio import atomic_write  # noqa: E402
-from diprocd.status import read_status, status_file_path  # noqa: E402
+from diprocd.ledger import read_view as read_status, status_path as status_file_path  # noqa: E402
 
 NODES = ("node1", "node2")
 # Passed into the demo's processes, whose environment the worker otherwise

@@ -100,10 +100,11 @@ def workerd_main(argv=None):
 def masterd_main(argv=None):
     parser = make_parser("dpd-masterd", "Publish each node's process list.")
     args = parser.parse_args(argv)
-    from diprocd import master
+    from diprocd import config as config_mod
     if args.check:
-        return check_config(master.load_master_config, args.config)
-    return run_daemon("dpd-masterd", args, master.load_master_config,
+        return check_config(config_mod.load_master_config, args.config)
+    from diprocd import master
+    return run_daemon("dpd-masterd", args, config_mod.load_master_config,
                       master.Master)
 
 
@@ -111,8 +112,9 @@ def clientd_main(argv=None):
     parser = make_parser("dpd-clientd", "Receive this node's process list and "
                          "rewrite the worker's JSON file.")
     args = parser.parse_args(argv)
-    from diprocd import client
+    from diprocd import config as config_mod
     if args.check:
-        return check_config(client.load_client_config, args.config)
-    return run_daemon("dpd-clientd", args, client.load_client_config,
+        return check_config(config_mod.load_client_config, args.config)
+    from diprocd import client
+    return run_daemon("dpd-clientd", args, config_mod.load_client_config,
                       client.Client)

@@ -21,27 +21,19 @@ subscribed to its own node's NUL-terminated name only, and a PUSH socket to
   worker's status file changes.
 """
 
-import dataclasses
 import os
 import signal
-import socket
 import time
 
 import simplejson as json
 
-from diprocd import protocol
-from diprocd.config import (check_abs_path, check_endpoint, check_keys,
-                            check_seconds, read_json_file,
+from diprocd import bus, ledger, protocol
+from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
-from diprocd.daemon import SignalPipe
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
-from diprocd.watch import FileWatch
-from diprocd.status import read_status, status_file_path
+from diprocd.loop import Loop
 
-CLIENT_KEYS = ("pid_file", "log_file", "master_stats", "master_updates",
-               "node_name", "conf_file", "status_interval")
-DEFAULT_STATUS_INTERVAL = 5.0
 # Before the master's first update tells us its heartbeat, assume this one.
 ASSUMED_HEARTBEAT = 3.0
 HELLO_RETRY = 0.2  # while the master is unreachable (nothing was sent)
@@ -49,67 +41,8 @@ HELLO_BACKOFF_MAX = 2.0  # while hellos go out but no answer comes
 SILENCE_HEARTBEATS = 2.5
 RETRY_INTERVAL = 1.0  # a failed write of the worker's file
 STATUS_MIN_GAP = 0.1  # at most this often on status file changes
-
-
-@dataclasses.dataclass
-class ClientConfig:
-    path: str
-    pid_file: str
-    log_file: str
-    master_stats: str
-    master_updates: str
-    node_name: str  # resolved: "%H" replaced by this machine's hostname
-    conf_file: str
-    status_interval: float = DEFAULT_STATUS_INTERVAL
-    warnings: list = dataclasses.field(default_factory=list)
-
-    def connection(self):
-        return (self.master_stats, self.master_updates, self.node_name)
-
-
-def resolve_node_name(raw):
-    """``%H`` -> socket.gethostname(); ``%%`` -> ``%``."""
-    hostname = socket.gethostname()
-    return raw.replace("%%", "\0").replace("%H", hostname).replace("\0", "%")
-
-
-def load_client_config(path):
-    """Read and validate the client CONFIG; raise ConfigError with every
-    problem or return a ClientConfig."""
-    obj = read_json_file(path)
-    problems, warnings = [], []
-    check_keys(obj, path, ("pid_file", "master_stats", "master_updates",
-                           "node_name", "conf_file"), CLIENT_KEYS,
-               problems, warnings)
-    pid_file = check_abs_path(obj, "pid_file", path, problems)
-    log_file = check_abs_path(obj, "log_file", path, problems, required=False)
-    conf_file = check_abs_path(obj, "conf_file", path, problems)
-    stats = check_endpoint(obj, "master_stats", path, problems)
-    updates = check_endpoint(obj, "master_updates", path, problems)
-    status_interval = check_seconds(obj, "status_interval", path,
-                                    DEFAULT_STATUS_INTERVAL, problems, low=0.1)
-    node_name = None
-    raw_name = obj.get("node_name")
-    if raw_name is not None:
-        if not isinstance(raw_name, str):
-            problems.append('%s: key "node_name": must be a string, got %s'
-                            % (path, json.dumps(raw_name)))
-        else:
-            try:
-                node_name = protocol.check_node_name(
-                    resolve_node_name(raw_name))
-            except ProtocolError as err:
-                problems.append('%s: key "node_name": %s' % (path, err))
-    if conf_file and conf_file in (pid_file, log_file, os.path.abspath(path)):
-        problems.append('%s: key "conf_file": must be the worker\'s own file, '
-                        "not this client's" % path)
-    if conf_file and not problems and not os.path.exists(conf_file):
-        warnings.append('%s: key "conf_file": %s does not exist yet; copy the '
-                        "empty worker example there" % (path, conf_file))
-    if problems:
-        raise ConfigError(problems)
-    return ClientConfig(path, pid_file, log_file, stats, updates, node_name,
-                        conf_file, status_interval, warnings)
+# Updates handled in one go before timers and signals get their turn.
+RECEIVE_BATCH = 100
 
 
 def check_update_procs(update, worker_doc, conf_file):
@@ -130,7 +63,8 @@ def render_worker_doc(doc):
 
 
 class Client:
-    """The client's event loop (one thread, one zmq Poller)."""
+    """The client's decisions, on the shared ``loop.Loop``: which update to
+    apply, when to say hello and when to report."""
 
     def __init__(self, config, log, clock=time.monotonic):
         self.config = config
@@ -139,60 +73,63 @@ class Client:
         self.applied_epoch = None
         self.applied_seq = None
         self.pending = None  # an update whose write failed: retried
-        self._next_retry = None
         self._rejected = None  # the problems last logged
         self._write_error = None  # the failure last logged
         self._heartbeat = ASSUMED_HEARTBEAT
         self._last_heard = None
         self._hello_due = 0.0
         self._hello_backoff = HELLO_RETRY
-        self._status_due = 0.0
         self._status_watch = None
         self._status_path = None
         self._last_status_sent = None
-        self._running = False
+        self.loop = Loop(bus.ZmqPoller(), clock=clock)
         self._context = None
-        self.sub = self.push = None
+        self.sub = self.push = self._monitor = None
 
     # -- life cycle --------------------------------------------------------
 
     def run(self):
-        import zmq  # only after daemonizing
-
-        self._zmq = zmq
-        self._signals = SignalPipe((signal.SIGTERM, signal.SIGINT,
-                                    signal.SIGHUP))
+        zmq = bus.zmq_module()
+        loop = self.loop
         self._context = zmq.Context()
         try:
+            loop.handle_signals({signal.SIGTERM: self._exit_signal,
+                                 signal.SIGINT: self._exit_signal,
+                                 signal.SIGHUP: lambda _: self.reload()})
             self._connect()
             self._watch_status(self._read_worker_doc(quiet=True))
-            return self._loop()
+            loop.every_turn(self._hello_turn)
+            loop.call_at("status", self._clock(), self._send_status)
+            loop.run()
+            self.log.info("client down")
+            return 0
         finally:
             self._close_sockets()
-            if self._status_watch:
-                self._status_watch.close()
+            loop.close()
             self._context.term()
-            self._signals.close()
+
+    def _exit_signal(self, signum):
+        self.log.info("got %s: exiting", signal.Signals(signum).name)
+        self.loop.stop()
 
     def _connect(self):
-        zmq = self._zmq
+        zmq = bus.zmq_module()
         self._close_sockets()
-        sub = self._context.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
+        sub = bus.socket(self._context, zmq.SUB, receives=True)
         sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(self.config.node_name))
         # A (re)connection to the master (it may have restarted with other
         # lists) is answered by a hello, not by waiting for its heartbeat.
         self._monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         sub.connect(self.config.master_updates)
-        push = self._context.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
+        push = bus.socket(self._context, zmq.PUSH)
         # Queue nothing for a master that is not connected: a hello or a
         # status is only worth sending fresh.
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, 16)
         push.connect(self.config.master_stats)
         self.sub, self.push = sub, push
+        self.loop.add_reader(sub, self._receive_updates)
+        self.loop.add_reader(self._monitor, self._connected)
         self._last_heard = None
         self._hello_due = 0.0
         self._hello_backoff = HELLO_RETRY
@@ -202,75 +139,20 @@ class Client:
 
     def _close_sockets(self):
         if self.sub is not None:
+            self.loop.remove_reader(self.sub)
+            self.loop.remove_reader(self._monitor)
             self.sub.disable_monitor()
             self._monitor.close(linger=0)
         for sock in (self.sub, self.push):
             if sock is not None:
                 sock.close(linger=0)
-        self.sub = self.push = None
+        self.sub = self.push = self._monitor = None
 
-    def _loop(self):
-        zmq = self._zmq
-        self._running = True
-        while self._running:
-            now = self._clock()
-            due = [self._hello_due if self._needs_hello(now) else now + 3600,
-                   self._status_due, self._silence_deadline(now)]
-            if self._next_retry is not None:
-                due.append(self._next_retry)
-            watch_fd = self._status_watch.fileno() if self._status_watch \
-                else None
-            if self._status_watch and self._status_watch.poll_interval:
-                due.append(now + self._status_watch.poll_interval)
-            poller = zmq.Poller()
-            poller.register(self.sub, zmq.POLLIN)
-            poller.register(self._monitor, zmq.POLLIN)
-            poller.register(self._signals.fileno(), zmq.POLLIN)
-            if watch_fd is not None:
-                poller.register(watch_fd, zmq.POLLIN)
-            timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
-            events = dict(poller.poll(timeout_ms))
-            if self._signals.fileno() in events:
-                self._handle_signals()
-                if not self._running:
-                    break
-            if self.sub in events:
-                self._receive_updates()
-            now = self._clock()
-            if self._monitor in events:
-                while self._monitor.poll(0):
-                    self._monitor.recv_multipart()
-                self._last_heard, self._hello_due = None, now
-                self._hello_backoff = HELLO_RETRY
-            if self._status_changed(watch_fd, events):
-                self._status_due = min(self._status_due, max(
-                    now, (self._last_status_sent or 0) + STATUS_MIN_GAP))
-            if self._next_retry is not None and now >= self._next_retry:
-                self._next_retry = None
-                if self.pending is not None:
-                    self.apply(self.pending)
-            if self._needs_hello(now) and now >= self._hello_due:
-                self._send_hello(now)
-            if now >= self._status_due:
-                self._send_status(now)
-        self.log.info("client down")
-        return 0
-
-    def _status_changed(self, watch_fd, events):
-        if self._status_watch is None:
-            return False
-        if watch_fd is None:
-            return self._status_watch.changed()
-        return watch_fd in events and self._status_watch.read_events()
-
-    def _handle_signals(self):
-        for signum in self._signals.drain():
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                self.log.info("got %s: exiting", signal.Signals(signum).name)
-                self._running = False
-                return
-            if signum == signal.SIGHUP:
-                self.reload()
+    def _connected(self):
+        while self._monitor.poll(0):
+            self._monitor.recv_multipart()
+        self._last_heard, self._hello_due = None, self._clock()
+        self._hello_backoff = HELLO_RETRY
 
     def reload(self):
         try:
@@ -287,15 +169,16 @@ class Client:
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning('key "%s" changed: takes effect at the next '
                                  "start", key)
-                setattr(config, key, getattr(self.config, key))
+                config = config.replace(**{key: getattr(self.config, key)})
         old = self.config
         self.config = config
         if config.connection() != old.connection():
             self.applied_epoch = self.applied_seq = None
-            self.pending = self._next_retry = None
+            self.pending = None
+            self.loop.cancel("retry")
             self._connect()
         self._watch_status(self._read_worker_doc(quiet=True))
-        self._status_due = self._clock()
+        self.loop.call_at("status", self._clock(), self._send_status)
         self.log.info("SIGHUP: configuration re-read")
         return True
 
@@ -308,6 +191,13 @@ class Client:
 
     def _needs_hello(self, now):
         return self._last_heard is None or now >= self._silence_deadline(now)
+
+    def _hello_turn(self, now):
+        """Before each wait: say hello when due; the next time to look."""
+        if self._needs_hello(now) and now >= self._hello_due:
+            self._send_hello(now)
+        return self._hello_due if self._needs_hello(now) \
+            else self._silence_deadline(now)
 
     def _send_hello(self, now):
         if self._last_heard is not None:
@@ -328,19 +218,31 @@ class Client:
 
     def _watch_status(self, worker_doc):
         pid_file = (worker_doc or {}).get("pid_file")
-        path = status_file_path(pid_file) if isinstance(pid_file, str) \
+        path = ledger.status_path(pid_file) if isinstance(pid_file, str) \
             and os.path.isabs(pid_file) else None
         if path == self._status_path:
             return
         if self._status_watch:
-            self._status_watch.close()
+            self.loop.unwatch_file(self._status_watch)
             self._status_watch = None
         self._status_path = path
         if path:
-            self._status_watch = FileWatch(path)
+            self._status_watch = self.loop.watch_file(
+                path, self._status_changed, settle=0)
 
-    def _send_status(self, now):
-        status = read_status(self._status_path) if self._status_path else None
+    def _status_changed(self):
+        """Report a change of the worker's status soon, at most every
+        STATUS_MIN_GAP seconds."""
+        when = max(self._clock(), (self._last_status_sent or 0)
+                   + STATUS_MIN_GAP)
+        due = self.loop.pending("status")
+        if due is None or when < due:
+            self.loop.call_at("status", when, self._send_status)
+
+    def _send_status(self):
+        now = self._clock()
+        status = ledger.read_view(self._status_path) if self._status_path \
+            else None
         if status is not None and len(json.dumps(status)) > \
                 protocol.MAX_MESSAGE_BYTES // 2:
             self.log.warning("worker status larger than %d bytes: not sent",
@@ -348,10 +250,11 @@ class Client:
             status = None
         self._push(protocol.KIND_STATUS, status)
         self._last_status_sent = now
-        self._status_due = now + self.config.status_interval
+        self.loop.call_later("status", self.config.status_interval,
+                             self._send_status)
 
     def _push(self, kind, status):
-        zmq = self._zmq
+        zmq = bus.zmq_module()
         report = protocol.Report(kind, self.config.node_name,
                                  self.applied_epoch, self.applied_seq, status)
         try:
@@ -364,13 +267,7 @@ class Client:
     # -- updates ---------------------------------------------------------------
 
     def _receive_updates(self):
-        zmq = self._zmq
-        for _ in range(100):  # bounded: let timers and signals run
-            try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.on_frames(frames)
+        bus.receive_all(self.sub, self.on_frames, RECEIVE_BATCH)
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
@@ -434,7 +331,7 @@ class Client:
                 for problem in problems:
                     self.log.error("  %s", problem)
             if self.pending is update:
-                self.pending = self._next_retry = None
+                self._clear_pending()
             return False
         if doc.get("procs") == update.procs:
             self._write_ok()
@@ -465,12 +362,21 @@ class Client:
 
     def _retry_later(self, update):
         self.pending = update
-        self._next_retry = self._clock() + RETRY_INTERVAL
+        self.loop.call_later("retry", RETRY_INTERVAL, self._retry)
+
+    def _retry(self):
+        if self.pending is not None:
+            self.apply(self.pending)
+
+    def _clear_pending(self):
+        self.pending = None
+        self.loop.cancel("retry")
 
     def _applied(self, update):
         changed = (update.epoch, update.seq) != (self.applied_epoch,
                                                  self.applied_seq)
         self.applied_epoch, self.applied_seq = update.epoch, update.seq
-        self.pending = self._next_retry = None
-        if changed:  # tell the master at once what we hold now
-            self._status_due = self._clock()
+        self._clear_pending()
+        if changed:
+            # Tell the master at once what we hold now.
+            self.loop.call_at("status", self._clock(), self._send_status)

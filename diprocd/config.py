@@ -1,19 +1,31 @@
-"""Reading and validating diprocd's JSON files into specs.
+"""Reading and validating diprocd's three JSON files.
 
-One validator serves the worker, the client and the master alike:
-``validate_procs`` checks a list of process definitions and returns every
-problem it finds, each naming the file, the process and the field.
+One module for the three daemons' files and for the process lists in them:
+
+- ``load_worker_config``, ``load_master_config``, ``load_client_config``
+  read a file into a ``WorkerConfig``, ``MasterConfig`` or ``ClientConfig``
+  (one base, ``DaemonConfig``) or raise ConfigError with every problem;
+- each file's top-level keys are checked from one table per file
+  (``WORKER_KEYS``, ``MASTER_KEYS``, ``CLIENT_KEYS``), and a process's
+  fields from one table (``PROC_FIELDS``), with the same small checks
+  (absolute path, seconds, endpoint, ...);
+- ``validate_procs`` checks a list of process definitions the same way for
+  the worker, the client and the master.
+
+Every message names the file (and node), the process and the field.
 """
 
-import collections
+import dataclasses
 import os
 import pwd
 import re
 import signal
+import socket
 
 import simplejson as json
 
-from diprocd.errors import ConfigError
+from diprocd import protocol
+from diprocd.errors import ConfigError, ProtocolError
 from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
 
 # The largest configuration file we agree to parse (a sanity bound).
@@ -22,9 +34,16 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 # A ZeroMQ endpoint, as the master binds it and the client connects to it.
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
 
-WorkerConfig = collections.namedtuple(
-    "WorkerConfig", "path pid_file log_file procs warnings")
+DEFAULT_HEARTBEAT = 3.0
+DEFAULT_SILENT_AFTER = 15.0
+DEFAULT_STATUS_INTERVAL = 5.0
 
+
+class Invalid(ValueError):
+    """One value is wrong; the message says why, the caller says where."""
+
+
+# --- reading ------------------------------------------------------------------
 
 def read_json_file(path):
     """Return the parsed JSON object in ``path`` or raise ConfigError."""
@@ -55,72 +74,94 @@ def parse_json_text(data, where):
     return obj
 
 
-def check_keys(obj, where, required, optional, problems, warnings):
-    """Check a top-level object's keys: missing required keys are problems,
-    unknown ones are warnings."""
-    for key in required:
-        if key not in obj:
-            problems.append('%s: missing required key "%s"' % (where, key))
-    for key in obj:
-        if key not in required and key not in optional:
-            warnings.append('%s: unknown key "%s" (ignored)' % (where, key))
+# --- the small checks, shared by every table ------------------------------------
 
-
-def check_abs_path(obj, key, where, problems, required=True):
-    """Check that ``obj[key]`` is an absolute path string."""
-    value = obj.get(key)
-    if value is None:
-        if required:
-            problems.append('%s: missing required key "%s"' % (where, key))
-        return None
+def absolute_path(value):
     if not isinstance(value, str) or not os.path.isabs(value):
-        problems.append('%s: key "%s": must be an absolute path, got %s'
-                        % (where, key, json.dumps(value)))
-        return None
+        raise Invalid("must be an absolute path, got %s" % json.dumps(value))
     return value
 
 
-def check_endpoint(obj, key, where, problems):
-    value = obj.get(key)
-    if value is None:
-        return None  # check_keys reported it missing
+def normal_path(value):
+    return os.path.normpath(absolute_path(value))
+
+
+def seconds(low, high):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            raise Invalid("must be a number of seconds (%g to %g), got %s"
+                          % (low, high, json.dumps(value)))
+        return float(value)
+    return check
+
+
+def endpoint(value):
     if not isinstance(value, str) or not ENDPOINT_RE.match(value):
-        problems.append('%s: key "%s": must be a ZeroMQ endpoint such as '
-                        '"tcp://10.0.0.1:5555", got %s'
-                        % (where, key, json.dumps(value)))
-        return None
+        raise Invalid('must be a ZeroMQ endpoint such as '
+                      '"tcp://10.0.0.1:5555", got %s' % json.dumps(value))
     return value
 
 
-def check_seconds(obj, key, where, default, problems, low=0.05, high=86400):
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not low <= value <= high:
-        problems.append('%s: key "%s": must be a number of seconds (%g to %g), '
-                        'got %s' % (where, key, low, high, json.dumps(value)))
-        return default
-    return float(value)
+def boolean(value):
+    if not isinstance(value, bool):
+        raise Invalid("must be true or false, got %s" % json.dumps(value))
+    return value
 
 
-def running_as_root():
-    return os.geteuid() == 0
+def string_list(why):
+    def check(value):
+        if not isinstance(value, list) or not all(isinstance(v, str)
+                                                  for v in value):
+            raise Invalid(why)
+        return tuple(value)
+    return check
 
 
-def default_user():
-    """``nobody`` when the worker is root, else the worker's own user."""
-    if running_as_root():
-        return "nobody"
+def non_empty_string(value):
+    if not isinstance(value, str) or not value:
+        raise Invalid("must be a non-empty string")
+    return value
+
+
+def environment(value):
+    if not isinstance(value, dict) or not all(isinstance(v, str)
+                                              for v in value.values()):
+        raise Invalid("must be an object of string values")
+    if any("=" in k or "\0" in k or not k for k in value):
+        raise Invalid("variable names must be non-empty, without '='")
+    return tuple(sorted(value.items()))
+
+
+def user_name(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int)) \
+            or value == "":
+        raise Invalid("must be a user name or a uid")
+    return str(value)
+
+
+def stop_signal(value):
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
+        return parse_signal(value)
+    except (ValueError, KeyError):
+        raise Invalid("unknown signal %s" % json.dumps(value))
 
 
-def lookup_user(user):
-    """Return the passwd entry of a user name or uid, or raise KeyError."""
-    if isinstance(user, int) or (isinstance(user, str) and user.isdigit()):
-        return pwd.getpwuid(int(user))
-    return pwd.getpwnam(user)
+def umask(value):
+    try:
+        return parse_umask(value)
+    except (ValueError, TypeError):
+        raise Invalid('must be an octal string such as "022", got %s'
+                      % json.dumps(value))
+
+
+def node_name(value):
+    if not isinstance(value, str):
+        raise Invalid("must be a string, got %s" % json.dumps(value))
+    try:
+        return protocol.check_node_name(resolve_node_name(value))
+    except ProtocolError as err:
+        raise Invalid(str(err))
 
 
 def parse_signal(value):
@@ -153,14 +194,80 @@ def parse_umask(value):
     return result
 
 
+def resolve_node_name(raw):
+    """``%H`` -> socket.gethostname(); ``%%`` -> ``%``."""
+    hostname = socket.gethostname()
+    return raw.replace("%%", "\0").replace("%H", hostname).replace("\0", "%")
+
+
 def _type_name(value):
     return {dict: "an object", list: "a list", str: "a string",
             bool: "a boolean", int: "a number", float: "a number",
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _is_str_list(value):
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+# --- users ------------------------------------------------------------------------
+
+def running_as_root():
+    return os.geteuid() == 0
+
+
+def default_user():
+    """``nobody`` when the worker is root, else the worker's own user."""
+    if running_as_root():
+        return "nobody"
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def lookup_user(user):
+    """Return the passwd entry of a user name or uid, or raise KeyError."""
+    if isinstance(user, int) or (isinstance(user, str) and user.isdigit()):
+        return pwd.getpwuid(int(user))
+    return pwd.getpwnam(user)
+
+
+# --- process lists ------------------------------------------------------------------
+
+# A process's fields: name -> check (value -> the spec's value). ``name`` and
+# the defaults that depend on the machine (user, pid_file) are handled in
+# _validate_one.
+PROC_FIELDS = {
+    "run": absolute_path,
+    "args": string_list("must be a list of strings"),
+    "user": user_name,
+    "chroot": normal_path,
+    "env": environment,
+    "pid_file": normal_path,
+    "logs": normal_path,
+    "cwd": non_empty_string,
+    "write_pid": boolean,
+    "daemon": boolean,
+    "restart": boolean,
+    "stop_signal": stop_signal,
+    "stop_timeout": seconds(0, 86400),
+    "umask": umask,
+    "depends": string_list("must be a list of process names"),
+}
+
+
+# Fields where null means "the default" (as the seed's examples write them).
+NULL_IS_DEFAULT = ("user", "chroot", "pid_file", "logs")
+
+
+class _Where:
+    """Collects one file's problems and warnings, each naming where."""
+
+    def __init__(self, where):
+        self.where = where
+        self.problems = []
+        self.warnings = []
+
+    def problem(self, label, field, why):
+        self.problems.append('%s: %s: field "%s": %s'
+                             % (self.where, label, field, why))
 
 
 def validate_procs(raw, where, pid_dir=None, check_users=True):
@@ -174,162 +281,113 @@ def validate_procs(raw, where, pid_dir=None, check_users=True):
     Returns ``(specs, problems, warnings)``: specs of the valid processes, and
     one message per problem or warning.
     """
-    problems, warnings, specs = [], [], []
+    out = _Where(where)
+    specs = []
     if not isinstance(raw, list):
-        problems.append('%s: "procs" must be a list, got %s'
-                        % (where, _type_name(raw)))
-        return specs, problems, warnings
+        out.problems.append('%s: "procs" must be a list, got %s'
+                            % (where, _type_name(raw)))
+        return specs, out.problems, out.warnings
     seen = set()
     for index, item in enumerate(raw):
-        spec = _validate_one(item, index, where, pid_dir, check_users,
-                             seen, problems, warnings)
+        spec = _validate_one(item, index, out, pid_dir, check_users, seen)
         if spec is not None:
             specs.append(spec)
+    _check_list(specs, seen, out)
+    return specs, out.problems, out.warnings
+
+
+def _process_label(item, index, out, seen):
+    """'process "NAME"' for a valid, new name; else None (reported)."""
+    if not isinstance(item, dict):
+        out.problems.append("%s: process #%d: must be an object, got %s"
+                            % (out.where, index + 1, _type_name(item)))
+        return None
+    name = item.get("name")
+    if not isinstance(name, str) or not name.strip():
+        out.problem("process #%d" % (index + 1), "name",
+                    "required, a non-empty string")
+        return None
+    label = 'process "%s"' % name
+    if "/" in name or name in (".", "..") or "\0" in name:
+        out.problem(label, "name", 'must not contain "/" nor be "." or ".."')
+        return None
+    if name in seen:
+        out.problem(label, "name", "duplicate name")
+        return None
+    seen.add(name)
+    return label
+
+
+def _validate_one(item, index, out, pid_dir, check_users, seen):
+    label = _process_label(item, index, out, seen)
+    if label is None:
+        return None
+    before = len(out.problems)
+    for key in item:
+        if key not in DEFAULTS:
+            out.warnings.append('%s: %s: unknown field "%s" (ignored)'
+                                % (out.where, label, key))
+    for key in REQUIRED:
+        if item.get(key) is None:
+            out.problem(label, key, "required")
+    values = {"name": item["name"]}
+    for key, check in PROC_FIELDS.items():
+        if key not in item or (item[key] is None and (
+                key in NULL_IS_DEFAULT or key in REQUIRED)):
+            continue
+        try:
+            values[key] = check(item[key])
+        except Invalid as err:
+            out.problem(label, key, err)
+    _machine_defaults(values, item, label, out, pid_dir, check_users)
+    if values.get("daemon") and values.get("write_pid", True):
+        out.problem(label, "daemon", 'a daemon writes its own pid file: set '
+                    '"write_pid" to false')
+    if values.get("daemon") and "pid_file" not in item:
+        out.problem(label, "pid_file",
+                    "required with \"daemon\": the daemon's own pid file")
+    if len(out.problems) != before:
+        return None
+    return ProcessSpec(**values)
+
+
+def _machine_defaults(values, item, label, out, pid_dir, check_users):
+    """The user (looked up on this machine) and the default pid file."""
+    if "user" in values and check_users:
+        try:
+            lookup_user(values["user"])
+        except (KeyError, OverflowError, ValueError):
+            out.problem(label, "user", 'unknown user "%s"' % values["user"])
+    elif "user" not in values and item.get("user") is None and check_users:
+        values["user"] = default_user()
+    if "pid_file" not in values and pid_dir is not None:
+        values["pid_file"] = os.path.join(pid_dir, values["name"] + ".pid")
+
+
+def _check_list(specs, seen, out):
+    """What involves several processes: dependencies, shared pid files."""
     names = {s.name for s in specs}
     for spec in specs:
         for dep in spec.depends:
             if dep == spec.name:
-                problems.append('%s: process "%s": field "depends": a process '
-                                'cannot depend on itself' % (where, spec.name))
+                out.problem('process "%s"' % spec.name, "depends",
+                            "a process cannot depend on itself")
             elif dep not in names and dep not in seen:
-                problems.append('%s: process "%s": field "depends": no process '
-                                'named "%s"' % (where, spec.name, dep))
+                out.problem('process "%s"' % spec.name, "depends",
+                            'no process named "%s"' % dep)
     owners = {}
     for spec in specs:
         if spec.pid_file is None:
             continue
         if spec.pid_file in owners:
-            problems.append('%s: process "%s": field "pid_file": %s is also '
-                            'the pid file of process "%s"' % (
-                                where, spec.name, spec.pid_file,
-                                owners[spec.pid_file]))
+            out.problem('process "%s"' % spec.name, "pid_file",
+                        '%s is also the pid file of process "%s"'
+                        % (spec.pid_file, owners[spec.pid_file]))
         owners.setdefault(spec.pid_file, spec.name)
     cycle = find_cycle(specs)
     if cycle:
-        problems.append('%s: field "depends": dependency cycle: %s'
-                        % (where, " -> ".join(cycle)))
-    return specs, problems, warnings
-
-
-def _validate_one(item, index, where, pid_dir, check_users, seen,
-                  problems, warnings):
-    if not isinstance(item, dict):
-        problems.append("%s: process #%d: must be an object, got %s"
-                        % (where, index + 1, _type_name(item)))
-        return None
-    name = item.get("name")
-    if not isinstance(name, str) or not name.strip():
-        label = "process #%d" % (index + 1)
-        problems.append('%s: %s: field "name": required, a non-empty string'
-                        % (where, label))
-        return None
-    label = 'process "%s"' % name
-    if "/" in name or name in (".", "..") or "\0" in name:
-        problems.append('%s: %s: field "name": must not contain "/" nor be '
-                        '"." or ".."' % (where, label))
-        return None
-    if name in seen:
-        problems.append('%s: %s: field "name": duplicate name' % (where, label))
-        return None
-    seen.add(name)
-    before = len(problems)
-
-    def bad(field, why):
-        problems.append('%s: %s: field "%s": %s' % (where, label, field, why))
-
-    for key in item:
-        if key not in DEFAULTS:
-            warnings.append('%s: %s: unknown field "%s" (ignored)'
-                            % (where, label, key))
-    values = {"name": name}
-    for key in REQUIRED:
-        if key not in item:
-            bad(key, "required")
-    run = item.get("run")
-    if run is not None:
-        if not isinstance(run, str) or not os.path.isabs(run):
-            bad("run", "must be an absolute path, got %s" % json.dumps(run))
-        values["run"] = run
-    if "args" in item:
-        if not _is_str_list(item["args"]):
-            bad("args", "must be a list of strings")
-        else:
-            values["args"] = tuple(item["args"])
-    user = item.get("user")
-    if user is not None:
-        if isinstance(user, bool) or not isinstance(user, (str, int)) or user == "":
-            bad("user", "must be a user name or a uid")
-        else:
-            if check_users:
-                try:
-                    lookup_user(user)
-                except (KeyError, OverflowError):
-                    bad("user", 'unknown user "%s"' % user)
-            values["user"] = str(user)
-    elif check_users:
-        values["user"] = default_user()
-    for key in ("chroot", "pid_file", "logs"):
-        value = item.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not os.path.isabs(value):
-            bad(key, "must be an absolute path, got %s" % json.dumps(value))
-        else:
-            values[key] = os.path.normpath(value)
-    if "pid_file" not in values and pid_dir is not None:
-        values["pid_file"] = os.path.join(pid_dir, name + ".pid")
-    if "env" in item:
-        env = item["env"]
-        if not isinstance(env, dict) or not all(
-                isinstance(v, str) for v in env.values()):
-            bad("env", "must be an object of string values")
-        elif any("=" in k or "\0" in k or not k for k in env):
-            bad("env", "variable names must be non-empty, without '='")
-        else:
-            values["env"] = tuple(sorted(env.items()))
-    if "cwd" in item:
-        if not isinstance(item["cwd"], str) or not item["cwd"]:
-            bad("cwd", "must be a non-empty string")
-        else:
-            values["cwd"] = item["cwd"]
-    for key in ("write_pid", "daemon", "restart"):
-        if key in item:
-            if not isinstance(item[key], bool):
-                bad(key, "must be true or false, got %s" % json.dumps(item[key]))
-            else:
-                values[key] = item[key]
-    if values.get("daemon") and values.get("write_pid", True):
-        bad("daemon", 'a daemon writes its own pid file: set "write_pid" '
-            'to false')
-    if values.get("daemon") and "pid_file" not in item:
-        bad("pid_file", "required with \"daemon\": the daemon's own pid file")
-    if "stop_signal" in item:
-        try:
-            values["stop_signal"] = parse_signal(item["stop_signal"])
-        except (ValueError, KeyError):
-            bad("stop_signal", "unknown signal %s"
-                % json.dumps(item["stop_signal"]))
-    if "stop_timeout" in item:
-        value = item["stop_timeout"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not 0 <= value <= 86400:
-            bad("stop_timeout", "must be a number of seconds (0 to 86400)")
-        else:
-            values["stop_timeout"] = float(value)
-    if "umask" in item:
-        try:
-            values["umask"] = parse_umask(item["umask"])
-        except (ValueError, TypeError):
-            bad("umask", 'must be an octal string such as "022", got %s'
-                % json.dumps(item["umask"]))
-    if "depends" in item:
-        if not _is_str_list(item["depends"]):
-            bad("depends", "must be a list of process names")
-        else:
-            values["depends"] = tuple(item["depends"])
-    if len(problems) != before:
-        return None
-    return ProcessSpec(**values)
+        out.problems.append('%s: field "depends": dependency cycle: %s'
+                            % (out.where, " -> ".join(cycle)))
 
 
 def find_cycle(specs):
@@ -361,9 +419,6 @@ def find_cycle(specs):
     return None
 
 
-WORKER_KEYS = ("pid_file", "log_file", "procs")
-
-
 def validate_worker_procs(raw, where, worker_pid_file):
     """``validate_procs`` as the worker applies it on this machine (users
     looked up, pid files defaulting beside ``worker_pid_file``), plus the
@@ -380,19 +435,175 @@ def validate_worker_procs(raw, where, worker_pid_file):
     return specs, problems, warnings
 
 
+# --- the three files ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DaemonConfig:
+    """What every daemon's file has: its path, pid file and log file, and
+    the warnings found while reading it (the daemon logs them)."""
+
+    path: str
+    pid_file: str
+    log_file: str = None
+    warnings: list = dataclasses.field(default_factory=list)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class WorkerConfig(DaemonConfig):
+    procs: tuple = ()
+
+
+@dataclasses.dataclass
+class MasterConfig(DaemonConfig):
+    master_stats: str = None
+    master_updates: str = None
+    nodes: dict = None  # node name -> raw process list (validated JSON)
+    heartbeat: float = DEFAULT_HEARTBEAT
+    silent_after: float = DEFAULT_SILENT_AFTER
+
+
+@dataclasses.dataclass
+class ClientConfig(DaemonConfig):
+    master_stats: str = None
+    master_updates: str = None
+    node_name: str = None  # resolved: "%H" replaced by this machine's hostname
+    conf_file: str = None
+    status_interval: float = DEFAULT_STATUS_INTERVAL
+
+    def connection(self):
+        return (self.master_stats, self.master_updates, self.node_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    check: object        # value -> the config's value; raises Invalid
+    required: bool = False
+    default: object = None
+
+
+def _nodes_object(value):
+    if not isinstance(value, dict):
+        raise Invalid("must be an object {node name: [process, ...]}")
+    return value
+
+
+COMMON_KEYS = {"pid_file": Key(absolute_path, required=True),
+               "log_file": Key(absolute_path)}
+ENDPOINT_KEYS = {"master_stats": Key(endpoint, required=True),
+                 "master_updates": Key(endpoint, required=True)}
+WORKER_KEYS = dict(COMMON_KEYS, procs=Key(None, required=True, default=[]))
+MASTER_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
+                   nodes=Key(_nodes_object, required=True, default={}),
+                   heartbeat=Key(seconds(0.05, 86400),
+                                 default=DEFAULT_HEARTBEAT),
+                   silent_after=Key(seconds(0.1, 86400),
+                                    default=DEFAULT_SILENT_AFTER))
+CLIENT_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
+                   node_name=Key(node_name, required=True),
+                   conf_file=Key(absolute_path, required=True),
+                   status_interval=Key(seconds(0.1, 86400),
+                                       default=DEFAULT_STATUS_INTERVAL))
+
+
+def _read_keys(path, table):
+    """Read ``path`` and check its keys against ``table``: returns the
+    values (defaults for the missing optional ones), the problems and the
+    warnings (unknown keys)."""
+    obj = read_json_file(path)
+    values, problems, warnings = {}, [], []
+    for key, rule in table.items():
+        if key not in obj:
+            if rule.required:
+                problems.append('%s: missing required key "%s"' % (path, key))
+            values[key] = rule.default
+            continue
+        if rule.check is None:
+            values[key] = obj[key]
+            continue
+        try:
+            values[key] = rule.check(obj[key])
+        except Invalid as err:
+            problems.append('%s: key "%s": %s' % (path, key, err))
+            values[key] = rule.default
+    for key in obj:
+        if key not in table:
+            warnings.append('%s: unknown key "%s" (ignored)' % (path, key))
+    return values, problems, warnings
+
+
 def load_worker_config(path):
     """Read and validate a worker CONFIG; raise ConfigError with every
     problem, or return a WorkerConfig (whose warnings the caller logs)."""
-    obj = read_json_file(path)
-    problems, warnings = [], []
-    check_keys(obj, path, ("pid_file", "procs"), WORKER_KEYS,
-               problems, warnings)
-    pid_file = check_abs_path(obj, "pid_file", path, problems)
-    log_file = check_abs_path(obj, "log_file", path, problems, required=False)
+    values, problems, warnings = _read_keys(path, WORKER_KEYS)
     specs, proc_problems, proc_warnings = validate_worker_procs(
-        obj.get("procs", []), path, pid_file)
+        values["procs"], path, values["pid_file"])
     problems += proc_problems
     warnings += proc_warnings
     if problems:
         raise ConfigError(problems)
-    return WorkerConfig(path, pid_file, log_file, tuple(specs), warnings)
+    return WorkerConfig(path, values["pid_file"], values["log_file"],
+                        warnings, procs=tuple(specs))
+
+
+def load_master_config(path):
+    """Read and validate the master CONFIG; raise ConfigError with every
+    problem (naming file, node, process and field) or return MasterConfig."""
+    values, problems, warnings = _read_keys(path, MASTER_KEYS)
+    if values["master_stats"] and values["master_stats"] == values[
+            "master_updates"]:
+        problems.append('%s: keys "master_stats" and "master_updates" must '
+                        'differ' % path)
+    for node, procs in values["nodes"].items():
+        where = '%s: node "%s"' % (path, node)
+        try:
+            protocol.check_node_name(node)
+        except ProtocolError as err:
+            problems.append("%s: %s" % (where, err))
+            continue
+        # Users are the node's business: the client checks them there.
+        _, node_problems, node_warnings = validate_procs(
+            procs, where, pid_dir=None, check_users=False)
+        problems += node_problems
+        warnings += node_warnings
+        if not node_problems:
+            problems += _list_size_problems(node, procs, values["heartbeat"],
+                                            where)
+    if problems:
+        raise ConfigError(problems)
+    return MasterConfig(path, values["pid_file"], values["log_file"], warnings,
+                        values["master_stats"], values["master_updates"],
+                        values["nodes"], values["heartbeat"],
+                        values["silent_after"])
+
+
+def _list_size_problems(node, procs, heartbeat, where):
+    """Clients drop a message over the protocol's bound: refuse it here."""
+    size = len(protocol.encode_update(protocol.Update(
+        node, "e" * protocol.MAX_EPOCH_CHARS, 2 ** 53, procs, heartbeat))[2])
+    if size > protocol.MAX_MESSAGE_BYTES:
+        return ["%s: its list encodes to %d bytes, more than the %d a client "
+                "accepts" % (where, size, protocol.MAX_MESSAGE_BYTES)]
+    return []
+
+
+def load_client_config(path):
+    """Read and validate the client CONFIG; raise ConfigError with every
+    problem or return a ClientConfig."""
+    values, problems, warnings = _read_keys(path, CLIENT_KEYS)
+    conf_file = values["conf_file"]
+    if conf_file and conf_file in (values["pid_file"], values["log_file"],
+                                   os.path.abspath(path)):
+        problems.append('%s: key "conf_file": must be the worker\'s own file, '
+                        "not this client's" % path)
+    if conf_file and not problems and not os.path.exists(conf_file):
+        warnings.append('%s: key "conf_file": %s does not exist yet; copy the '
+                        "empty worker example there" % (path, conf_file))
+    if problems:
+        raise ConfigError(problems)
+    return ClientConfig(path, values["pid_file"], values["log_file"], warnings,
+                        values["master_stats"], values["master_updates"],
+                        values["node_name"], conf_file,
+                        values["status_interval"])

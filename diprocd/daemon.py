@@ -93,13 +93,13 @@ def pid_file_locked(path):
 
 
 def read_pid(path):
-    """The pid recorded in a pid file, or None."""
+    """The pid recorded in a pid file (its first word), or None."""
     try:
-        with open(path) as handle:
-            text = handle.read(64).strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
+        with open(path, "rb") as handle:
+            pid = int(handle.read(64).split()[0])
+    except (OSError, ValueError, IndexError):
         return None
+    return pid if pid > 0 else None
 
 
 def daemonize(preserve_fds=()):

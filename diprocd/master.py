@@ -28,90 +28,20 @@ import time
 
 import simplejson as json
 
-from diprocd import protocol
-from diprocd.config import (check_abs_path, check_endpoint, check_keys,
-                            check_seconds, read_json_file, validate_procs)
-from diprocd.daemon import SignalPipe, beside_pid_file
+from diprocd import bus, protocol
+from diprocd.config import load_master_config
+from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
-from diprocd.watch import FileWatch
+from diprocd.loop import Loop
 
-MASTER_KEYS = ("pid_file", "log_file", "master_stats", "master_updates",
-               "nodes", "heartbeat", "silent_after")
-DEFAULT_HEARTBEAT = 3.0
-DEFAULT_SILENT_AFTER = 15.0
-# Reload this long after the first change event: an in-place write may come
-# in several chunks; an atomic rename is complete at once.
-RELOAD_SETTLE = 0.01
 NODES_FILE_INTERVAL = 1.0
 SILENCE_CHECK_INTERVAL = 1.0
 # Anyone who reaches the stats socket can name a node: keep at most this many
 # nodes that are not in the master file.
 MAX_UNKNOWN_NODES = 1024
-
-
-
-@dataclasses.dataclass
-class MasterConfig:
-    path: str
-    pid_file: str
-    log_file: str
-    master_stats: str
-    master_updates: str
-    nodes: dict  # node name -> raw process list (validated JSON)
-    heartbeat: float = DEFAULT_HEARTBEAT
-    silent_after: float = DEFAULT_SILENT_AFTER
-    warnings: list = dataclasses.field(default_factory=list)
-
-
-def load_master_config(path):
-    """Read and validate the master CONFIG; raise ConfigError with every
-    problem (naming file, node, process and field) or return MasterConfig."""
-    obj = read_json_file(path)
-    problems, warnings = [], []
-    check_keys(obj, path, ("pid_file", "master_stats", "master_updates",
-                           "nodes"), MASTER_KEYS, problems, warnings)
-    pid_file = check_abs_path(obj, "pid_file", path, problems)
-    log_file = check_abs_path(obj, "log_file", path, problems, required=False)
-    stats = check_endpoint(obj, "master_stats", path, problems)
-    updates = check_endpoint(obj, "master_updates", path, problems)
-    if stats and stats == updates:
-        problems.append('%s: keys "master_stats" and "master_updates" must '
-                        'differ' % path)
-    heartbeat = check_seconds(obj, "heartbeat", path, DEFAULT_HEARTBEAT,
-                              problems)
-    silent_after = check_seconds(obj, "silent_after", path,
-                                 DEFAULT_SILENT_AFTER, problems, low=0.1)
-    nodes = {}
-    raw_nodes = obj.get("nodes", {})
-    if not isinstance(raw_nodes, dict):
-        problems.append('%s: key "nodes": must be an object {node name: '
-                        '[process, ...]}' % path)
-        raw_nodes = {}
-    for node, procs in raw_nodes.items():
-        where = '%s: node "%s"' % (path, node)
-        try:
-            protocol.check_node_name(node)
-        except ProtocolError as err:
-            problems.append("%s: %s" % (where, err))
-            continue
-        # Users are the node's business: the client checks them there.
-        _, node_problems, node_warnings = validate_procs(
-            procs, where, pid_dir=None, check_users=False)
-        problems += node_problems
-        warnings += node_warnings
-        # Clients drop a message over the protocol's bound: refuse it here.
-        size = len(protocol.encode_update(protocol.Update(
-            node, "e" * protocol.MAX_EPOCH_CHARS, 2 ** 53, procs, heartbeat))[2])
-        if size > protocol.MAX_MESSAGE_BYTES:
-            problems.append("%s: its list encodes to %d bytes, more than the "
-                            "%d a client accepts" % (where, size,
-                                                     protocol.MAX_MESSAGE_BYTES))
-        nodes[node] = procs
-    if problems:
-        raise ConfigError(problems)
-    return MasterConfig(path, pid_file, log_file, stats, updates, nodes,
-                        heartbeat, silent_after, warnings)
+# Reports handled in one go before timers and signals get their turn.
+RECEIVE_BATCH = 1000
 
 
 class NodeLists:
@@ -179,7 +109,8 @@ def nodes_file_path(pid_file):
 
 
 class Master:
-    """The master's event loop (one thread, one zmq Poller)."""
+    """The master's decisions, on the shared ``loop.Loop``: what to publish
+    and when, and what it heard from each node."""
 
     def __init__(self, config, log, clock=time.monotonic):
         self.config = config
@@ -188,20 +119,16 @@ class Master:
         self.lists = NodeLists(protocol.new_epoch())
         self.seen = {}
         self.nodes_file = nodes_file_path(config.pid_file)
-        self._signals = None
-        self._watch = None
-        self._running = False
-        self._reload_due = None
-        self._nodes_dirty = False
+        self.loop = Loop(bus.ZmqPoller(), clock=clock)
+        self.pub = self.pull = None
+        self._nodes_written = None
         self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
 
     # -- life cycle --------------------------------------------------------
 
     def run(self):
-        import zmq  # only after daemonizing
-
-        self._signals = SignalPipe((signal.SIGTERM, signal.SIGINT,
-                                    signal.SIGHUP))
+        zmq = bus.zmq_module()
+        loop = self.loop
         context = zmq.Context()
         try:
             try:
@@ -209,22 +136,37 @@ class Master:
             except zmq.ZMQError as err:
                 self.log.error("cannot bind: %s", err)
                 return 1
-            self._watch = FileWatch(self.config.path)
-            return self._loop(zmq)
+            loop.handle_signals({signal.SIGTERM: self._exit_signal,
+                                 signal.SIGINT: self._exit_signal,
+                                 signal.SIGHUP: lambda _: self.reload("SIGHUP")})
+            loop.watch_file(self.config.path,
+                            lambda: self.reload("file changed"))
+            self.lists.apply(self.config.nodes)
+            self.log.info("master up: epoch %s, %d nodes, updates on %s, "
+                          "stats on %s", self.lists.epoch,
+                          len(self.config.nodes), self.config.master_updates,
+                          self.config.master_stats)
+            self._heartbeat()
+            self._silence_check()
+            loop.run()
+            self.log.info("master down")
+            return 0
         finally:
-            if self._watch:
-                self._watch.close()
-            for sock in (getattr(self, "pub", None), getattr(self, "pull", None)):
+            loop.close()
+            for sock in (self.pub, self.pull):
                 if sock is not None:
                     sock.close(linger=0)
             context.term()
-            self._signals.close()
+
+    def _exit_signal(self, signum):
+        self.log.info("got %s: exiting", signal.Signals(signum).name)
+        self.loop.stop()
 
     def _bind(self, context, config, bound=None):
         """Bind a socket for each endpoint of ``config`` that ``bound`` (the
         configuration in force) does not already serve; close the replaced
         sockets only once every new bind worked."""
-        import zmq
+        zmq = bus.zmq_module()
         wanted = (("pub", zmq.PUB, config.master_updates,
                    bound and bound.master_updates),
                   ("pull", zmq.PULL, config.master_stats,
@@ -234,11 +176,8 @@ class Master:
             for attr, kind, endpoint, current in wanted:
                 if endpoint == current:
                     continue
-                sock = new[attr] = context.socket(kind)
-                sock.setsockopt(zmq.LINGER, 0)
-                if kind == zmq.PULL:
-                    sock.setsockopt(zmq.MAXMSGSIZE,
-                                    2 * protocol.MAX_MESSAGE_BYTES)
+                sock = new[attr] = bus.socket(context, kind,
+                                              receives=kind == zmq.PULL)
                 sock.bind(endpoint)
         except zmq.ZMQError:
             for sock in new.values():
@@ -247,74 +186,32 @@ class Master:
         for attr, sock in new.items():
             old = getattr(self, attr, None)
             setattr(self, attr, sock)
+            if attr == "pull":
+                if old is not None:
+                    self.loop.remove_reader(old)
+                self.loop.add_reader(sock, self._receive_reports)
             if old is not None:
                 old.close(linger=0)
 
-    def _loop(self, zmq):
-        log = self.log
-        self.lists.apply(self.config.nodes)
-        log.info("master up: epoch %s, %d nodes, updates on %s, stats on %s",
-                 self.lists.epoch, len(self.config.nodes),
-                 self.config.master_updates, self.config.master_stats)
+    def _heartbeat(self):
+        """Every list again, every ``heartbeat`` seconds: repairs whatever a
+        subscriber missed."""
         self.publish_all()
-        now = self._clock()
-        next_heartbeat = now + self.config.heartbeat
-        next_silence_check = now + SILENCE_CHECK_INTERVAL
-        next_nodes_file = now
-        self._running = True
-        while self._running:
-            poller = zmq.Poller()
-            poller.register(self.pull, zmq.POLLIN)
-            poller.register(self._signals.fileno(), zmq.POLLIN)
-            if self._watch.fileno() is not None:
-                poller.register(self._watch.fileno(), zmq.POLLIN)
-            now = self._clock()
-            due = [next_heartbeat, next_silence_check]
-            if self._reload_due is not None:
-                due.append(self._reload_due)
-            if self._nodes_dirty:
-                due.append(next_nodes_file)
-            if self._watch.poll_interval:
-                due.append(now + self._watch.poll_interval)
-            timeout_ms = max(0, int((min(due) - now) * 1000) + 1)
-            events = dict(poller.poll(timeout_ms))
-            if self._signals.fileno() in events:
-                self._handle_signals()
-            if self.pull in events:
-                self._receive_reports(zmq)
-            now = self._clock()
-            if self._file_changed(events) and self._reload_due is None:
-                self._reload_due = now + RELOAD_SETTLE
-            if self._reload_due is not None and now >= self._reload_due:
-                self._reload_due = None
-                self.reload("file changed")
-            # A reload may have shortened the heartbeat: never wait longer
-            # than the one in force.
-            next_heartbeat = min(next_heartbeat, now + self.config.heartbeat)
-            if now >= next_heartbeat:
-                self.publish_all()
-                next_heartbeat = now + self.config.heartbeat
-            if now >= next_silence_check:
-                self._check_silence(now)
-                next_silence_check = now + SILENCE_CHECK_INTERVAL
-            if self._nodes_dirty and now >= next_nodes_file:
-                self._write_nodes_file()
-                next_nodes_file = now + NODES_FILE_INTERVAL
-        log.info("master down")
-        return 0
+        self.loop.call_later("heartbeat", self.config.heartbeat,
+                             self._heartbeat)
 
-    def _file_changed(self, events):
-        if self._watch.fileno() is None:
-            return self._watch.changed()
-        return self._watch.fileno() in events and self._watch.read_events()
+    def _silence_check(self):
+        self._check_silence(self._clock())
+        self.loop.call_later("silence", SILENCE_CHECK_INTERVAL,
+                             self._silence_check)
 
-    def _handle_signals(self):
-        for signum in self._signals.drain():
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                self.log.info("got %s: exiting", signal.Signals(signum).name)
-                self._running = False
-            elif signum == signal.SIGHUP:
-                self.reload("SIGHUP")
+    def _nodes_changed(self):
+        """Write the nodes file soon, at most once a second."""
+        if self.loop.pending("nodes file") is not None:
+            return
+        when = self._clock() if self._nodes_written is None else max(
+            self._clock(), self._nodes_written + NODES_FILE_INTERVAL)
+        self.loop.call_at("nodes file", when, self._write_nodes_file)
 
     # -- configuration ---------------------------------------------------------
 
@@ -346,6 +243,11 @@ class Master:
                                  "start", key)
                 setattr(config, key, getattr(self.config, key))
         self.config = config
+        # A shorter heartbeat takes effect at once.
+        due = self.loop.pending("heartbeat")
+        if due is not None and due > self._clock() + config.heartbeat:
+            self.loop.call_later("heartbeat", config.heartbeat,
+                                 self._heartbeat)
         changed, removed = self.lists.apply(config.nodes)
         for node in removed:
             self.log.warning('node "%s" removed from the master file: it is '
@@ -379,18 +281,16 @@ class Master:
 
     # -- reports from clients ------------------------------------------------------
 
-    def _receive_reports(self, zmq):
-        for _ in range(1000):  # bounded: let timers and signals run
-            try:
-                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            try:
-                report = protocol.decode_report(frames)
-            except ProtocolError as err:
-                self.log.warning("dropped a malformed report: %s", err)
-                continue
-            self.on_report(report)
+    def _receive_reports(self):
+        bus.receive_all(self.pull, self.on_frames, RECEIVE_BATCH)
+
+    def on_frames(self, frames):
+        try:
+            report = protocol.decode_report(frames)
+        except ProtocolError as err:
+            self.log.warning("dropped a malformed report: %s", err)
+            return
+        self.on_report(report)
 
     def on_report(self, report):
         now = self._clock()
@@ -412,7 +312,7 @@ class Master:
         if report.status is None and previous is not None:
             seen.status = previous.status
         self.seen[node] = seen
-        self._nodes_dirty = True
+        self._nodes_changed()
         if report.is_hello:
             if self.lists.ensure(node):
                 self.log.warning('unknown node "%s" said hello: it is not in '
@@ -427,7 +327,7 @@ class Master:
             if not seen.silent and now - seen.monotonic > \
                     self.config.silent_after:
                 seen.silent = True
-                self._nodes_dirty = True
+                self._nodes_changed()
                 self.log.warning('node "%s" fell silent: nothing heard for '
                                  "%.0f s", node, now - seen.monotonic)
 
@@ -444,12 +344,9 @@ class Master:
                 "nodes": nodes}
 
     def _write_nodes_file(self):
-        self._nodes_dirty = False
+        self._nodes_written = self._clock()
         try:
             atomic_write(self.nodes_file, json.dumps(self.nodes_document()),
                          fsync=False)
         except OSError as err:
             self.log.warning("cannot write %s: %s", self.nodes_file, err)
-
-
-# -- loop helpers (the client uses them too) ----------------------------------

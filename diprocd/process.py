@@ -2,10 +2,10 @@
 
 A ``Process`` owns one spec's state: its named state, pid, start history
 (the 5-starts-a-minute rule) and stop deadline. It does no I/O of its own:
-starting, signalling and pid files go through ``ops`` (the worker's
-``ProcessOps``, a fake in unit tests) and time comes from ``clock`` (a fake
-in unit tests). Every state change goes through ``_set_state``, which checks
-the one transition table below.
+starting, signalling, pid files and watching pids go through ``ops`` (a
+``ProcessOps``: ``ops.NodeOps`` in the worker, a fake in unit tests) and time
+comes from ``clock`` (a fake in unit tests). Every state change goes through
+``_set_state``, which checks the one transition table below.
 """
 
 import collections
@@ -22,20 +22,23 @@ WAITING = "waiting"      # wanted, waiting for its dependencies to run
 STARTING = "starting"    # a daemon launched; waiting for its own pid file
 RUNNING = "running"
 STOPPING = "stopping"    # stop signal sent; SIGKILL at the deadline
+CANCELLING = "cancelling"  # a daemon stopped while starting: its pid file
+                           # is awaited (bounded), then that pid is stopped
 EXITED = "exited"        # died with restart false: stays down
 FAILED = "failed"        # could not be started, restart false: stays down
 GIVEN_UP = "given-up"    # 5 starts within 60 s: stays down until retried
 
-STATES = (STOPPED, WAITING, STARTING, RUNNING, STOPPING, EXITED, FAILED,
-          GIVEN_UP)
+STATES = (STOPPED, WAITING, STARTING, RUNNING, STOPPING, CANCELLING, EXITED,
+          FAILED, GIVEN_UP)
 
 _DOWN = (EXITED, FAILED, GIVEN_UP)
 TRANSITIONS = {
     STOPPED: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP},
     WAITING: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP, STOPPED},
-    STARTING: {RUNNING, STOPPING, WAITING, EXITED, FAILED, GIVEN_UP},
+    STARTING: {RUNNING, CANCELLING, WAITING, EXITED, FAILED, GIVEN_UP},
     RUNNING: {RUNNING, STARTING, STOPPING, WAITING, EXITED, FAILED, GIVEN_UP},
     STOPPING: {STOPPED},
+    CANCELLING: {STOPPING, STOPPED},
     EXITED: {WAITING, STOPPED},
     FAILED: {WAITING, STOPPED},
     GIVEN_UP: {WAITING, STOPPED},
@@ -51,6 +54,54 @@ DAEMON_PID_POLL = 0.02
 
 class InvalidTransition(Exception):
     pass
+
+
+class ProcessOps:
+    """What a Process asks of the world; every method is a stub here.
+    ``ops.NodeOps`` does it for real; unit tests pass a fake."""
+
+    def launch(self, spec):
+        """Begin starting ``spec``; return a handle for ``wait_launch``.
+        Raise SpawnError for what fails before the fork."""
+        raise NotImplementedError
+
+    def wait_launch(self, handle):
+        """The pid once the program runs; raise SpawnError otherwise."""
+        raise NotImplementedError
+
+    def start_ticks(self, pid, zombie_ok=False):
+        """The kernel start time of ``pid``, or None when it is gone."""
+        raise NotImplementedError
+
+    def kill(self, pid, signum):
+        """Signal ``pid``'s group (or ``pid``); False when it is gone."""
+        raise NotImplementedError
+
+    def watch(self, proc, pid, kind):
+        """Report the end of ``pid`` ("main" or "launcher") to ``proc``."""
+        raise NotImplementedError
+
+    def unwatch(self, pid):
+        raise NotImplementedError
+
+    def write_pid_file(self, spec, pid):
+        raise NotImplementedError
+
+    def remove_pid_file(self, spec):
+        raise NotImplementedError
+
+    def read_daemon_pid(self, spec, not_before=None):
+        """(pid, ticks) of the live pid in a daemon's own pid file, started
+        no earlier than ``not_before``; or None."""
+        raise NotImplementedError
+
+    def changed(self, proc):
+        """Notification: ``proc``'s state changed."""
+        raise NotImplementedError
+
+    def stopped(self, proc):
+        """Notification: ``proc`` stopped for good (or for a removal)."""
+        raise NotImplementedError
 
 
 class StartLimiter:
@@ -115,7 +166,7 @@ class Process:
     @property
     def alive(self):
         """A live pid is being supervised (running, starting or stopping)."""
-        return self.state in (RUNNING, STARTING, STOPPING)
+        return self.state in (RUNNING, STARTING, STOPPING, CANCELLING)
 
     @property
     def as_desired(self):
@@ -136,7 +187,7 @@ class Process:
         if not self.begin_start():
             return
         try:
-            pid = self.ops.spawn(self.spec)
+            pid = self.ops.wait_launch(self.ops.launch(self.spec))
         except SpawnError as err:
             self.start_failed(err)
             return
@@ -177,11 +228,12 @@ class Process:
         self.own_child = True
         if self.spec.daemon:
             self.launcher_pid = pid
-            self.launcher_ticks = self.ops.launcher_ticks(pid)
+            # It may have forked and exited already: a zombie of ours.
+            self.launcher_ticks = self.ops.start_ticks(pid, zombie_ok=True)
             self._set_pid(None)
             self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
             self._set_state(STARTING)
-            self.ops.watch_launcher(self, pid)
+            self.ops.watch(self, pid, "launcher")
         else:
             self._set_pid(pid)
             self._set_state(RUNNING)
@@ -197,7 +249,7 @@ class Process:
         self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
         self._set_state(STARTING)
         if launcher_pid is not None:
-            self.ops.watch_launcher(self, launcher_pid)
+            self.ops.watch(self, launcher_pid, "launcher")
 
     def adopt(self, pid, ticks):
         """Supervise a process a previous worker started (checked by the
@@ -210,9 +262,24 @@ class Process:
     def _set_pid(self, pid, ticks=None):
         old = self.pid
         self.pid = pid
-        self.ticks = ticks if pid is None or ticks else self.ops.ticks(pid)
-        if pid != old:
-            self.ops.pid_changed(self, old)
+        self.ticks = ticks if pid is None or ticks else self.ops.start_ticks(
+            pid)
+        if pid == old:
+            return
+        if old is not None:
+            self.ops.unwatch(old)
+        if pid is not None:
+            self.ops.watch(self, pid, "main")
+            if self.spec.write_pid and not self.adopted:
+                self.ops.write_pid_file(self.spec, pid)
+
+    def pending_launcher(self):
+        """(pid, ticks) of a daemon's launcher while its own pid is not
+        known yet (the ledger keeps it for adoption), else None."""
+        if self.state in (STARTING, CANCELLING) and self.pid is None \
+                and self.launcher_ticks:
+            return (self.launcher_pid, self.launcher_ticks)
+        return None
 
     # --- events -----------------------------------------------------------
     def on_exit(self, how):
@@ -248,8 +315,7 @@ class Process:
         self.launcher_pid = None
         if not self.own_child and how.startswith("status unknown"):
             how = "exit status 0"  # adopted: not ours to reap; wait for the pid file
-        if self.state == STOPPING and self.pid is None:
-            # Stopping a daemon that was still launching.
+        if self.state == CANCELLING:
             if how == "exit status 0" and self._stop_found_daemon():
                 return
             if how != "exit status 0" or self.deadline is None:
@@ -266,7 +332,7 @@ class Process:
     def tick(self, now):
         """Handle a passed deadline: SIGKILL a stop that lasted too long, or
         look for a starting daemon's pid file."""
-        if self.state == STOPPING and self.pid is None:
+        if self.state == CANCELLING:
             if self._stop_found_daemon():
                 return
             if self.deadline is not None and now >= self.deadline:
@@ -296,8 +362,7 @@ class Process:
                 self._fail_start()
 
     def next_deadline(self):
-        if self.deadline is not None and (self.state == STARTING or (
-                self.state == STOPPING and self.pid is None)):
+        if self.deadline is not None and self.state in (STARTING, CANCELLING):
             return min(self.deadline,
                        self.clock.monotonic() + DAEMON_PID_POLL)
         return self.deadline
@@ -331,6 +396,7 @@ class Process:
         self.deadline = self.clock.monotonic() + self.spec.stop_timeout
         log.info("%s: stopping daemon pid %d with %s", self.spec.name, pid,
                  signal.Signals(self.spec.stop_signal).name)
+        self._set_state(STOPPING)
         if not self.ops.kill(pid, self.spec.stop_signal):
             self.on_exit("gone before the stop signal")
         return True
@@ -345,7 +411,7 @@ class Process:
     def stop(self):
         """Send the stop signal; SIGKILL after ``stop_timeout``. A process
         that is not alive goes straight to STOPPED."""
-        if self.state == STOPPING:
+        if self.state in (STOPPING, CANCELLING):
             return
         if self.state == STARTING:
             # A daemon still launching: let it write its pid file (bounded),
@@ -353,7 +419,7 @@ class Process:
             log.info("%s: stopping a daemon that is still starting",
                      self.spec.name)
             self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
-            self._set_state(STOPPING)
+            self._set_state(CANCELLING)
             self._stop_found_daemon()
             return
         if not self.alive or self.pid is None:
@@ -388,26 +454,3 @@ class Process:
         if self.state in (GIVEN_UP, FAILED):
             self.error = None
             self._set_state(WAITING)
-
-    def status(self):
-        """The process's line of the status file."""
-        return {
-            "state": self.state,
-            "pid": self.pid,
-            "ticks": self.ticks,
-            "started_at": self.started_at,
-            "since": self.since,
-            "starts": self.starts,
-            "last_exit": self.last_exit,
-            "error": self.error,
-            "adopted": self.adopted,
-            "ok": self.as_desired,
-            "fingerprint": self.spec.fingerprint(),
-            "pid_file": self.spec.pid_file,
-            "write_pid": self.spec.write_pid,
-            "stop": [self.spec.stop_signal, self.spec.stop_timeout],
-            "launcher": ([self.launcher_pid, self.launcher_ticks]
-                         if self.state in (STARTING, STOPPING)
-                         and self.pid is None and self.launcher_ticks
-                         else None),
-        }

@@ -1,43 +1,44 @@
-"""Starting one process, Ganeti-style, and the small syscalls around it.
+"""Starting one process, Ganeti-style.
 
-``launch(spec)`` then ``Launch.wait()`` double-fork so the process survives
-the worker:
+``launch(spec, ...)`` then ``Launch.wait()`` double-fork so the process
+survives the worker:
 
 1. The worker creates a close-on-exec report pipe and forks an
-   intermediate child.
+   intermediate child (``launch``).
 2. The intermediate child calls ``setsid`` (a new session, no controlling
    terminal), forks the final child, writes the final child's pid on the
-   pipe and exits at once; the worker reaps it.
-3. The final child, in this order:
-   a. resets signal dispositions and the signal mask (Python ignores SIGPIPE
-      and SIGXFSZ; a program must not inherit that);
-   b. opens ``/dev/null`` and the ``logs`` file (append, create) while it
-      still sees the host's filesystem with the worker's privileges;
-   c. ``setpgid(0, 0)``: its own process group, so a stop signal reaches the
-      whole group and nothing else;
-   d. ``chroot`` (when set);
-   e. ``chdir("/")`` then ``chdir(cwd)``: a relative ``cwd`` resolves inside
-      the chroot;
-   f. ``setgid``, ``setgroups`` (the user's groups, as ``initgroups`` would
-      set them, looked up by the worker), ``setuid`` to the target user (as
-      root); a worker that is not root only runs processes as itself;
+   pipe and exits at once; the worker reaps it (``_intermediate``).
+3. The final child (``_final_child``), one function a step, in this order:
+   a. ``_reset_signals``: default dispositions, empty mask (Python ignores
+      SIGPIPE and SIGXFSZ; a program must not inherit that);
+   b. ``_journal_line``: its pid and kernel start time, read while /proc is
+      still the host's (it may not exist inside the chroot);
+   c. ``_open_files``: ``/dev/null`` and the ``logs`` file (append, create),
+      while it still sees the host's filesystem with the worker's rights;
+   d. ``_own_group``: ``setpgid(0, 0)``, so a stop signal reaches the whole
+      group and nothing else;
+   e. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
+      ``chdir(cwd)``, so a relative ``cwd`` resolves inside the chroot;
+   f. ``_become_user``: ``setgid``, ``setgroups`` (the user's groups, as
+      ``initgroups`` would set them, looked up by the worker), ``setuid``
+      (as root); a worker that is not root only runs processes as itself;
    g. ``umask``;
-   h. stdin from ``/dev/null``, stdout and stderr appended to ``logs``;
-   i. closes every other file descriptor (the pipe closes itself on exec)
-      and gives back the open-files limit the worker was started with;
-   i'. appends its pid and kernel start time to the worker's journal (the
-      record a later worker adopts it by), so no program ever runs
-      unrecorded, whenever the worker dies; a failed write stops here;
-   j. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
+   h. ``_redirect_stdio``: stdin from ``/dev/null``, stdout and stderr
+      appended to ``logs``;
+   i. ``_close_other_fds``: every other descriptor (the pipe closes itself on
+      exec), and the open-files limit the worker was started with back;
+   j. ``_record``: appends the journal line of step b to the worker's
+      journal (the record a later worker adopts it by), so no program ever
+      runs unrecorded, whenever the worker dies; a failed write stops here;
+   k. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
-4. The worker reads the pipe to its end: a successful exec closes it with no
-   error, so a failure comes back as a SpawnError with its reason, not as a
-   silent death. ``launch`` returns after step 1 and ``Launch.wait`` does
-   step 4, so a burst of starts overlaps (see Worker._start_waiting).
+4. The worker reads the pipe to its end (``Launch.wait``): a successful exec
+   closes it with no error, so a failure comes back as a SpawnError with its
+   reason, not as a silent death. ``launch`` returns after step 1, so a
+   burst of starts overlaps (see Worker._start_waiting).
 """
 
-import ctypes
 import errno
 import os
 import resource
@@ -45,17 +46,12 @@ import select
 import signal
 import time
 
+from diprocd import kernel
 from diprocd.config import lookup_user
 from diprocd.errors import SpawnError
 
 # How long the worker waits for the final child to reach exec.
 EXEC_TIMEOUT = 10.0
-
-PR_SET_CHILD_SUBREAPER = 36
-
-# The open-files limit the programs get: the worker raises its own (one
-# pidfd per process) and gives them back the limit it was started with.
-_program_nofile = None
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -98,7 +94,7 @@ class Launch:
                 if chunk is None:
                     pid, _ = _parse_report(report)
                     if pid:
-                        _kill_quietly(pid)  # else it runs later, unsupervised
+                        kernel.kill_quietly(pid)  # else it runs unsupervised
                     report += (b"Eexec: the process did not reach exec "
                                b"within %ds" % int(EXEC_TIMEOUT))
                     break
@@ -118,29 +114,40 @@ class Launch:
         return pid
 
 
-def launch(spec, journal_fd=None, journal_entry=b"{"):
+class Plan:
+    """What the final child needs, worked out by the worker before the fork
+    (the child loads nothing: no NSS, no JSON)."""
+
+    def __init__(self, spec, journal, program_nofile):
+        try:
+            self.user = lookup_user(spec.user)
+        except (KeyError, OverflowError, ValueError):
+            raise SpawnError('user: unknown user "%s"' % spec.user)
+        if os.geteuid() == 0:
+            # Looked up here, once, not by initgroups() in every child: the
+            # child would load the NSS machinery from scratch each time.
+            self.groups = os.getgrouplist(self.user.pw_name, self.user.pw_gid)
+        elif self.user.pw_uid != os.geteuid():
+            raise SpawnError('user: cannot run as "%s": the worker is not '
+                             'root' % spec.user)
+        else:
+            self.groups = None
+        self.spec = spec
+        self.argv = [spec.run] + list(spec.args)
+        self.env = clean_environment(spec, self.user)
+        self.journal = journal
+        self.program_nofile = program_nofile
+
+
+def launch(spec, journal=None, program_nofile=None):
     """Fork the intermediate child for ``spec`` and return a Launch at once;
     raise SpawnError for what fails before the fork.
 
-    With ``journal_fd`` (opened with O_APPEND), the final child appends one
-    line to it before exec: ``journal_entry`` (the start of a JSON object)
-    completed with its own pid and kernel start time. A program is thus
-    recorded before it can run, whenever the worker is killed."""
-    try:
-        user = lookup_user(spec.user)
-    except (KeyError, OverflowError, ValueError):
-        raise SpawnError('user: unknown user "%s"' % spec.user)
-    if os.geteuid() == 0:
-        # Looked up here, once, not by initgroups() in every child: the
-        # child would load the NSS machinery from scratch each time.
-        groups = os.getgrouplist(user.pw_name, user.pw_gid)
-    elif user.pw_uid != os.geteuid():
-        raise SpawnError('user: cannot run as "%s": the worker is not root'
-                         % spec.user)
-    else:
-        groups = None
-    argv = [spec.run] + list(spec.args)
-    env = clean_environment(spec, user)
+    ``journal`` (a ``ledger.JournalSlot``: an O_APPEND fd and the line to
+    complete with the child's pid and start time) makes the final child
+    record itself before exec. ``program_nofile`` is the open-files limit the
+    program gets (the worker raised its own)."""
+    plan = Plan(spec, journal, program_nofile)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         middle = os.fork()
@@ -148,38 +155,138 @@ def launch(spec, journal_fd=None, journal_entry=b"{"):
         os.close(read_end)
         os.close(write_end)
         raise SpawnError("fork: %s" % err.strerror)
-    if middle == 0:  # the intermediate child
-        try:
-            os.close(read_end)
-            os.setsid()
-            final = os.fork()
-            if final == 0:
-                _exec_child(spec, user, groups, argv, env, write_end,
-                            journal_fd, journal_entry)
-            os.write(write_end, b"P%d\n" % final)
-        except BaseException:
-            os._exit(1)
-        os._exit(0)
+    if middle == 0:
+        _intermediate(plan, read_end, write_end)
     os.close(write_end)
     return Launch(spec, middle, read_end)
 
 
+def _intermediate(plan, read_end, write_end):
+    """Step 2; never returns."""
+    try:
+        os.close(read_end)
+        os.setsid()
+        final = os.fork()
+        if final == 0:
+            _final_child(plan, write_end)
+        os.write(write_end, b"P%d\n" % final)
+    except BaseException:
+        os._exit(1)
+    os._exit(0)
+
+
+def _final_child(plan, report_fd):
+    """Step 3, a-k in order; never returns."""
+    spec = plan.spec
+    step = "signals"
+    try:
+        _reset_signals()
+        step = "journal"
+        line = _journal_line(plan.journal)
+        step = "logs"
+        null_fd, log_fd = _open_files(spec.logs)
+        step = "setpgid"
+        _own_group()
+        if spec.chroot:
+            step = "chroot %s" % spec.chroot
+            os.chroot(spec.chroot)
+        step = "chdir %s" % spec.cwd
+        _change_dir(spec.cwd)
+        step = "user %s" % spec.user
+        _become_user(plan.user, plan.groups)
+        step = "umask"
+        os.umask(spec.umask)
+        step = "stdio"
+        _redirect_stdio(null_fd, log_fd)
+        step = "close fds"
+        _close_other_fds((report_fd, plan.journal and plan.journal.fd),
+                         plan.program_nofile)
+        step = "journal"
+        _record(plan.journal, line)
+        step = "exec %s" % spec.run
+        os.execve(spec.run, plan.argv, plan.env)
+    except BaseException as err:  # report, whatever it is
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        try:
+            os.write(report_fd, ("E%s: %s" % (step, reason)).encode(
+                "utf-8", "replace"))
+        finally:
+            os._exit(127)
+
+
+def _reset_signals():
+    for signum in range(1, signal.NSIG):
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _journal_line(journal):
+    if journal is None:
+        return None
+    pid = os.getpid()
+    return journal.line(pid, kernel.start_ticks(pid))
+
+
+def _open_files(logs):
+    null_fd = os.open("/dev/null", os.O_RDONLY)
+    log_fd = os.open(logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return null_fd, log_fd
+
+
+def _own_group():
+    os.setpgid(0, 0)
+
+
+def _change_dir(cwd):
+    os.chdir("/")
+    os.chdir(cwd)
+
+
+def _become_user(user, groups):
+    if os.geteuid() == 0:
+        os.setgid(user.pw_gid)
+        os.setgroups(groups)
+        os.setuid(user.pw_uid)
+
+
+def _redirect_stdio(null_fd, log_fd):
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+
+
+def _close_other_fds(keep, program_nofile):
+    low = 3
+    for fd in sorted(fd for fd in keep if fd is not None):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, kernel.max_fd())
+    if program_nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, program_nofile)
+
+
+def _record(journal, line):
+    if journal is not None and os.write(journal.fd, line) != len(line):
+        raise OSError(errno.ENOSPC, "short write")
+
+
 def _read_some(fd, deadline):
-    """Read what is there; b"" at end of file, None past the deadline."""
+    """Read what is there; b"" at end of file, None past the deadline. poll,
+    not select: the worker holds a pidfd per process, so this fd may be
+    numbered past select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
+        if poller.poll(left * 1000):
             return os.read(fd, 4096)
-
-
-def _kill_quietly(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _parse_report(report):
@@ -203,189 +310,3 @@ def _reap(pid):
             return
         except InterruptedError:
             continue
-
-
-def _exec_child(spec, user, groups, argv, env, report_fd, journal_fd,
-                journal_entry):
-    """Steps 3a-3j of the module docstring; never returns."""
-    step = "signals"
-    try:
-        for signum in range(1, signal.NSIG):
-            if signum in (signal.SIGKILL, signal.SIGSTOP):
-                continue
-            try:
-                signal.signal(signum, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        if journal_fd is not None:
-            step = "journal"
-            # /proc may not exist inside the chroot: read it now.
-            # The line starts with a newline: a line torn by a full disk
-            # then spoils only itself, not the next one.
-            pid = os.getpid()
-            ticks = start_ticks(pid)
-            line = b'\n%s"pid": %d, "ticks": %s}\n' % (
-                journal_entry, pid, b"null" if ticks is None else b"%d" % ticks)
-        step = "logs"
-        null_fd = os.open("/dev/null", os.O_RDONLY)
-        log_fd = os.open(spec.logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                         0o644)
-        step = "setpgid"
-        os.setpgid(0, 0)
-        if spec.chroot:
-            step = "chroot %s" % spec.chroot
-            os.chroot(spec.chroot)
-        step = "chdir %s" % spec.cwd
-        os.chdir("/")
-        os.chdir(spec.cwd)
-        step = "user %s" % spec.user
-        if os.geteuid() == 0:
-            os.setgid(user.pw_gid)
-            os.setgroups(groups)
-            os.setuid(user.pw_uid)
-        step = "umask"
-        os.umask(spec.umask)
-        step = "stdio"
-        os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        step = "close fds"
-        keep = sorted(fd for fd in (report_fd, journal_fd) if fd is not None)
-        low = 3
-        for fd in keep:
-            os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, _max_fd())
-        if _program_nofile is not None:
-            step = "open files limit"
-            resource.setrlimit(resource.RLIMIT_NOFILE, _program_nofile)
-        if journal_fd is not None:
-            step = "journal"
-            if os.write(journal_fd, line) != len(line):
-                raise OSError(errno.ENOSPC, "short write")
-        step = "exec %s" % spec.run
-        os.execve(spec.run, argv, env)
-    except BaseException as err:  # report, whatever it is
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        try:
-            os.write(report_fd, ("E%s: %s" % (step, reason)).encode("utf-8",
-                                                                   "replace"))
-        finally:
-            os._exit(127)
-
-
-def _max_fd():
-    try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (OSError, ValueError):
-        return 65536
-
-
-# --- the syscalls the worker needs around processes -------------------------
-
-def become_subreaper():
-    """Make orphaned descendants our children (PR_SET_CHILD_SUBREAPER), so
-    the processes we start report their exit status to us. Returns False
-    where the kernel refuses (the worker still works, without statuses)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def raise_open_files_limit():
-    """Raise our soft RLIMIT_NOFILE to the hard limit (the worker holds a
-    pidfd per process); programs get the original limit back at exec."""
-    global _program_nofile
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    target = min(target, 1 << 20)
-    if target <= soft:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return soft
-    _program_nofile = (soft, hard)
-    return target
-
-
-def start_ticks(pid, zombie_ok=False):
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None
-    when there is no such live process. With the boot id, it identifies a
-    process uniquely: a recycled pid has another start time."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] == b"X" or (fields[0] == b"Z" and not zombie_ok):
-        return None
-    return int(fields[19])
-
-
-def boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip()
-    except OSError:
-        return "unknown"
-
-
-def signal_process(pid, signum):
-    """Send ``signum`` to the process group led by ``pid`` (the processes we
-    start lead their own group), else to ``pid`` alone (a daemon that moved
-    to another group). Returns False if the process is gone."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        # It exists but is not ours to signal (a setuid program under a
-        # worker that is not root): still alive, the caller keeps watching.
-        return True
-
-
-def describe_wait_status(status):
-    """A waitpid status as words: 'exit status 1', 'killed by SIGKILL'."""
-    if os.WIFSIGNALED(status):
-        return "killed by %s" % _signal_name(os.WTERMSIG(status))
-    if os.WIFEXITED(status):
-        return "exit status %d" % os.WEXITSTATUS(status)
-    return "status %d" % status
-
-
-def describe_waitid(result):
-    """An os.waitid result as words."""
-    if result.si_code == os.CLD_EXITED:
-        return "exit status %d" % result.si_status
-    return "killed by %s" % _signal_name(result.si_status)
-
-
-def _signal_name(signum):
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return "signal %d" % signum
-
-
-def pidfd_open(pid):
-    """A pidfd for ``pid``; None where the kernel has no pidfd_open (the
-    caller polls instead); raise ProcessLookupError when pid is gone."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        return opener(pid)
-    except OSError as err:
-        if err.errno == errno.ESRCH:
-            raise ProcessLookupError(pid)
-        if err.errno in (errno.ENOSYS, errno.EINVAL):
-            return None
-        raise

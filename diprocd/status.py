@@ -1,57 +1,15 @@
-"""The worker's status file: where it lives, reading it, rendering it.
+"""``dpd-workerd --status``: the worker's view of its processes as a table.
 
-The worker writes it atomically on every state change; it is also the
-worker's memory across restarts (pid, kernel start time, definition
-fingerprint of every process it started), used to adopt processes safely.
+The view comes from the ledger (``ledger.read_view``); this module only
+renders it and decides the exit code.
 """
 
+import time
 
-import simplejson as json
-
-from diprocd.daemon import beside_pid_file
-
-STATUS_VERSION = 1
-
-
-def status_file_path(worker_pid_file):
-    """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.status.json``."""
-    return beside_pid_file(worker_pid_file, ".status.json")
-
-
-def journal_file_path(worker_pid_file):
-    """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.journal``: one line per
-    process started since the status file was last written."""
-    return beside_pid_file(worker_pid_file, ".journal")
-
-
-def read_journal(path):
-    """The journal's entries (dicts), skipping a torn or foreign line."""
-    try:
-        with open(path, "rb") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return []
-    entries = []
-    for line in lines:
-        try:
-            entry = json.loads(line.decode("utf-8"))
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            entries.append(entry)
-    return entries
-
-
-def read_status(path):
-    """The status document, or None when missing or unreadable."""
-    try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("procs"), dict):
-        return None
-    return data
+from diprocd import ledger
+from diprocd.config import load_worker_config
+from diprocd.daemon import pid_file_locked, read_pid
+from diprocd.errors import ConfigError
 
 
 def _age(seconds):
@@ -89,20 +47,14 @@ def render(document, now):
 def status_main(config_path):
     """``dpd-workerd --status CONFIG``: print the table; 0 when the worker
     runs and every process is as desired, else 1."""
-    import time
-
-    from diprocd.config import load_worker_config
-    from diprocd.daemon import pid_file_locked, read_pid
-    from diprocd.errors import ConfigError
-
     try:
         config = load_worker_config(config_path)
     except ConfigError as err:
         for problem in err.problems:
             print("error: " + problem)
         return 1
-    path = status_file_path(config.pid_file)
-    document = read_status(path)
+    path = ledger.status_path(config.pid_file)
+    document = ledger.read_view(path)
     worker_pid = read_pid(config.pid_file)
     worker_alive = worker_pid is not None and pid_file_locked(config.pid_file)
     if worker_alive:

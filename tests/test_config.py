@@ -132,17 +132,18 @@ def test_a_torn_journal_line_spoils_only_itself(tmp_path):
     """The child writes its journal line itself, starting with a newline, so
     a line cut short by a full disk does not swallow the next one."""
     import pwd
-    from diprocd import spawn, status
+    from diprocd import ledger, spawn
     from diprocd.spec import ProcessSpec
+    book = ledger.Ledger(str(tmp_path / "w.pid"), "boot")
     path = tmp_path / "w.journal"
-    path.write_bytes(b'\n{"name": "a", "pid": 1, "ti')  # cut by a full disk
-    fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    path.write_bytes(b'\n1 2 {"name": "a", "ti')  # cut by a full disk
+    book.open()
     try:
         spec = ProcessSpec(name="b", run="/bin/true",
                            user=pwd.getpwuid(os.geteuid()).pw_name)
-        pid = spawn.launch(spec, fd, b'{"name": "b", ').wait()
+        pid = spawn.launch(spec, book.slot(spec)).wait()
     finally:
-        os.close(fd)
-    entries = status.read_journal(str(path))
-    assert [(e["name"], e["pid"]) for e in entries] == [("b", pid)]
-    assert isinstance(entries[0]["ticks"], int)
+        book.close()
+    entries = ledger.read_journal(str(path))
+    assert [(name, e["pid"]) for name, e in entries] == [("b", pid)]
+    assert isinstance(entries[0][1]["ticks"], int)

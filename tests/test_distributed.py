@@ -20,7 +20,7 @@ import pwd
 import pytest
 
 from diprocd.master import nodes_file_path
-from diprocd.status import read_status, status_file_path
+from diprocd.ledger import read_view as read_status, status_path as status_file_path
 from helpers import (BIN, MARKER_VAR, free_port, kill_marked, marked_env,
                      pid_alive, read_json, start_daemon, wait_for, write_json)
 

@@ -12,6 +12,7 @@ import stat
 import pytest
 
 from diprocd import client as client_mod
+from diprocd import config as config_mod
 from diprocd import master as master_mod
 from diprocd import protocol
 from diprocd.errors import ConfigError
@@ -47,10 +48,10 @@ def test_master_config_valid(tmp_path):
     path = str(tmp_path / "master.json")
     write_json(path, master_doc(tmp_path, {"node1": [PROC], "node10": []},
                                 heartbeat=0.5))
-    config = master_mod.load_master_config(path)
+    config = config_mod.load_master_config(path)
     assert config.nodes == {"node1": [PROC], "node10": []}
     assert config.heartbeat == 0.5
-    assert config.silent_after == master_mod.DEFAULT_SILENT_AFTER
+    assert config.silent_after == config_mod.DEFAULT_SILENT_AFTER
 
 
 def test_master_config_reports_every_problem(tmp_path):
@@ -63,7 +64,7 @@ def test_master_config_reports_every_problem(tmp_path):
     doc["master_updates"] = "localhost:80"
     write_json(path, doc)
     with pytest.raises(ConfigError) as info:
-        master_mod.load_master_config(path)
+        config_mod.load_master_config(path)
     text = str(info.value)
     assert 'node "node1": process "a": field "run": must be an absolute' in text
     assert 'node "node2": process "b": field "name": duplicate' in text
@@ -86,7 +87,7 @@ def test_master_config_refuses_a_list_a_client_would_drop(tmp_path):
     write_json(path, master_doc(tmp_path, {
         "node1": [PROC], "node2": big_list(protocol.MAX_MESSAGE_BYTES)}))
     with pytest.raises(ConfigError) as info:
-        master_mod.load_master_config(path)
+        config_mod.load_master_config(path)
     [problem] = info.value.problems
     assert problem.startswith('%s: node "node2": its list encodes to' % path)
     assert "%d a client accepts" % protocol.MAX_MESSAGE_BYTES in problem
@@ -94,7 +95,7 @@ def test_master_config_refuses_a_list_a_client_would_drop(tmp_path):
     # whatever the epoch and sequence it comes with.
     write_json(path, master_doc(tmp_path, {
         "node2": big_list(protocol.MAX_MESSAGE_BYTES - 1024)}))
-    config = master_mod.load_master_config(path)
+    config = config_mod.load_master_config(path)
     update = protocol.Update("node2", "e" * protocol.MAX_EPOCH_CHARS,
                              10 ** 15, config.nodes["node2"], config.heartbeat)
     decoded = protocol.decode_update(protocol.encode_update(update), "node2")
@@ -172,7 +173,7 @@ class FakePub:
 def make_master(tmp_path, nodes, clock=None):
     path = str(tmp_path / "master.json")
     write_json(path, master_doc(tmp_path, nodes))
-    config = master_mod.load_master_config(path)
+    config = config_mod.load_master_config(path)
     master = master_mod.Master(config, logging.getLogger("test-master"),
                                clock=clock or (lambda: 100.0))
     master.pub = FakePub()
@@ -279,11 +280,11 @@ def test_master_keeps_a_bounded_number_of_unknown_nodes(tmp_path):
 def test_client_config_and_hostname(tmp_path):
     path = str(tmp_path / "client.json")
     write_json(path, client_doc(tmp_path, node_name="n-%H"))
-    config = client_mod.load_client_config(path)
+    config = config_mod.load_client_config(path)
     assert config.node_name == "n-" + socket.gethostname()
-    assert config.status_interval == client_mod.DEFAULT_STATUS_INTERVAL
+    assert config.status_interval == config_mod.DEFAULT_STATUS_INTERVAL
     assert any("does not exist yet" in w for w in config.warnings)
-    assert client_mod.resolve_node_name("100%%") == "100%"
+    assert config_mod.resolve_node_name("100%%") == "100%"
 
 
 def test_client_config_problems(tmp_path):
@@ -291,7 +292,7 @@ def test_client_config_problems(tmp_path):
     write_json(path, client_doc(tmp_path, node_name=5, conf_file="w.json",
                                 status_interval="often"))
     with pytest.raises(ConfigError) as info:
-        client_mod.load_client_config(path)
+        config_mod.load_client_config(path)
     text = str(info.value)
     assert '"node_name": must be a string' in text
     assert '"conf_file": must be an absolute path' in text
@@ -313,7 +314,7 @@ def node(tmp_path):
     path = str(tmp_path / "client.json")
     write_json(path, client_doc(tmp_path))
     now = [1000.0]
-    client = client_mod.Client(client_mod.load_client_config(path),
+    client = client_mod.Client(config_mod.load_client_config(path),
                                logging.getLogger("test-client"),
                                clock=lambda: now[0])
     client.now = now
@@ -403,7 +404,7 @@ def test_client_failed_write_keeps_old_file_and_retries(node, monkeypatch):
     client.on_frames(frames(1, [PROC]))
     assert read_bytes(conf) == content
     assert client.pending is not None and client.applied_seq is None
-    assert client._next_retry == client.now[0] + client_mod.RETRY_INTERVAL
+    assert client.loop.pending("retry") == client.now[0] + client_mod.RETRY_INTERVAL
     monkeypatch.setattr(client_mod, "atomic_write", real_write)
     assert client.apply(client.pending)
     assert json.load(open(conf))["procs"] == [PROC]
@@ -446,7 +447,7 @@ def test_client_writes_a_symlinked_worker_file_through_the_link(tmp_path):
     link, target = symlinked(tmp_path, "worker.json", json.dumps(WORKER))
     path = str(tmp_path / "client.json")
     write_json(path, client_doc(tmp_path, conf_file=link))
-    client = client_mod.Client(client_mod.load_client_config(path),
+    client = client_mod.Client(config_mod.load_client_config(path),
                                logging.getLogger("test-client"),
                                clock=lambda: 1000.0)
     client.on_frames(frames(1, [PROC]))

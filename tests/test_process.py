@@ -5,6 +5,7 @@ import signal
 
 import pytest
 
+from diprocd import ledger
 from diprocd import process as P
 from diprocd.errors import SpawnError
 from diprocd.spec import ProcessSpec
@@ -21,7 +22,7 @@ class FakeClock:
         return 1.7e9 + self.now
 
 
-class FakeOps:
+class FakeOps(P.ProcessOps):
     def __init__(self):
         self.next_pid = 100
         self.spawned = []
@@ -31,17 +32,17 @@ class FakeOps:
         self.removed_pid_files = []
         self.stopped_procs = []
 
-    def spawn(self, spec):
+    def launch(self, spec):
         if self.fail_with:
             raise SpawnError(self.fail_with)
         self.next_pid += 1
         self.spawned.append((spec, self.next_pid))
         return self.next_pid
 
-    def ticks(self, pid):
-        return pid * 10
+    def wait_launch(self, handle):
+        return handle
 
-    def launcher_ticks(self, pid):
+    def start_ticks(self, pid, zombie_ok=False):
         return pid * 10
 
     def kill(self, pid, signum):
@@ -51,10 +52,13 @@ class FakeOps:
     def changed(self, proc):
         pass
 
-    def pid_changed(self, proc, old):
+    def watch(self, proc, pid, kind):
         pass
 
-    def watch_launcher(self, proc, pid):
+    def unwatch(self, pid):
+        pass
+
+    def write_pid_file(self, spec, pid):
         pass
 
     def read_daemon_pid(self, spec, not_before=None):
@@ -252,11 +256,12 @@ def test_stop_a_daemon_still_waiting_for_its_pid_file():
     proc.on_launcher_exit("exit status 0")
     assert proc.state == P.STARTING and proc.launcher_pid is None
     proc.stop()
-    assert proc.state == P.STOPPING and ops.signals == []
+    assert proc.state == P.CANCELLING and ops.signals == []
     ops.daemon_pid = 777
     clock.now += 0.05
     proc.tick(clock.now)
     assert proc.pid == 777 and ops.signals == [(777, signal.SIGTERM)]
+    assert proc.state == P.STOPPING
     proc.on_exit("killed by SIGTERM")
     assert proc.state == P.STOPPED and ops.stopped_procs == [proc]
 
@@ -266,7 +271,7 @@ def test_stop_a_launching_daemon_that_never_writes_its_pid():
     proc.want()
     proc.start()
     proc.stop()  # the launcher still runs: it is not killed at once
-    assert proc.state == P.STOPPING and ops.signals == []
+    assert proc.state == P.CANCELLING and ops.signals == []
     clock.now += P.DAEMON_PID_TIMEOUT + 1
     proc.tick(clock.now)
     assert ops.signals == [(101, signal.SIGKILL)]  # the launcher, never None
@@ -308,7 +313,7 @@ def test_adopted_starting_daemon_removed_is_stopped_once_it_writes_its_pid():
     proc.removing = True
     proc.stop()
     proc.on_launcher_exit(UNKNOWN)
-    assert proc.state == P.STOPPING
+    assert proc.state == P.CANCELLING
     ops.daemon_pid = 555
     proc.tick(clock.now + 0.1)
     assert ops.signals == [(555, proc.spec.stop_signal)]
@@ -319,5 +324,6 @@ def test_a_daemon_being_stopped_while_starting_keeps_its_launcher_in_status():
     proc.want()
     proc.start()
     proc.stop()
-    assert proc.state == P.STOPPING
-    assert proc.status()["launcher"] == [101, 1010]
+    assert proc.state == P.CANCELLING
+    assert proc.pending_launcher() == (101, 1010)
+    assert ledger.Record.of(proc).to_json()["launcher"] == [101, 1010]

@@ -346,7 +346,8 @@ def test_stale_pid_file_of_another_program_is_ignored(node, tmp_path):
         # A status file that even names that pid, but with another start time.
         write_json(node.status_path, {
             "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(),
-            "procs": {"svc": {"pid": unrelated.pid, "ticks": 1, "state": "running"}}})
+            "procs": {"svc": {"pid": unrelated.pid, "state": "running"}},
+            "records": {"svc": {"pid": unrelated.pid, "ticks": 1}}})
         node.write([node.proc("svc", "/bin/sleep", "1005")])
         node.start()
         pid = node.wait_running("svc")
@@ -667,7 +668,8 @@ def test_kill_9_while_a_daemon_starts_leaves_one_daemon(node, tmp_path, fork):
     node.write([daemon_proc(node, tmp_path, "slow", 3.0, fork=fork)] + sleepers)
     node.start()
     node.wait_state("slow", "starting")
-    assert node.state("slow")["launcher"][1], node.state("slow")
+    record = read_json(node.status_path)["records"]["slow"]
+    assert record["launcher"][1] and record["pid"] is None, record
     node.stop(signal.SIGKILL)
     node.start()
     pid = node.wait_running("slow", timeout=15)
@@ -701,7 +703,7 @@ def test_a_daemon_removed_while_starting_is_stopped_across_a_worker_kill(node, t
     node.start()
     node.wait_state("gone", "starting")
     node.write([])
-    node.wait_state("gone", "stopping")
+    node.wait_state("gone", "cancelling")
     node.stop(signal.SIGKILL)
     node.start()
     wait_for(lambda: "gone" not in node.status(), timeout=20, what="gone stopped")

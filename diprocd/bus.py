@@ -1,0 +1,59 @@
+"""The ZeroMQ side shared by dpd-masterd and dpd-clientd: the poller that
+lets ``loop.Loop`` wait on sockets and descriptors together, and the socket
+set-up both daemons use. Only the master and the client import this module
+(the worker carries no messaging library); it imports pyzmq lazily, after
+daemonizing.
+"""
+
+from diprocd import protocol
+
+
+def zmq_module():
+    import zmq  # only after daemonizing
+    return zmq
+
+
+class ZmqPoller:
+    """``loop.Loop``'s poller over zmq.Poller: sockets and descriptors."""
+
+    def __init__(self):
+        self.zmq = zmq_module()
+        self._poller = self.zmq.Poller()
+
+    def register(self, obj):
+        self._poller.register(obj, self.zmq.POLLIN)
+
+    def unregister(self, obj):
+        self._poller.unregister(obj)
+
+    def poll(self, timeout):
+        # zmq counts milliseconds; round up so a due timer is never missed
+        # by a wake-up a fraction of a millisecond early.
+        timeout_ms = None if timeout is None else int(timeout * 1000) + 1
+        return [obj for obj, _ in self._poller.poll(timeout_ms)]
+
+    def close(self):
+        pass
+
+
+def socket(context, kind, receives=False):
+    """A socket that never lingers; one that receives from peers refuses a
+    message larger than the protocol allows."""
+    zmq = zmq_module()
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if receives:
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
+    return sock
+
+
+def receive_all(sock, handle, limit):
+    """Hand each waiting message (its frames) to ``handle``, at most
+    ``limit`` of them, so that timers and signals get their turn."""
+    zmq = zmq_module()
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        handle(frames)

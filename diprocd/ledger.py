@@ -1,0 +1,291 @@
+"""The worker's ledger: what it remembers across its own restarts, and the
+view of its processes that others read. One format, written and read here.
+
+Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
+
+- ``dpd-workerd.status.json``, rewritten atomically on every change::
+
+      {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
+       "updated": T,
+       "procs":   {NAME: view},     # --status, the client, the master
+       "records": {NAME: record}}   # adoption: the next worker's memory
+
+  A *view* is what a person or the master needs (state, pid, uptime,
+  starts, last exit, error, adopted, ok). A *record* is what a later worker
+  needs to take a process over without starting a duplicate: pid and
+  kernel start time (or, for a daemon still starting, its launcher's),
+  the definition's fingerprint, and how to stop it. Only views travel to
+  the master (``read_view``).
+
+- ``dpd-workerd.journal``: one line per process started since the status
+  file was last written, appended by the new process itself just before
+  its exec (``JournalSlot``), so that no program ever runs unrecorded,
+  whenever the worker is killed. A line is ``\\n<pid> <ticks|-> <json>\\n``:
+  the worker writes the JSON part whole before the fork, the child puts its
+  pid and start time in front. The leading newline means a line torn by a
+  full disk spoils only itself. The journal is emptied after every
+  successful status write.
+
+``recall`` merges both once, keeping only this boot's records.
+"""
+
+import dataclasses
+import os
+
+import simplejson as json
+
+from diprocd.daemon import beside_pid_file
+from diprocd.fileio import atomic_write
+from diprocd.spec import ProcessSpec
+
+STATUS_VERSION = 2
+
+
+def status_path(worker_pid_file):
+    """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.status.json``."""
+    return beside_pid_file(worker_pid_file, ".status.json")
+
+
+def journal_path(worker_pid_file):
+    """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.journal``."""
+    return beside_pid_file(worker_pid_file, ".journal")
+
+
+@dataclasses.dataclass
+class Record:
+    """What adopting one process needs (see the module docstring)."""
+
+    pid: int = None
+    ticks: int = None
+    launcher: tuple = None        # (pid or None, ticks): a daemon starting
+    starts: int = 0
+    started_at: float = None
+    fingerprint: str = None
+    pid_file: str = None
+    write_pid: bool = True
+    stop: tuple = None            # (signal number, timeout)
+
+    @classmethod
+    def of(cls, proc):
+        spec = proc.spec
+        return cls(proc.pid, proc.ticks, proc.pending_launcher(), proc.starts,
+                   proc.started_at, spec.fingerprint(), spec.pid_file,
+                   spec.write_pid, (spec.stop_signal, spec.stop_timeout))
+
+    def to_json(self):
+        out = dataclasses.asdict(self)
+        for key in ("launcher", "stop"):
+            out[key] = list(out[key]) if out[key] is not None else None
+        return out
+
+    @classmethod
+    def from_json(cls, obj):
+        """A record from the status file or the journal; None when it is
+        not one (foreign or damaged)."""
+        if not isinstance(obj, dict):
+            return None
+        record = cls()
+        for field in dataclasses.fields(cls):
+            if field.name in obj:
+                setattr(record, field.name, obj[field.name])
+        if not _is_int(record.pid):
+            record.pid = None
+        if not _is_int(record.ticks):
+            record.ticks = None
+        record.launcher = _launcher(record.launcher)
+        if not (isinstance(record.stop, (list, tuple)) and len(record.stop) == 2
+                and _is_int(record.stop[0])
+                and isinstance(record.stop[1], (int, float))):
+            record.stop = None
+        if not _is_int(record.starts):
+            record.starts = 0
+        if not isinstance(record.started_at, (int, float)):
+            record.started_at = None
+        return record
+
+    def stop_spec(self, name):
+        """A minimal spec to stop a process known only from its record."""
+        kwargs = {"name": name, "run": "/unknown",
+                  "write_pid": bool(self.write_pid)}
+        if isinstance(self.pid_file, str):
+            kwargs["pid_file"] = self.pid_file
+        if self.stop is not None:
+            kwargs["stop_signal"] = int(self.stop[0])
+            kwargs["stop_timeout"] = float(self.stop[1])
+        return ProcessSpec(**kwargs)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _launcher(value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and _is_int(
+            value[1]):
+        return (value[0] if _is_int(value[0]) else None, value[1])
+    return None
+
+
+def view_of(proc):
+    """The process's line in ``procs``: what people and the master see."""
+    return {
+        "state": proc.state,
+        "pid": proc.pid,
+        "started_at": proc.started_at,
+        "since": proc.since,
+        "starts": proc.starts,
+        "last_exit": proc.last_exit,
+        "error": proc.error,
+        "adopted": proc.adopted,
+        "ok": proc.as_desired,
+    }
+
+
+class JournalSlot:
+    """One start's journal line, but for the pid and start time that only
+    the new process knows: it calls ``line`` and writes to ``fd``."""
+
+    __slots__ = ("fd", "record")
+
+    def __init__(self, fd, record):
+        self.fd = fd
+        self.record = record
+
+    def line(self, pid, ticks):
+        return b"\n%d %s %s\n" % (pid, b"-" if ticks is None else b"%d" % ticks,
+                                  self.record)
+
+
+class Ledger:
+    """The status file and the journal of one worker (module docstring)."""
+
+    def __init__(self, worker_pid_file, boot_id):
+        self.status_path = status_path(worker_pid_file)
+        self.journal_path = journal_path(worker_pid_file)
+        self.boot_id = boot_id
+        self.journal_fd = None
+
+    def open(self):
+        self.journal_fd = os.open(
+            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            | os.O_CLOEXEC, 0o644)
+
+    def close(self):
+        if self.journal_fd is not None:
+            os.close(self.journal_fd)
+            self.journal_fd = None
+
+    def slot(self, spec):
+        """The journal slot a new process of ``spec`` fills before exec."""
+        record = json.dumps({
+            "boot_id": self.boot_id, "name": spec.name, "daemon": spec.daemon,
+            "fingerprint": spec.fingerprint(), "pid_file": spec.pid_file,
+            "write_pid": spec.write_pid,
+            "stop": [spec.stop_signal, spec.stop_timeout]})
+        return JournalSlot(self.journal_fd, record.encode("utf-8"))
+
+    def write(self, worker_pid, config_path, updated, procs):
+        """Replace the status file with ``procs`` ({name: Process}) and
+        empty the journal (all in the status now). OSError propagates: the
+        old file is kept and the caller retries."""
+        document = {
+            "version": STATUS_VERSION, "worker_pid": worker_pid,
+            "config": config_path, "boot_id": self.boot_id,
+            "updated": updated,
+            "procs": {name: view_of(proc)
+                      for name, proc in sorted(procs.items())},
+            "records": {name: Record.of(proc).to_json()
+                        for name, proc in sorted(procs.items())},
+        }
+        atomic_write(self.status_path, json.dumps(document, indent=1),
+                     mode=0o644, fsync=False)
+        if self.journal_fd is not None:
+            os.ftruncate(self.journal_fd, 0)
+
+    def recall(self, log):
+        """{name: Record} of this boot: the status file's records, then the
+        journal's newer starts over them."""
+        records = {}
+        document = read_document(self.status_path)
+        if document is None:
+            if os.path.exists(self.status_path):
+                log.warning("%s is unreadable: cannot prove which running "
+                            "processes it lists are ours", self.status_path)
+        elif document.get("boot_id") != self.boot_id:
+            log.info("%s is from another boot: nothing to adopt",
+                     self.status_path)
+        else:
+            # Version 1 kept the record fields in "procs".
+            saved = document.get("records", document["procs"])
+            if isinstance(saved, dict):
+                for name, obj in saved.items():
+                    record = Record.from_json(obj)
+                    if record is not None:
+                        records[name] = record
+        for name, entry in read_journal(self.journal_path):
+            if entry.get("boot_id") != self.boot_id:
+                continue
+            record = records.get(name) or Record()
+            merged = Record.from_json(dict(record.to_json(), **entry))
+            if entry.get("daemon"):
+                # The journalled pid is a daemon's launcher.
+                merged.launcher = (merged.pid, merged.ticks) \
+                    if merged.ticks is not None else None
+                merged.pid = merged.ticks = None
+            else:
+                merged.launcher = None
+            records[name] = merged
+        return records
+
+
+def read_journal(path):
+    """The journal's entries as (name, dict with pid and ticks), skipping a
+    torn or foreign line."""
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        entry = _parse_journal_line(line)
+        if entry is not None and isinstance(entry.get("name"), str):
+            entries.append((entry["name"], entry))
+    return entries
+
+
+def _parse_journal_line(line):
+    try:
+        if line.startswith(b"{"):  # version 1: pid and ticks inside
+            entry = json.loads(line.decode("utf-8"))
+        else:
+            pid, ticks, text = line.split(b" ", 2)
+            entry = json.loads(text.decode("utf-8"))
+            if isinstance(entry, dict):
+                entry["pid"] = int(pid)
+                entry["ticks"] = None if ticks == b"-" else int(ticks)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def read_document(path):
+    """The whole status document, or None when missing or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("procs"), dict):
+        return None
+    return data
+
+
+def read_view(path):
+    """What the worker shows others: the status document without the
+    adoption records; None when missing or unreadable."""
+    document = read_document(path)
+    if document is None:
+        return None
+    return {key: document.get(key) for key in (
+        "version", "worker_pid", "config", "updated", "procs")}
