@@ -74,7 +74,7 @@ def run_daemon(prog, args, loader, app_factory):
         for warning in config.warnings:
             log.warning(warning)
         try:
-            return app_factory(config, log).run()
+            return app_factory(config, log, pid_lock=pid_file).run()
         except Exception:
             log.exception("%s: fatal error", prog)
             return 1

@@ -30,6 +30,7 @@ import simplejson as json
 from diprocd import bus, ledger, protocol
 from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
+from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
 from diprocd.loop import Loop
@@ -66,8 +67,9 @@ class Client:
     """The client's decisions, on the shared ``loop.Loop``: which update to
     apply, when to say hello and when to report."""
 
-    def __init__(self, config, log, clock=time.monotonic):
+    def __init__(self, config, log, clock=time.monotonic, pid_lock=None):
         self.config = config
+        self.pid_lock = pid_lock
         self.log = log
         self._clock = clock
         self.applied_epoch = None
@@ -165,11 +167,7 @@ class Client:
             return False
         for warning in config.warnings:
             self.log.warning(warning)
-        for key in ("pid_file", "log_file"):
-            if getattr(config, key) != getattr(self.config, key):
-                self.log.warning('key "%s" changed: takes effect at the next '
-                                 "start", key)
-                config = config.replace(**{key: getattr(self.config, key)})
+        config = carry_over(self.config, config, self.pid_lock, self.log)
         old = self.config
         self.config = config
         if config.connection() != old.connection():
@@ -241,6 +239,8 @@ class Client:
 
     def _send_status(self):
         now = self._clock()
+        # The worker's files follow its CONFIG's pid_file: look again.
+        self._watch_status(self._read_worker_doc(quiet=True))
         status = ledger.read_view(self._status_path) if self._status_path \
             else None
         if status is not None and len(json.dumps(status)) > \

@@ -55,6 +55,15 @@ class PidFile:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, b"%d\n" % (pid or os.getpid()), 0)
 
+    def move(self, new_path):
+        """Hold ``new_path`` instead (the daemon's CONFIG names another pid
+        file): lock and fill the new file first, then let the old one go.
+        Raises AlreadyRunning or OSError, keeping the old one."""
+        new = PidFile(new_path).acquire()
+        new.write_pid()
+        self.release()
+        self.path, self.fd = new.path, new.fd
+
     def release(self):
         """Unlink then unlock: done on a clean exit only."""
         if self.fd is None:
@@ -74,6 +83,27 @@ def beside_pid_file(pid_file, suffix):
     if ext != ".pid":
         base = pid_file
     return base + suffix
+
+
+def carry_over(old, new, pid_lock, log):
+    """The configuration a running daemon takes from its re-read CONFIG
+    ``new`` (``old`` in force): a new ``pid_file`` takes effect at once, the
+    lock ``pid_lock`` moving there (each daemon moves the files it keeps
+    beside it), or, when it cannot, the old one is kept and logged; a new
+    ``log_file`` takes effect at the next start."""
+    if new.log_file != old.log_file:
+        log.warning('key "log_file" changed: takes effect at the next start')
+        new = new.replace(log_file=old.log_file)
+    if new.pid_file != old.pid_file and pid_lock is not None:
+        try:
+            pid_lock.move(new.pid_file)
+            log.info("pid file moved from %s to %s", old.pid_file,
+                     new.pid_file)
+        except (AlreadyRunning, OSError) as err:
+            log.error("cannot move the pid file to %s (%s): keeping %s until "
+                      "the next start", new.pid_file, err, old.pid_file)
+            new = new.replace(pid_file=old.pid_file)
+    return new
 
 
 def pid_file_locked(path):

@@ -23,6 +23,7 @@ written to ``<pid file base>.nodes.json``; nodes that fall silent for
 """
 
 import dataclasses
+import os
 import signal
 import time
 
@@ -30,7 +31,7 @@ import simplejson as json
 
 from diprocd import bus, protocol
 from diprocd.config import load_master_config
-from diprocd.daemon import beside_pid_file
+from diprocd.daemon import beside_pid_file, carry_over
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
 from diprocd.loop import Loop
@@ -112,8 +113,9 @@ class Master:
     """The master's decisions, on the shared ``loop.Loop``: what to publish
     and when, and what it heard from each node."""
 
-    def __init__(self, config, log, clock=time.monotonic):
+    def __init__(self, config, log, clock=time.monotonic, pid_lock=None):
         self.config = config
+        self.pid_lock = pid_lock
         self.log = log
         self._clock = clock
         self.lists = NodeLists(protocol.new_epoch())
@@ -237,11 +239,9 @@ class Master:
                 self.log.error("cannot bind the new endpoints (%s): keeping "
                                "the last good configuration", err)
                 return False
-        for key in ("pid_file", "log_file"):
-            if getattr(config, key) != getattr(self.config, key):
-                self.log.warning('key "%s" changed: takes effect at the next '
-                                 "start", key)
-                setattr(config, key, getattr(self.config, key))
+        config = carry_over(self.config, config, self.pid_lock, self.log)
+        if config.pid_file != self.config.pid_file:
+            self._move_nodes_file(nodes_file_path(config.pid_file))
         self.config = config
         # A shorter heartbeat takes effect at once.
         due = self.loop.pending("heartbeat")
@@ -342,6 +342,14 @@ class Master:
                 "status": seen.status}
         return {"epoch": self.lists.epoch, "written": time.time(),
                 "nodes": nodes}
+
+    def _move_nodes_file(self, path):
+        try:
+            os.unlink(self.nodes_file)
+        except OSError:
+            pass
+        self.nodes_file = path
+        self._nodes_changed()
 
     def _write_nodes_file(self):
         self._nodes_written = self._clock()

@@ -21,6 +21,7 @@ import time
 
 from diprocd import adoption, kernel
 from diprocd.config import load_worker_config
+from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, SpawnError
 from diprocd.ledger import Ledger
 from diprocd.loop import Loop
@@ -44,8 +45,10 @@ class Worker:
     code; see the module docstring. ``ops`` and ``clock`` are replaceable:
     the unit tests drive the diff and the scheduling with fakes."""
 
-    def __init__(self, config, log, clock=None, ops=None, loop=None):
+    def __init__(self, config, log, clock=None, ops=None, loop=None,
+                 pid_lock=None):
         self.config = config
+        self.pid_lock = pid_lock
         self.log = log
         self.clock = clock or SystemClock()
         self.loop = loop or Loop(clock=self.clock.monotonic)
@@ -136,10 +139,9 @@ class Worker:
         self._loaded_bytes = data
         for warning in config.warnings:
             self.log.warning(warning)
+        config = carry_over(self.config, config, self.pid_lock, self.log)
         if config.pid_file != self.config.pid_file:
-            self.log.warning("pid_file changed to %s: takes effect at the "
-                             "next worker start", config.pid_file)
-            config = config.replace(pid_file=self.config.pid_file)
+            self._move_ledger(config.pid_file)
         self.config = config
         if force:
             self._retry_all()
@@ -266,6 +268,32 @@ class Worker:
                 proc.on_launcher_exit(how)
         elif proc.pid == pid:
             proc.on_exit(how)
+
+    def _move_ledger(self, pid_file):
+        """The status file and the journal follow the pid file, so that the
+        client (which finds them from CONFIG) and the next worker find
+        them: the whole state is written at the new place, then the old
+        files go."""
+        old = self.ledger
+        new = Ledger(pid_file, old.boot_id)
+        try:
+            new.open()
+            new.write(os.getpid(), self.config.path, self.clock.time(),
+                      self.procs)
+        except OSError as err:
+            new.close()
+            self.log.error("cannot write the status file beside the new pid "
+                           "file %s: %s; the status stays at %s", pid_file,
+                           err.strerror or err, old.status_path)
+            return
+        self.ledger = self.ops.ledger = new
+        old.close()
+        for path in (old.status_path, old.journal_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.log.info("status file now %s", new.status_path)
 
     # --- status ----------------------------------------------------------------
     def _flush_status(self, force=False):

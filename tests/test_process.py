@@ -7,68 +7,8 @@ import pytest
 
 from diprocd import ledger
 from diprocd import process as P
-from diprocd.errors import SpawnError
 from diprocd.spec import ProcessSpec
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self):
-        return self.now
-
-    def time(self):
-        return 1.7e9 + self.now
-
-
-class FakeOps(P.ProcessOps):
-    def __init__(self):
-        self.next_pid = 100
-        self.spawned = []
-        self.signals = []
-        self.fail_with = None
-        self.daemon_pid = None
-        self.removed_pid_files = []
-        self.stopped_procs = []
-
-    def launch(self, spec):
-        if self.fail_with:
-            raise SpawnError(self.fail_with)
-        self.next_pid += 1
-        self.spawned.append((spec, self.next_pid))
-        return self.next_pid
-
-    def wait_launch(self, handle):
-        return handle
-
-    def start_ticks(self, pid, zombie_ok=False):
-        return pid * 10
-
-    def kill(self, pid, signum):
-        self.signals.append((pid, signum))
-        return True
-
-    def changed(self, proc):
-        pass
-
-    def watch(self, proc, pid, kind):
-        pass
-
-    def unwatch(self, pid):
-        pass
-
-    def write_pid_file(self, spec, pid):
-        pass
-
-    def read_daemon_pid(self, spec, not_before=None):
-        return (self.daemon_pid, 1) if self.daemon_pid else None
-
-    def remove_pid_file(self, spec):
-        self.removed_pid_files.append(spec.pid_file)
-
-    def stopped(self, proc):
-        self.stopped_procs.append(proc)
+from fakes import FakeClock, FakeOps
 
 
 def make(**fields):
