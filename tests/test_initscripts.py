@@ -4,8 +4,10 @@ Each test builds a private mount namespace (``unshare -m``) in which
 /etc/default, /var/lib, /var/log and /var/run are bind mounts of the test's
 own folders, so the host is untouched: /etc/default/diprocd points the
 scripts at the checkout's bin/ (DAEMON_DIR) and at configs made from the
-shipped examples. A holder process keeps the namespace alive; every command
-enters it with nsenter. Every process carries the test's marker.
+shipped examples, and DIPROCD_LIB at the checkout's lib/, where the body the
+three scripts source lives. A holder process keeps the namespace alive;
+every command enters it with nsenter. Every process carries the test's
+marker.
 """
 
 import os
@@ -17,6 +19,7 @@ import subprocess
 import pytest
 
 from conftest import requires_root
+from diprocd.daemon import read_locked_pid, read_pid
 from helpers import (BIN, MARKER_VAR, ROOT, free_port, marked_env,
                      marked_pids, pid_alive, read_json, wait_for, write_json)
 
@@ -92,6 +95,7 @@ class Namespace:
     def env(self):
         env = marked_env(self.marker)
         env.pop("PYTHONPATH", None)
+        env["DIPROCD_LIB"] = os.path.join(ROOT, "lib")
         # The host may run systemd: never let init-functions redirect to it.
         env["SYSTEMCTL_SKIP_REDIRECT"] = "1"
         return env
@@ -164,15 +168,6 @@ def daemon_pids(ns, daemon):
     return pids
 
 
-def read_pid(path):
-    try:
-        with open(path) as handle:
-            text = handle.read().strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
-
-
 def skip_unless_daemon_exists(daemon):
     module = {"dpd-workerd": "worker", "dpd-clientd": "client",
               "dpd-masterd": "master"}[daemon]
@@ -196,7 +191,7 @@ def test_init_script_lifecycle(namespace, daemon):
 
     result = init_script(ns, daemon, "start")
     assert result.returncode == 0, result
-    pid = read_pid(pid_file)
+    pid = read_locked_pid(pid_file)
     assert pid and pid_alive(pid), "no live pid in %s" % pid_file
     assert daemon_pids(ns, daemon) == [pid]
 
@@ -208,7 +203,7 @@ def test_init_script_lifecycle(namespace, daemon):
     assert result.returncode == 0, result
     assert "already running" in result.stdout
     assert daemon_pids(ns, daemon) == [pid]
-    assert read_pid(pid_file) == pid
+    assert read_locked_pid(pid_file) == pid
 
     log = ns.host(config["log_file"])
     result = init_script(ns, daemon, "reload")
@@ -222,7 +217,7 @@ def test_init_script_lifecycle(namespace, daemon):
 
     result = init_script(ns, daemon, "restart")
     assert result.returncode == 0, result
-    new_pid = read_pid(pid_file)
+    new_pid = read_locked_pid(pid_file)
     assert new_pid and new_pid != pid and not pid_alive(pid)
     assert daemon_pids(ns, daemon) == [new_pid]
 
@@ -284,10 +279,67 @@ def test_start_ignores_stale_pid_file(namespace):
         handle.write("%d\n" % ns.holder.pid)
     result = init_script(ns, "dpd-workerd", "start")
     assert result.returncode == 0, result
-    pid = read_pid(pid_file)
+    pid = read_locked_pid(pid_file)
     assert pid != ns.holder.pid and daemon_pids(ns, "dpd-workerd") == [pid]
     assert init_script(ns, "dpd-workerd", "stop").returncode == 0
     assert pid_alive(ns.holder.pid)
+
+
+def test_status_and_stop_after_config_broke(namespace):
+    """CONFIG broken after start but for its "pid_file": status still finds
+    the daemon and stop still stops it (the scripts ask the daemon's
+    --pid-file, which reads that key alone)."""
+    skip_unless_daemon_exists("dpd-workerd")
+    ns = namespace
+    write_defaults(ns)
+    config = install_config(ns, "dpd-workerd")
+    config_path = ns.host("/var/lib/diprocd/diprocd-worker.json")
+    write_json(config_path, dict(config, procs=[]))  # nothing left running
+    pid_file = ns.host(config["pid_file"])
+    assert init_script(ns, "dpd-workerd", "start").returncode == 0
+    pid = read_locked_pid(pid_file)
+    assert pid and daemon_pids(ns, "dpd-workerd") == [pid]
+    write_json(config_path, {"pid_file": config["pid_file"], "procs": "broken"})
+    result = init_script(ns, "dpd-workerd", "status")
+    assert result.returncode == 0 and str(pid) in result.stdout, result
+    result = init_script(ns, "dpd-workerd", "stop")
+    assert result.returncode == 0, result
+    assert not pid_alive(pid) and not os.path.exists(pid_file)
+    assert daemon_pids(ns, "dpd-workerd") == []
+    assert init_script(ns, "dpd-workerd", "status").returncode == 3
+
+
+def test_config_without_a_pid_file(namespace):
+    """CONFIG readable but no "pid_file" in it: status 4 (unknown), stop 1,
+    start 6, each saying why in the daemon's words."""
+    ns = namespace
+    write_defaults(ns)
+    with open(ns.host("/var/lib/diprocd/diprocd-worker.json"), "w") as handle:
+        handle.write('{"procs": []}')
+    for action, code in (("status", 4), ("stop", 1), ("start", 6)):
+        result = init_script(ns, "dpd-workerd", action)
+        assert result.returncode == code, result
+        assert 'missing required key "pid_file"' in result.stdout, result
+    assert daemon_pids(ns, "dpd-workerd") == []
+
+
+def test_removed_but_not_purged_is_silent(namespace, tmp_path):
+    """The init scripts are conffiles: after "apt remove" they stay, while
+    the body they source and the commands are gone. Then every action exits
+    0 and says nothing (Debian policy 9.3.2)."""
+    ns = namespace
+    write_defaults(ns)
+    removed = str(tmp_path / "removed")
+    without_body = dict(ns.env(), DIPROCD_LIB=removed)
+    for action in ("start", "status", "stop"):
+        result = ns.run([os.path.join(ROOT, "init.d", "dpd-workerd"), action],
+                        env=without_body)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    with open(ns.host("/etc/default/diprocd"), "a") as handle:
+        handle.write("DAEMON_DIR=%s\n" % removed)  # the body, no commands
+    for action in ("start", "status", "stop"):
+        result = init_script(ns, "dpd-workerd", action)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
 
 
 def test_unconfigured(namespace):
@@ -331,7 +383,7 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
         result = ns.run(command, env=cron_env)
         assert result.returncode == 0, result
         assert result.stdout == "", "cron would mail: %r" % result.stdout
-    pid = wait_for(lambda: read_pid(pid_file), timeout=10, what="pid file")
+    pid = wait_for(lambda: read_locked_pid(pid_file), timeout=10, what="pid file")
     wait_for(lambda: daemon_pids(ns, daemon) == [pid], timeout=10,
              what="exactly one %s" % daemon)
 
@@ -340,8 +392,9 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
     wait_for(lambda: not pid_alive(pid), what="the daemon to die")
     result = ns.run(command, env=cron_env)
     assert result.returncode == 0, result
-    new_pid = wait_for(lambda: read_pid(pid_file) not in (None, pid)
-                       and read_pid(pid_file), timeout=10, what="a new daemon")
+    new_pid = wait_for(lambda: read_locked_pid(pid_file) not in (None, pid)
+                       and read_locked_pid(pid_file), timeout=10,
+                       what="a new daemon")
     wait_for(lambda: daemon_pids(ns, daemon) == [new_pid], timeout=10,
              what="exactly one %s" % daemon)
     assert init_script(ns, daemon, "stop").returncode == 0
