@@ -35,9 +35,20 @@ eval "CONFIG=\${$CONFIG_VAR} OPTS=\${$OPTS_VAR}"
 [ -x "$DAEMON" ] || exit 0
 
 case "$1" in
+    # What cron/$NAME.cron runs every minute: start the daemon unless it
+    # runs. The daemon itself refuses to run twice (its pid file's flock),
+    # says "already running" on stdout (to /dev/null) and its errors on
+    # stderr (mailed by cron). Ahead of init-functions: never redirected to
+    # systemctl, which would take a killed daemon for still running (a
+    # generated unit of a script without a pidfile header has
+    # RemainAfterExit=yes) and do nothing.
+    respawn)
+        # shellcheck disable=SC2086
+        exec "$DAEMON" $OPTS "$CONFIG" >/dev/null
+        ;;
     start|stop|status|restart|force-reload|reload) ;;
     *)
-        echo "Usage: /etc/init.d/$NAME {start|stop|status|restart|force-reload|reload}" >&2
+        echo "Usage: /etc/init.d/$NAME {start|stop|status|restart|force-reload|reload|respawn}" >&2
         exit 3
         ;;
 esac

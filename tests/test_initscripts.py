@@ -5,7 +5,8 @@ Each test builds a private mount namespace (``unshare -m``) in which
 own folders, so the host is untouched: /etc/default/diprocd points the
 scripts at the checkout's bin/ (DAEMON_DIR) and at configs made from the
 shipped examples, and DIPROCD_LIB at the checkout's lib/, where the body the
-three scripts source lives. A holder process keeps the namespace alive;
+three scripts source lives; the checkout's init.d/ is /etc/init.d, where the
+cron lines find the scripts. A holder process keeps the namespace alive;
 every command enters it with nsenter. Every process carries the test's
 marker.
 """
@@ -63,6 +64,7 @@ class Namespace:
 
     MOUNTS = {"etc-default": "/etc/default", "var-lib": "/var/lib",
               "var-log": "/var/log", "run": "/var/run"}
+    INIT_D = os.path.join(ROOT, "init.d")
 
     def __init__(self, tmp_path, marker):
         self.tmp = tmp_path
@@ -75,7 +77,9 @@ class Namespace:
         (tmp_path / "var-lib" / "diprocd").mkdir()
         script = "set -e\n" + "".join(
             "mount --bind %s %s\n" % (tmp_path / name, target)
-            for name, target in self.MOUNTS.items()) + "echo ready\nexec sleep 3600\n"
+            for name, target in self.MOUNTS.items()) + (
+            "mount --bind %s /etc/init.d\n" % self.INIT_D) + (
+            "echo ready\nexec sleep 3600\n")
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             env=marked_env(marker), stdout=subprocess.PIPE,
@@ -120,17 +124,20 @@ def namespace(tmp_path, marker):
 
 def write_defaults(ns):
     """The shipped /etc/default/diprocd, with DAEMON_DIR at the checkout."""
+    # install_config puts each CONFIG where the defaults say.
+    with open(os.path.join(ROOT, "lib", "init.sh")) as handle:
+        defaults = handle.read()
+    for daemon in DAEMONS:
+        assert "\n%s=/var/lib/diprocd/%s\n" % (
+            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")) in defaults
     with open(os.path.join(ROOT, "init.d", "diprocd")) as handle:
         shipped = handle.read()
-    for daemon in DAEMONS:
-        assert "%s=/var/lib/diprocd/%s" % (
-            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")) in shipped
     with open(ns.host("/etc/default/diprocd"), "w") as handle:
         handle.write(shipped + "\nDAEMON_DIR=%s\n" % BIN)
 
 
 def install_config(ns, daemon):
-    """Copy the shipped example where /etc/default/diprocd says, as the README
+    """Copy the shipped example where the defaults say, as the README
     tells a user to; loopback free ports; the marker in supervised processes'
     environment (the worker gives them a clean one)."""
     config = read_json(os.path.join(ROOT, "examples", EXAMPLE[daemon]))
@@ -150,8 +157,8 @@ def install_config(ns, daemon):
     return config
 
 
-def init_script(ns, daemon, action):
-    return ns.run([os.path.join(ROOT, "init.d", daemon), action])
+def init_script(ns, daemon, action, env=None):
+    return ns.run(["/etc/init.d/" + daemon, action], env=env)
 
 
 def daemon_pids(ns, daemon):
@@ -332,8 +339,7 @@ def test_removed_but_not_purged_is_silent(namespace, tmp_path):
     removed = str(tmp_path / "removed")
     without_body = dict(ns.env(), DIPROCD_LIB=removed)
     for action in ("start", "status", "stop"):
-        result = ns.run([os.path.join(ROOT, "init.d", "dpd-workerd"), action],
-                        env=without_body)
+        result = init_script(ns, "dpd-workerd", action, env=without_body)
         assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
     with open(ns.host("/etc/default/diprocd"), "a") as handle:
         handle.write("DAEMON_DIR=%s\n" % removed)  # the body, no commands
@@ -366,6 +372,23 @@ def cron_command(daemon):
     return fields[6]
 
 
+def cron_env(ns):
+    """What cron runs a line with: /bin/sh -c LINE, cron's PATH."""
+    return dict(ns.env(), PATH="/usr/sbin:/usr/bin:/sbin:/bin", SHELL="/bin/sh")
+
+
+def test_cron_line_mails_errors(namespace):
+    """No CONFIG: the cron line fails, and says why on stderr only (cron
+    mails what a line prints)."""
+    ns = namespace
+    write_defaults(ns)
+    result = ns.run(["/bin/sh", "-c", cron_command("dpd-workerd")],
+                    env=cron_env(ns))
+    assert result.returncode != 0 and result.stdout == "", result
+    assert "/var/lib/diprocd/diprocd-worker.json" in result.stderr, result
+    assert daemon_pids(ns, "dpd-workerd") == []
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_cron_line_respawns_exactly_one(namespace, daemon):
@@ -374,13 +397,10 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
     write_defaults(ns)
     config = install_config(ns, daemon)
     pid_file = ns.host(config["pid_file"])
-    # What cron does: /bin/sh -c LINE with cron's PATH.
-    cron_env = dict(ns.env(), PATH="/usr/sbin:/usr/bin:/sbin:/bin",
-                    SHELL="/bin/sh")
     command = ["/bin/sh", "-c", cron_command(daemon)]
 
     for _ in range(2):
-        result = ns.run(command, env=cron_env)
+        result = ns.run(command, env=cron_env(ns))
         assert result.returncode == 0, result
         assert result.stdout == "", "cron would mail: %r" % result.stdout
     pid = wait_for(lambda: read_locked_pid(pid_file), timeout=10, what="pid file")
@@ -390,7 +410,7 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
     # The daemon dies hard (its pid file stays): the next run starts one.
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(pid), what="the daemon to die")
-    result = ns.run(command, env=cron_env)
+    result = ns.run(command, env=cron_env(ns))
     assert result.returncode == 0, result
     new_pid = wait_for(lambda: read_locked_pid(pid_file) not in (None, pid)
                        and read_locked_pid(pid_file), timeout=10,

@@ -117,6 +117,30 @@ def test_init_scripts_are_wrappers_of_one_body():
         assert "\n%s_CONFIG=/" % short in body and "\n%s_OPTS=" % short in body
 
 
+def test_defaults_are_written_once():
+    """The init body holds every default; the shipped /etc/default/diprocd
+    sets nothing (it overrides), and each cron line only names its init
+    script."""
+    with open(os.path.join(ROOT, "lib", "init.sh")) as handle:
+        body = handle.read()
+    block = body.split("# The defaults, written here only", 1)[1].split("\n\n")[0]
+    names = set(re.findall(r"^([A-Z_]+)=", block, re.M))
+    assert names == {"DAEMON_DIR", "START_TIMEOUT", "STOP_TIMEOUT"} | {
+        "%s_%s" % (short, kind) for short in ("WORKER", "CLIENT", "MASTER")
+        for kind in ("CONFIG", "OPTS")}
+    assert body.index(block) < body.index("\n[ -r /etc/default/diprocd ] && "
+                                          ". /etc/default/diprocd\n")
+    with open(os.path.join(ROOT, "init.d", "diprocd")) as handle:
+        shipped = handle.read().splitlines()
+    assert all(not line or line.startswith("#") for line in shipped)
+    for command in COMMANDS:
+        with open(os.path.join(ROOT, "cron", command + ".cron")) as handle:
+            code = [line for line in handle.read().splitlines()
+                    if line and not line.startswith("#")]
+        assert code == ["SHELL=/bin/sh", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                        "* * * * * root /etc/init.d/%s respawn" % command]
+
+
 # --- the .deb -----------------------------------------------------------
 
 def clean_copy(dest):
