@@ -2,7 +2,8 @@
 # /usr/lib/diprocd/init.sh: the body of /etc/init.d/dpd-workerd,
 # dpd-clientd and dpd-masterd. Each of them sets NAME, DESC, CONFIG_VAR and
 # OPTS_VAR (the names of its two variables below), then sources this file,
-# which reads /etc/default/diprocd and runs the action in $1.
+# which reads /etc/default/diprocd and runs the action in $1: the LSB ones,
+# and "respawn" for the cron lines.
 #
 # The daemon answers the two questions about its pid file itself (see its
 # man page): `$DAEMON --pid-file CONFIG` prints the "pid_file" of CONFIG,
