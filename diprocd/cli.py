@@ -3,6 +3,11 @@
 All three share one shape (``run_daemon``): validate CONFIG (exit 1 on
 error), take the pid file lock (a second instance prints "already running
 (pid N)" and exits 0, touching nothing), daemonize unless ``-f``, log, run.
+
+``--pid-file`` and ``--pid`` answer the init scripts' two questions (where is
+the pid file, which pid runs) with LSB status codes, from CONFIG's
+"pid_file" alone: a daemon whose CONFIG was broken after it started can
+still be found, stopped and reported.
 """
 
 import argparse
@@ -10,22 +15,45 @@ import os
 import sys
 
 from diprocd import __version__
-from diprocd.daemon import PidFile, daemonize, setup_logging
+from diprocd.config import load_pid_file
+from diprocd.daemon import PidFile, daemonize, read_locked_pid, setup_logging
 from diprocd.errors import AlreadyRunning, ConfigError
+
+# LSB init script codes, which --pid and --pid-file follow: status 3 "not
+# running", other actions 6 "not configured".
+EXIT_NOT_RUNNING = 3
+EXIT_NOT_CONFIGURED = 6
+
+EXIT_STATUS = """\
+exit status: 0 done (also when the daemon already runs: it prints "already
+running (pid N)"), 1 invalid CONFIG or the daemon could not start, 2 usage
+error; --pid: 0 running (pid printed), 3 not running (nothing printed);
+--pid and --pid-file: 6 no absolute "pid_file" can be read from CONFIG (one
+line on stderr)."""
 
 
 def make_parser(prog, description, status=False):
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground and log to stderr")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log debug messages")
-    parser.add_argument("--check", action="store_true",
-                        help="validate CONFIG, print every problem, exit 0/1")
+    query = parser.add_mutually_exclusive_group()
+    query.add_argument("--check", action="store_true",
+                       help="validate CONFIG, print every problem, exit 0/1")
     if status:
-        parser.add_argument("--status", action="store_true",
-                            help="print the live state of every process; exit "
-                                 "0 when all are as desired, 1 otherwise")
+        query.add_argument("--status", action="store_true",
+                           help="print the live state of every process; exit "
+                                "0 when all are as desired, 1 otherwise")
+    query.add_argument("--pid-file", action="store_true",
+                       help='print the "pid_file" of CONFIG (read alone: the '
+                            "rest of CONFIG may be invalid); exit 0, or 6")
+    query.add_argument("--pid", action="store_true",
+                       help="print the pid of the daemon running with CONFIG "
+                            "(it holds its pid file's lock); exit 0, 3 when "
+                            "it is not running, or 6")
     parser.add_argument("--version", action="version",
                         version="%(prog)s " + __version__)
     parser.add_argument("config", metavar="CONFIG", help="the JSON file")
@@ -43,6 +71,23 @@ def check_config(loader, path):
     for warning in config.warnings:
         print("warning: " + warning, file=sys.stderr)
     print("%s: OK" % path)
+    return 0
+
+
+def answer_pid_query(prog, args):
+    """--pid-file or --pid: print the answer, return the LSB code."""
+    try:
+        pid_file = load_pid_file(args.config)
+    except ConfigError as err:
+        print("%s: %s" % (prog, err.problems[0]), file=sys.stderr)
+        return EXIT_NOT_CONFIGURED
+    if args.pid_file:
+        print(pid_file)
+        return 0
+    pid = read_locked_pid(pid_file)
+    if pid is None:
+        return EXIT_NOT_RUNNING
+    print(pid)
     return 0
 
 
@@ -86,6 +131,8 @@ def workerd_main(argv=None):
     parser = make_parser("dpd-workerd", "Supervise the processes defined in "
                          "one JSON file.", status=True)
     args = parser.parse_args(argv)
+    if args.pid_file or args.pid:
+        return answer_pid_query(parser.prog, args)
     from diprocd import config as config_mod
     if args.check:
         return check_config(config_mod.load_worker_config, args.config)
@@ -100,6 +147,8 @@ def workerd_main(argv=None):
 def masterd_main(argv=None):
     parser = make_parser("dpd-masterd", "Publish each node's process list.")
     args = parser.parse_args(argv)
+    if args.pid_file or args.pid:
+        return answer_pid_query(parser.prog, args)
     from diprocd import config as config_mod
     if args.check:
         return check_config(config_mod.load_master_config, args.config)
@@ -112,6 +161,8 @@ def clientd_main(argv=None):
     parser = make_parser("dpd-clientd", "Receive this node's process list and "
                          "rewrite the worker's JSON file.")
     args = parser.parse_args(argv)
+    if args.pid_file or args.pid:
+        return answer_pid_query(parser.prog, args)
     from diprocd import config as config_mod
     if args.check:
         return check_config(config_mod.load_client_config, args.config)

@@ -534,6 +534,17 @@ def _read_keys(path, table):
     return values, problems, warnings
 
 
+def load_pid_file(path):
+    """The "pid_file" of any daemon's CONFIG, checked as the loaders check
+    it, the rest unread (an operator must still be able to stop a daemon
+    whose CONFIG broke); raise ConfigError."""
+    values, problems, _ = _read_keys(path, {"pid_file": COMMON_KEYS[
+        "pid_file"]})
+    if problems:
+        raise ConfigError(problems)
+    return values["pid_file"]
+
+
 def load_worker_config(path):
     """Read and validate a worker CONFIG; raise ConfigError with every
     problem, or return a WorkerConfig (whose warnings the caller logs)."""

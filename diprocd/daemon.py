@@ -3,7 +3,9 @@
 The pid file is opened without truncation and locked with flock for the
 daemon's whole life: a second instance finds it locked and reports the pid
 inside. Only the lock holder truncates and writes it, and it unlinks it on a
-clean exit.
+clean exit. ``read_locked_pid`` is the one reader of such a file: "is it
+running, and which pid" in one call, for the daemons, ``--status``, ``--pid``
+and through ``--pid`` the init scripts.
 """
 
 import errno
@@ -37,7 +39,7 @@ class PidFile:
             except OSError as err:
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                    raise AlreadyRunning(self.path, read_pid(self.path))
+                    raise AlreadyRunning(self.path, read_locked_pid(self.path))
                 raise
             # The previous holder may have unlinked the file between our open
             # and our lock: then we hold a lock on a dead inode. Retry.
@@ -46,6 +48,9 @@ class PidFile:
             except FileNotFoundError:
                 same = False
             if same:
+                # A pid left by a killed daemon must not pass for ours, under
+                # our lock, until write_pid: empty reads as "not yet".
+                os.ftruncate(fd, 0)
                 self.fd = fd
                 return self
             os.close(fd)
@@ -106,28 +111,45 @@ def carry_over(old, new, pid_lock, log):
     return new
 
 
-def pid_file_locked(path):
-    """True while a live daemon holds the lock of ``path``; a pid file left
-    by a killed daemon (whose pid may belong to anything by now) is not."""
+def read_locked_pid(path):
+    """The pid in ``path`` while a live daemon holds its lock, else None.
+
+    A pid file left by a killed daemon (whose pid may belong to anything by
+    now) is not locked, so it gives None; so does a daemon that holds the
+    lock but has not written its pid yet. The pid is read through the
+    descriptor whose lock was tested, never from a file put in its place."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return False
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                return None
+        else:
+            return None  # nobody holds it
+        return _parse_pid(os.pread(fd, 64, 0))
     finally:
         os.close(fd)
-    return False
 
 
 def read_pid(path):
-    """The pid recorded in a pid file (its first word), or None."""
+    """The pid written in a pid file nobody locks (a supervised process's),
+    or None; for a daemon's own pid file use read_locked_pid."""
     try:
         with open(path, "rb") as handle:
-            pid = int(handle.read(64).split()[0])
-    except (OSError, ValueError, IndexError):
+            return _parse_pid(handle.read(64))
+    except OSError:
+        return None
+
+
+def _parse_pid(data):
+    """A pid file's first word as a pid (some daemons write more)."""
+    try:
+        pid = int(data.split()[0])
+    except (ValueError, IndexError):
         return None
     return pid if pid > 0 else None
 

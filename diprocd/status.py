@@ -8,7 +8,7 @@ import time
 
 from diprocd import ledger
 from diprocd.config import load_worker_config
-from diprocd.daemon import pid_file_locked, read_pid
+from diprocd.daemon import read_locked_pid
 from diprocd.errors import ConfigError
 
 
@@ -55,9 +55,8 @@ def status_main(config_path):
         return 1
     path = ledger.status_path(config.pid_file)
     document = ledger.read_view(path)
-    worker_pid = read_pid(config.pid_file)
-    worker_alive = worker_pid is not None and pid_file_locked(config.pid_file)
-    if worker_alive:
+    worker_pid = read_locked_pid(config.pid_file)
+    if worker_pid is not None:
         print("dpd-workerd running, pid %d; status from %s" % (worker_pid, path))
     else:
         print("dpd-workerd is not running (pid file %s)" % config.pid_file)
@@ -66,4 +65,4 @@ def status_main(config_path):
         return 1
     print(render(document, time.time()))
     all_ok = all(proc.get("ok") for proc in document["procs"].values())
-    return 0 if worker_alive and all_ok else 1
+    return 0 if worker_pid is not None and all_ok else 1

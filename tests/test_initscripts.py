@@ -4,8 +4,11 @@ Each test builds a private mount namespace (``unshare -m``) in which
 /etc/default, /var/lib, /var/log and /var/run are bind mounts of the test's
 own folders, so the host is untouched: /etc/default/diprocd points the
 scripts at the checkout's bin/ (DAEMON_DIR) and at configs made from the
-shipped examples. A holder process keeps the namespace alive; every command
-enters it with nsenter. Every process carries the test's marker.
+shipped examples, and DIPROCD_LIB at the checkout's lib/, where the body the
+three scripts source lives; the checkout's init.d/ is /etc/init.d, where the
+cron lines find the scripts. A holder process keeps the namespace alive;
+every command enters it with nsenter. Every process carries the test's
+marker.
 """
 
 import os
@@ -17,6 +20,7 @@ import subprocess
 import pytest
 
 from conftest import requires_root
+from diprocd.daemon import read_locked_pid, read_pid
 from helpers import (BIN, MARKER_VAR, ROOT, free_port, marked_env,
                      marked_pids, pid_alive, read_json, wait_for, write_json)
 
@@ -60,6 +64,7 @@ class Namespace:
 
     MOUNTS = {"etc-default": "/etc/default", "var-lib": "/var/lib",
               "var-log": "/var/log", "run": "/var/run"}
+    INIT_D = os.path.join(ROOT, "init.d")
 
     def __init__(self, tmp_path, marker):
         self.tmp = tmp_path
@@ -72,7 +77,9 @@ class Namespace:
         (tmp_path / "var-lib" / "diprocd").mkdir()
         script = "set -e\n" + "".join(
             "mount --bind %s %s\n" % (tmp_path / name, target)
-            for name, target in self.MOUNTS.items()) + "echo ready\nexec sleep 3600\n"
+            for name, target in self.MOUNTS.items()) + (
+            "mount --bind %s /etc/init.d\n" % self.INIT_D) + (
+            "echo ready\nexec sleep 3600\n")
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             env=marked_env(marker), stdout=subprocess.PIPE,
@@ -92,6 +99,7 @@ class Namespace:
     def env(self):
         env = marked_env(self.marker)
         env.pop("PYTHONPATH", None)
+        env["DIPROCD_LIB"] = os.path.join(ROOT, "lib")
         # The host may run systemd: never let init-functions redirect to it.
         env["SYSTEMCTL_SKIP_REDIRECT"] = "1"
         return env
@@ -116,17 +124,20 @@ def namespace(tmp_path, marker):
 
 def write_defaults(ns):
     """The shipped /etc/default/diprocd, with DAEMON_DIR at the checkout."""
+    # install_config puts each CONFIG where the defaults say.
+    with open(os.path.join(ROOT, "lib", "init.sh")) as handle:
+        defaults = handle.read()
+    for daemon in DAEMONS:
+        assert "\n%s=/var/lib/diprocd/%s\n" % (
+            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")) in defaults
     with open(os.path.join(ROOT, "init.d", "diprocd")) as handle:
         shipped = handle.read()
-    for daemon in DAEMONS:
-        assert "%s=/var/lib/diprocd/%s" % (
-            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")) in shipped
     with open(ns.host("/etc/default/diprocd"), "w") as handle:
         handle.write(shipped + "\nDAEMON_DIR=%s\n" % BIN)
 
 
 def install_config(ns, daemon):
-    """Copy the shipped example where /etc/default/diprocd says, as the README
+    """Copy the shipped example where the defaults say, as the README
     tells a user to; loopback free ports; the marker in supervised processes'
     environment (the worker gives them a clean one)."""
     config = read_json(os.path.join(ROOT, "examples", EXAMPLE[daemon]))
@@ -146,8 +157,8 @@ def install_config(ns, daemon):
     return config
 
 
-def init_script(ns, daemon, action):
-    return ns.run([os.path.join(ROOT, "init.d", daemon), action])
+def init_script(ns, daemon, action, env=None):
+    return ns.run(["/etc/init.d/" + daemon, action], env=env)
 
 
 def daemon_pids(ns, daemon):
@@ -162,15 +173,6 @@ def daemon_pids(ns, daemon):
         if any(arg.endswith(b"/bin/" + daemon.encode()) for arg in argv[:2]):
             pids.append(pid)
     return pids
-
-
-def read_pid(path):
-    try:
-        with open(path) as handle:
-            text = handle.read().strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
 
 
 def skip_unless_daemon_exists(daemon):
@@ -196,7 +198,7 @@ def test_init_script_lifecycle(namespace, daemon):
 
     result = init_script(ns, daemon, "start")
     assert result.returncode == 0, result
-    pid = read_pid(pid_file)
+    pid = read_locked_pid(pid_file)
     assert pid and pid_alive(pid), "no live pid in %s" % pid_file
     assert daemon_pids(ns, daemon) == [pid]
 
@@ -208,7 +210,7 @@ def test_init_script_lifecycle(namespace, daemon):
     assert result.returncode == 0, result
     assert "already running" in result.stdout
     assert daemon_pids(ns, daemon) == [pid]
-    assert read_pid(pid_file) == pid
+    assert read_locked_pid(pid_file) == pid
 
     log = ns.host(config["log_file"])
     result = init_script(ns, daemon, "reload")
@@ -222,7 +224,7 @@ def test_init_script_lifecycle(namespace, daemon):
 
     result = init_script(ns, daemon, "restart")
     assert result.returncode == 0, result
-    new_pid = read_pid(pid_file)
+    new_pid = read_locked_pid(pid_file)
     assert new_pid and new_pid != pid and not pid_alive(pid)
     assert daemon_pids(ns, daemon) == [new_pid]
 
@@ -284,10 +286,66 @@ def test_start_ignores_stale_pid_file(namespace):
         handle.write("%d\n" % ns.holder.pid)
     result = init_script(ns, "dpd-workerd", "start")
     assert result.returncode == 0, result
-    pid = read_pid(pid_file)
+    pid = read_locked_pid(pid_file)
     assert pid != ns.holder.pid and daemon_pids(ns, "dpd-workerd") == [pid]
     assert init_script(ns, "dpd-workerd", "stop").returncode == 0
     assert pid_alive(ns.holder.pid)
+
+
+def test_status_and_stop_after_config_broke(namespace):
+    """CONFIG broken after start but for its "pid_file": status still finds
+    the daemon and stop still stops it (the scripts ask the daemon's
+    --pid-file, which reads that key alone)."""
+    skip_unless_daemon_exists("dpd-workerd")
+    ns = namespace
+    write_defaults(ns)
+    config = install_config(ns, "dpd-workerd")
+    config_path = ns.host("/var/lib/diprocd/diprocd-worker.json")
+    write_json(config_path, dict(config, procs=[]))  # nothing left running
+    pid_file = ns.host(config["pid_file"])
+    assert init_script(ns, "dpd-workerd", "start").returncode == 0
+    pid = read_locked_pid(pid_file)
+    assert pid and daemon_pids(ns, "dpd-workerd") == [pid]
+    write_json(config_path, {"pid_file": config["pid_file"], "procs": "broken"})
+    result = init_script(ns, "dpd-workerd", "status")
+    assert result.returncode == 0 and str(pid) in result.stdout, result
+    result = init_script(ns, "dpd-workerd", "stop")
+    assert result.returncode == 0, result
+    assert not pid_alive(pid) and not os.path.exists(pid_file)
+    assert daemon_pids(ns, "dpd-workerd") == []
+    assert init_script(ns, "dpd-workerd", "status").returncode == 3
+
+
+def test_config_without_a_pid_file(namespace):
+    """CONFIG readable but no "pid_file" in it: status 4 (unknown), stop 1,
+    start 6, each saying why in the daemon's words."""
+    ns = namespace
+    write_defaults(ns)
+    with open(ns.host("/var/lib/diprocd/diprocd-worker.json"), "w") as handle:
+        handle.write('{"procs": []}')
+    for action, code in (("status", 4), ("stop", 1), ("start", 6)):
+        result = init_script(ns, "dpd-workerd", action)
+        assert result.returncode == code, result
+        assert 'missing required key "pid_file"' in result.stdout, result
+    assert daemon_pids(ns, "dpd-workerd") == []
+
+
+def test_removed_but_not_purged_is_silent(namespace, tmp_path):
+    """The init scripts are conffiles: after "apt remove" they stay, while
+    the body they source and the commands are gone. Then every action exits
+    0 and says nothing (Debian policy 9.3.2)."""
+    ns = namespace
+    write_defaults(ns)
+    removed = str(tmp_path / "removed")
+    without_body = dict(ns.env(), DIPROCD_LIB=removed)
+    for action in ("start", "status", "stop"):
+        result = init_script(ns, "dpd-workerd", action, env=without_body)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    with open(ns.host("/etc/default/diprocd"), "a") as handle:
+        handle.write("DAEMON_DIR=%s\n" % removed)  # the body, no commands
+    for action in ("start", "status", "stop"):
+        result = init_script(ns, "dpd-workerd", action)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
 
 
 def test_unconfigured(namespace):
@@ -314,6 +372,23 @@ def cron_command(daemon):
     return fields[6]
 
 
+def cron_env(ns):
+    """What cron runs a line with: /bin/sh -c LINE, cron's PATH."""
+    return dict(ns.env(), PATH="/usr/sbin:/usr/bin:/sbin:/bin", SHELL="/bin/sh")
+
+
+def test_cron_line_mails_errors(namespace):
+    """No CONFIG: the cron line fails, and says why on stderr only (cron
+    mails what a line prints)."""
+    ns = namespace
+    write_defaults(ns)
+    result = ns.run(["/bin/sh", "-c", cron_command("dpd-workerd")],
+                    env=cron_env(ns))
+    assert result.returncode != 0 and result.stdout == "", result
+    assert "/var/lib/diprocd/diprocd-worker.json" in result.stderr, result
+    assert daemon_pids(ns, "dpd-workerd") == []
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_cron_line_respawns_exactly_one(namespace, daemon):
@@ -322,26 +397,24 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
     write_defaults(ns)
     config = install_config(ns, daemon)
     pid_file = ns.host(config["pid_file"])
-    # What cron does: /bin/sh -c LINE with cron's PATH.
-    cron_env = dict(ns.env(), PATH="/usr/sbin:/usr/bin:/sbin:/bin",
-                    SHELL="/bin/sh")
     command = ["/bin/sh", "-c", cron_command(daemon)]
 
     for _ in range(2):
-        result = ns.run(command, env=cron_env)
+        result = ns.run(command, env=cron_env(ns))
         assert result.returncode == 0, result
         assert result.stdout == "", "cron would mail: %r" % result.stdout
-    pid = wait_for(lambda: read_pid(pid_file), timeout=10, what="pid file")
+    pid = wait_for(lambda: read_locked_pid(pid_file), timeout=10, what="pid file")
     wait_for(lambda: daemon_pids(ns, daemon) == [pid], timeout=10,
              what="exactly one %s" % daemon)
 
     # The daemon dies hard (its pid file stays): the next run starts one.
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(pid), what="the daemon to die")
-    result = ns.run(command, env=cron_env)
+    result = ns.run(command, env=cron_env(ns))
     assert result.returncode == 0, result
-    new_pid = wait_for(lambda: read_pid(pid_file) not in (None, pid)
-                       and read_pid(pid_file), timeout=10, what="a new daemon")
+    new_pid = wait_for(lambda: read_locked_pid(pid_file) not in (None, pid)
+                       and read_locked_pid(pid_file), timeout=10,
+                       what="a new daemon")
     wait_for(lambda: daemon_pids(ns, daemon) == [new_pid], timeout=10,
              what="exactly one %s" % daemon)
     assert init_script(ns, daemon, "stop").returncode == 0
