@@ -24,7 +24,7 @@ import socket
 
 import simplejson as json
 
-from diprocd import protocol
+from diprocd import jsonin, protocol
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
 
@@ -33,6 +33,9 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 
 # A ZeroMQ endpoint, as the master binds it and the client connects to it.
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
+
+# A process name becomes a file name (its default pid file): a bound.
+MAX_NAME_BYTES = 200
 
 DEFAULT_HEARTBEAT = 3.0
 DEFAULT_SILENT_AFTER = 15.0
@@ -58,16 +61,9 @@ def read_json_file(path):
 
 
 def parse_json_text(data, where):
-    """Parse bytes or text as a JSON object; errors name ``where``."""
-    try:
-        if isinstance(data, bytes):
-            data = data.decode("utf-8")
-        obj = json.loads(data)
-    except UnicodeDecodeError as err:
-        raise ConfigError("%s: not UTF-8: %s" % (where, err))
-    except json.JSONDecodeError as err:
-        raise ConfigError("%s: not JSON: line %d column %d: %s"
-                          % (where, err.lineno, err.colno, err.msg))
+    """Parse bytes or text as a JSON object (``jsonin``: what the daemons
+    cannot carry is refused there); errors name ``where``."""
+    obj = jsonin.loads(data, where, ConfigError, MAX_FILE_BYTES)
     if not isinstance(obj, dict):
         raise ConfigError("%s: must be a JSON object, got %s"
                           % (where, _type_name(obj)))
@@ -79,7 +75,13 @@ def parse_json_text(data, where):
 def absolute_path(value):
     if not isinstance(value, str) or not os.path.isabs(value):
         raise Invalid("must be an absolute path, got %s" % json.dumps(value))
+    _no_nul(value)
     return value
+
+
+def _no_nul(text):
+    if "\0" in text:
+        raise Invalid("must not contain a NUL byte, got %s" % json.dumps(text))
 
 
 def normal_path(value):
@@ -114,6 +116,8 @@ def string_list(why):
         if not isinstance(value, list) or not all(isinstance(v, str)
                                                   for v in value):
             raise Invalid(why)
+        for item in value:
+            _no_nul(item)
         return tuple(value)
     return check
 
@@ -121,6 +125,7 @@ def string_list(why):
 def non_empty_string(value):
     if not isinstance(value, str) or not value:
         raise Invalid("must be a non-empty string")
+    _no_nul(value)
     return value
 
 
@@ -130,13 +135,17 @@ def environment(value):
         raise Invalid("must be an object of string values")
     if any("=" in k or "\0" in k or not k for k in value):
         raise Invalid("variable names must be non-empty, without '='")
+    for text in value.values():
+        _no_nul(text)
     return tuple(sorted(value.items()))
 
 
 def user_name(value):
     if isinstance(value, bool) or not isinstance(value, (str, int)) \
-            or value == "":
+            or value == "" or (isinstance(value, int) and value < 0):
         raise Invalid("must be a user name or a uid")
+    if isinstance(value, str):
+        _no_nul(value)
     return str(value)
 
 
@@ -310,6 +319,11 @@ def _process_label(item, index, out, seen):
     label = 'process "%s"' % name
     if "/" in name or name in (".", "..") or "\0" in name:
         out.problem(label, "name", 'must not contain "/" nor be "." or ".."')
+        return None
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        out.problem(label[:60] + '..."', "name",
+                    "longer than %d bytes (it names a pid file)"
+                    % MAX_NAME_BYTES)
         return None
     if name in seen:
         out.problem(label, "name", "duplicate name")

@@ -34,11 +34,15 @@ import os
 
 import simplejson as json
 
+from diprocd import jsonin
 from diprocd.daemon import beside_pid_file
+from diprocd.errors import ConfigError
 from diprocd.fileio import atomic_write
 from diprocd.spec import ProcessSpec
 
 STATUS_VERSION = 2
+# A status file larger than this is not read (16 KiB a process for 1000).
+MAX_STATUS_BYTES = 16 * 1024 * 1024
 
 
 def status_path(worker_pid_file):
@@ -273,8 +277,9 @@ def read_document(path):
     """The whole status document, or None when missing or unreadable."""
     try:
         with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError):
+            data = jsonin.loads(handle.read(MAX_STATUS_BYTES + 1), path,
+                                ConfigError, MAX_STATUS_BYTES)
+    except (OSError, ConfigError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("procs"), dict):
         return None

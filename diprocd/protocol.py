@@ -37,6 +37,7 @@ import time
 
 import simplejson as json
 
+from diprocd import jsonin
 from diprocd.errors import ProtocolError
 
 VERSION = 1
@@ -194,10 +195,7 @@ def _decode_body(body, node):
     if len(body) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message of %d bytes exceeds the %d bytes limit"
                             % (len(body), MAX_MESSAGE_BYTES))
-    try:
-        obj = json.loads(bytes(body).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ProtocolError("body is not JSON: %s" % err)
+    obj = jsonin.loads(body, "body", ProtocolError, MAX_MESSAGE_BYTES)
     if not isinstance(obj, dict):
         raise ProtocolError("body must be a JSON object")
     if obj.get("v") != VERSION:

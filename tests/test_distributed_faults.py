@@ -79,7 +79,7 @@ def test_malformed_messages_leave_the_worker_file_unchanged(tmp_path,
         [b"node1", b"procs", body()],
         [b"node1x\0", b"procs", body(node="node1x")],
     ]
-    expected = ["body is not JSON", "exceeds", "body names node",
+    expected = ["body: not JSON", "body: not UTF-8", "exceeds", "body names node",
                 "unsupported protocol version", '"seq"',
                 'field "run": must be an absolute path',
                 'unknown user "no-such-u"', "expected 3 frames"]

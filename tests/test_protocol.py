@@ -49,7 +49,7 @@ def test_body_naming_another_node_is_rejected():
     ([b"node1\0", b"procs"], "expected 3 frames"),
     ([b"node1\0", b"bogus", b"{}"], "unknown message kind"),
     ([b"node1\0", b"procs", b"not json"], "not JSON"),
-    ([b"node1\0", b"procs", b"\xff\xfe"], "not JSON"),
+    ([b"node1\0", b"procs", b"\xff\xfe"], "not UTF-8"),
     ([b"node1\0", b"procs", b"[1, 2]"], "JSON object"),
     ([b"node1\0", b"procs", b'{"v": 2, "node": "node1"}'], "version"),
     ([b"node1", b"procs", b"{}"], "foreign"),

@@ -1,0 +1,103 @@
+"""The one reader of JSON that comes from outside: the three config files,
+every wire message, the worker's status file as the client reads it.
+
+``loads(data, where, error, max_bytes)`` returns the parsed value or raises
+``error`` (ConfigError or ProtocolError) naming ``where`` and what is
+wrong. Beyond JSON's grammar it refuses what the daemons cannot carry
+safely, so no field check further on can meet it:
+
+- more than ``max_bytes`` bytes, or text that is not UTF-8;
+- ``NaN``/``Infinity`` and numbers that overflow to them (``1e400``);
+- integers beyond 64 bits (``10**5000`` would even stall ``int()``);
+- strings with lone surrogates (``"\\ud800"``: valid JSON, but no file, no
+  socket and no ``execve`` can take it);
+- nesting deeper than ``MAX_DEPTH`` (no real file nests past a handful).
+
+NUL bytes are the fields' business (config.py refuses them wherever a path,
+a user, a name or an argument goes).
+"""
+
+import math
+
+import simplejson as json
+
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 19         # 64 bits: 9223372036854775807
+INT_BOUND = 2 ** 63
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _parse_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused("number %s is out of range" % text[:40])
+    return value
+
+
+def _parse_int(text):
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused("integer %s... is larger than 64 bits" % text[:20])
+    value = int(text)
+    if not -INT_BOUND <= value < INT_BOUND:
+        raise _Refused("integer %s is larger than 64 bits" % text)
+    return value
+
+
+def _parse_constant(name):
+    raise _Refused("%s is not a number JSON allows" % name)
+
+
+def loads(data, where, error, max_bytes):
+    """Parse ``data`` (bytes or text); raise ``error("<where>: <why>")``."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if len(data) > max_bytes:
+            raise error("%s: larger than %d bytes" % (where, max_bytes))
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise error("%s: not UTF-8: %s" % (where, err))
+    elif len(data) > max_bytes:
+        raise error("%s: larger than %d bytes" % (where, max_bytes))
+    try:
+        value = json.loads(data, parse_float=_parse_float,
+                           parse_int=_parse_int,
+                           parse_constant=_parse_constant)
+    except _Refused as err:
+        raise error("%s: %s" % (where, err))
+    except json.JSONDecodeError as err:
+        raise error("%s: not JSON: line %d column %d: %s"
+                    % (where, err.lineno, err.colno, err.msg))
+    except (RecursionError, ValueError) as err:
+        raise error("%s: not JSON: %s" % (where, err))
+    _check_tree(value, where, error)
+    return value
+
+
+def _check_tree(value, where, error):
+    """Depth and strings, without recursion (a deep tree would overflow it)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where, error)
+        elif isinstance(item, (list, dict)):
+            if depth > MAX_DEPTH:
+                raise error("%s: nested deeper than %d levels"
+                            % (where, MAX_DEPTH))
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _check_string(key, where, error)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def _check_string(text, where, error):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error("%s: a string holds a lone surrogate (%s...)"
+                    % (where, ascii(text[:40])))
