@@ -50,6 +50,11 @@ class Invalid(ValueError):
 
 def read_json_file(path):
     """Return the parsed JSON object in ``path`` or raise ConfigError."""
+    return parse_json_text(read_file_bytes(path), path)
+
+
+def read_file_bytes(path):
+    """The bytes of a config file (bounded), or raise ConfigError."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
@@ -57,7 +62,7 @@ def read_json_file(path):
         raise ConfigError("%s: cannot read: %s" % (path, err.strerror or err))
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError("%s: larger than %d bytes" % (path, MAX_FILE_BYTES))
-    return parse_json_text(data, path)
+    return data
 
 
 def parse_json_text(data, where):
@@ -460,9 +465,20 @@ class DaemonConfig:
     pid_file: str
     log_file: str = None
     warnings: list = dataclasses.field(default_factory=list)
+    # The bytes it was read from: a daemon compares them with the file once
+    # it watches it, so a write made while it started is not missed.
+    data: bytes = dataclasses.field(default=None, repr=False, compare=False)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def on_disk_differs(self):
+        """True when CONFIG no longer holds the bytes this was read from."""
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read(MAX_FILE_BYTES + 1) != self.data
+        except OSError:
+            return False  # gone or unreadable: nothing new to apply
 
 
 @dataclasses.dataclass
@@ -526,8 +542,9 @@ def _read_keys(path, table):
     """Read ``path`` and check its keys against ``table``: returns the
     values (defaults for the missing optional ones), the problems and the
     warnings (unknown keys)."""
-    obj = read_json_file(path)
-    values, problems, warnings = {}, [], []
+    data = read_file_bytes(path)
+    obj = parse_json_text(data, path)
+    values, problems, warnings = {"data": data}, [], []
     for key, rule in table.items():
         if key not in obj:
             if rule.required:
@@ -570,7 +587,7 @@ def load_worker_config(path):
     if problems:
         raise ConfigError(problems)
     return WorkerConfig(path, values["pid_file"], values["log_file"],
-                        warnings, procs=tuple(specs))
+                        warnings, values["data"], procs=tuple(specs))
 
 
 def load_master_config(path):
@@ -599,7 +616,7 @@ def load_master_config(path):
     if problems:
         raise ConfigError(problems)
     return MasterConfig(path, values["pid_file"], values["log_file"], warnings,
-                        values["master_stats"], values["master_updates"],
+                        values["data"], values["master_stats"], values["master_updates"],
                         values["nodes"], values["heartbeat"],
                         values["silent_after"])
 
@@ -629,6 +646,6 @@ def load_client_config(path):
     if problems:
         raise ConfigError(problems)
     return ClientConfig(path, values["pid_file"], values["log_file"], warnings,
-                        values["master_stats"], values["master_updates"],
+                        values["data"], values["master_stats"], values["master_updates"],
                         values["node_name"], conf_file,
                         values["status_interval"])

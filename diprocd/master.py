@@ -150,6 +150,8 @@ class Master:
                           self.config.master_stats)
             self._heartbeat()
             self._silence_check()
+            if self.config.on_disk_differs():  # written while we started
+                self.reload("file changed while starting")
             loop.run()
             self.log.info("master down")
             return 0

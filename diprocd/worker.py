@@ -60,7 +60,6 @@ class Worker:
         self._status_dirty = True
         self._schedule_dirty = True
         self._status_error = None
-        self._loaded_bytes = None
 
     # --- life cycle ---------------------------------------------------------
     def run(self):
@@ -79,7 +78,6 @@ class Worker:
             self.log.info("no inotify: checking %s every %.2fs",
                           self.config.path, watch.poll_interval)
         loop.every_turn(self._turn)
-        self._loaded_bytes = _read_bytes(self.config.path)
         self.ledger.open()
         self.log.info("dpd-workerd started, pid %d, %d processes in %s",
                       os.getpid(), len(self.config.procs), self.config.path)
@@ -88,6 +86,8 @@ class Worker:
                 self.ledger.recall(self.log), self.config.procs, self.ops,
                 self.clock, self.log))
             self.apply(self.config.procs)
+            if self.config.on_disk_differs():  # written while we started
+                self.reload(force=False)
             loop.run()
         finally:
             self._flush_status(force=True)
@@ -123,8 +123,7 @@ class Worker:
     def reload(self, force):
         """Re-read CONFIG; an invalid file changes nothing. ``force`` (SIGHUP)
         also gives failed and given-up processes a new chance."""
-        data = _read_bytes(self.config.path)
-        if not force and data is not None and data == self._loaded_bytes:
+        if not force and not self.config.on_disk_differs():
             return
         try:
             config = load_worker_config(self.config.path)
@@ -136,7 +135,6 @@ class Worker:
             if force:
                 self._retry_all()
             return
-        self._loaded_bytes = data
         for warning in config.warnings:
             self.log.warning(warning)
         config = carry_over(self.config, config, self.pid_lock, self.log)
@@ -318,11 +316,3 @@ class Worker:
 
     def _retry_status(self):
         self._status_dirty = True
-
-
-def _read_bytes(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
