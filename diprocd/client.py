@@ -84,7 +84,7 @@ class Client:
         self._status_watch = None
         self._status_path = None
         self._last_status_sent = None
-        self.loop = Loop(bus.ZmqPoller(), clock=clock)
+        self.loop = Loop(bus.ZmqPoller(), clock=clock, log=log)
         self._context = None
         self.sub = self.push = self._monitor = None
 

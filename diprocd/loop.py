@@ -18,8 +18,15 @@ A daemon registers what it waits for and the loop does the waiting:
 
 The poller is pluggable: ``EpollPoller`` here (stdlib: the worker imports no
 messaging library); the master and the client pass ``bus.ZmqPoller``.
+
+An unexpected exception in a callback is logged with its traceback and the
+loop goes on: a supervisor that dies supervises nothing. A storm of them
+(``ERROR_STORM``: a bug that fires at every turn) still ends the daemon, so
+that cron starts a fresh one rather than it spinning.
 """
 
+import collections
+import logging
 import select
 import time
 
@@ -29,6 +36,12 @@ from diprocd.watch import FileWatch
 # Let a burst of writes to a watched file settle before reading it: an
 # in-place write may come in several chunks; an atomic rename is complete.
 FILE_SETTLE = 0.01
+# More than this many unexpected errors within this many seconds: give up.
+ERROR_STORM = (100, 10.0)
+
+
+class ErrorStorm(Exception):
+    """Callbacks keep failing: the daemon exits rather than spin."""
 
 
 class EpollPoller:
@@ -56,15 +69,18 @@ class EpollPoller:
 class Loop:
     """See the module docstring."""
 
-    def __init__(self, poller=None, clock=time.monotonic):
+    def __init__(self, poller=None, clock=time.monotonic, log=None):
         self.poller = poller or EpollPoller()
         self.clock = clock
+        self.log = log or logging.getLogger("diprocd")
+        self.errors = 0
+        self._recent_errors = collections.deque()
         self._readers = {}
         self._timers = {}     # key -> (when, callback)
         self._turn_hooks = []
         self._signals = None
         self._watches = []
-        self.running = False
+        self.running = True  # until stop()
 
     # --- what to wait for --------------------------------------------------
     def add_reader(self, obj, callback):
@@ -100,7 +116,7 @@ class Loop:
             for signum in self._signals.drain():
                 handler = handlers.get(signum)
                 if handler is not None:
-                    handler(signum)
+                    self._call(handler, signum)
         self.add_reader(self._signals.fileno(), dispatch)
 
     def watch_file(self, path, callback, settle=FILE_SETTLE):
@@ -137,7 +153,6 @@ class Loop:
     # --- running -----------------------------------------------------------
     def run(self):
         """Turn until ``stop()``."""
-        self.running = True
         while self.running:
             self.turn()
 
@@ -146,7 +161,7 @@ class Loop:
         run the readers that are ready and the timers that are due."""
         deadlines = []
         for hook in self._turn_hooks:
-            due = hook(self.clock())
+            due = self._call(hook, self.clock())
             if due is not None:
                 deadlines.append(due)
         if not self.running:
@@ -158,13 +173,30 @@ class Loop:
         for obj in self.poller.poll(timeout):
             callback = self._readers.get(obj)
             if callback is not None:  # removed earlier in this batch
-                callback()
+                self._call(callback)
         now = self.clock()
         for key, (when, callback) in sorted(self._timers.items(),
                                             key=lambda item: item[1][0]):
             if when <= now and self._timers.get(key, (None,))[0] == when:
                 del self._timers[key]
-                callback()
+                self._call(callback)
+
+    def _call(self, callback, *args):
+        try:
+            return callback(*args)
+        except Exception:
+            self.errors += 1
+            self.log.exception("internal error in %s (the loop goes on)",
+                               getattr(callback, "__qualname__", callback))
+            now = self.clock()
+            self._recent_errors.append(now)
+            limit, window = ERROR_STORM
+            while self._recent_errors[0] < now - window:
+                self._recent_errors.popleft()
+            if len(self._recent_errors) > limit:
+                raise ErrorStorm("%d internal errors within %gs"
+                                 % (len(self._recent_errors), window))
+            return None
 
     def stop(self):
         self.running = False

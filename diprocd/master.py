@@ -121,7 +121,7 @@ class Master:
         self.lists = NodeLists(protocol.new_epoch())
         self.seen = {}
         self.nodes_file = nodes_file_path(config.pid_file)
-        self.loop = Loop(bus.ZmqPoller(), clock=clock)
+        self.loop = Loop(bus.ZmqPoller(), clock=clock, log=log)
         self.pub = self.pull = None
         self._nodes_written = None
         self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)

@@ -51,7 +51,7 @@ class Worker:
         self.pid_lock = pid_lock
         self.log = log
         self.clock = clock or SystemClock()
-        self.loop = loop or Loop(clock=self.clock.monotonic)
+        self.loop = loop or Loop(clock=self.clock.monotonic, log=log)
         self.ledger = Ledger(config.pid_file, kernel.boot_id())
         self.pidwatch = PidWatch(self.loop, self._on_exit)
         self.ops = ops or NodeOps(self.ledger, self.pidwatch, log,
