@@ -72,7 +72,9 @@ class Cluster:
         return node
 
     def start_node(self, label):
-        """Its worker, and once the worker watches its file, its client."""
+        """Its worker, and once the worker watches its file, its client.
+        (A worker misses a rewrite of its file made while it starts: see
+        test_worker.py::test_a_write_while_the_worker_starts_is_applied.)"""
         node = self.nodes[label]
         node.start()
         node.start_client(self.wrappers[label])

@@ -174,6 +174,40 @@ def test_in_place_write_is_picked_up(node):
     node.wait_running("two")
 
 
+HOLD_BEFORE_WATCHING = """
+import os, time
+from diprocd import worker
+real_watch = worker.FileWatch
+def held_watch(*args, **kwargs):
+    open(%(held)r, "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(%(go)r) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return real_watch(*args, **kwargs)
+worker.FileWatch = held_watch
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dpd-workerd bug: CONFIG is read (cli.run_daemon) before it is watched "
+    "(Worker.run), and the bytes compared at the next reload are read after "
+    "the watch starts: a write in between is never applied"))
+def test_a_write_while_the_worker_starts_is_applied(node, tmp_path):
+    """A dpd-clientd started with the worker may rewrite CONFIG while the
+    worker starts (the distributed tests' late-client flake). Here the
+    worker is held, as a busy machine may hold it, after it read CONFIG and
+    before it watches it; CONFIG is rewritten meanwhile."""
+    held, go = str(tmp_path / "held"), str(tmp_path / "go")
+    node.write([])
+    node.start(wait=False, wrapper=patched_python(
+        HOLD_BEFORE_WATCHING % {"held": held, "go": go}))
+    wait_for(lambda: os.path.exists(held), what="the worker to read CONFIG")
+    node.write([sleeper(node, "late")])
+    open(go, "w").close()
+    wait_for(node.worker_up, what="the worker's status file")
+    node.wait_running("late", timeout=2)
+
+
 def test_invalid_config_changes_nothing(node):
     node.write([sleeper(node, "a"), sleeper(node, "b")])
     node.start()
