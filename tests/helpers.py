@@ -101,11 +101,6 @@ def kill_marked(marker, timeout=10.0):
         time.sleep(0.02)
 
 
-def pid_alive(pid):
-    """Kept for the tests not moved to diprocd.kernel.is_alive yet."""
-    return is_alive(pid)
-
-
 def marked_env(marker, extra=None):
     env = dict(os.environ)
     env[MARKER_VAR] = marker
