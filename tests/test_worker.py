@@ -215,9 +215,11 @@ def test_invalid_config_changes_nothing(node):
     with open(node.config_path, "w") as handle:
         handle.write('{"pid_file": "%s", "procs": [{"name": "a", "run": "sleep"}]}'
                      % node.pid_file)
-    wait_for(lambda: 'field "run": must be an absolute path' in node.log(),
+    # The worker logs each problem, then that it keeps the last good
+    # configuration: wait for that last line, then look for the problem.
+    wait_for(lambda: "keeping the last good configuration" in node.log(),
              what="the error in the log")
-    assert "keeping the last good configuration" in node.log()
+    assert 'field "run": must be an absolute path' in node.log()
     with open(node.config_path, "w") as handle:
         handle.write("{broken")
     wait_for(lambda: "not JSON" in node.log(), what="the JSON error")
