@@ -48,6 +48,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import protocol  # noqa: E402
+from diprocd.kernel import cpu_ticks  # noqa: E402
 from helpers import free_port, marked_pids, wait_for  # noqa: E402  (the tests' helpers)
 
 MARKER_VAR = "DPD_BENCH_MARKER"
@@ -63,9 +64,7 @@ def write_json(path, obj):
 
 
 def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return cpu_ticks(pid) / TICK
 
 
 def rss_mb(pid):

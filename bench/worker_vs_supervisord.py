@@ -54,6 +54,10 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from diprocd.kernel import cpu_ticks, is_alive  # noqa: E402
+
 MARKER_VAR = "DPD_BENCH_MARKER"
 PROGRAM = "/bin/sleep"
 PROGRAM_ARGS = ["100000"]
@@ -118,8 +122,7 @@ def marker_of(pid):
 
 def cpu_seconds(pid):
     """utime + stime of ``pid`` (all its threads, not its children)."""
-    fields = _read("/proc/%d/stat" % pid).rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return cpu_ticks(pid) / CLOCK_TICKS
 
 
 def cpu_seconds_precise(pid):
@@ -144,10 +147,7 @@ def marked_pids(token):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         environ = _read("/proc/%s/environ" % entry)
-        stat = _read("/proc/%s/stat" % entry)
-        if not environ or not stat:
-            continue
-        if stat.rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+        if not environ or not is_alive(int(entry)):
             continue
         if any(item.startswith(prefix) for item in environ.split(b"\0")):
             found.append(int(entry))

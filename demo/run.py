@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from diprocd.daemon import read_pid  # noqa: E402
 from diprocd.fileio import atomic_write  # noqa: E402
+from diprocd.kernel import is_alive  # noqa: E402
 from diprocd.ledger import read_view as read_status, status_path as status_file_path  # noqa: E402
 
 NODES = ("node1", "node2")
@@ -169,7 +170,7 @@ class Demo:
             for name in os.listdir(home):
                 if name.endswith(".pid") and not name.startswith("dpd-"):
                     pid = read_pid(os.path.join(home, name))
-                    if pid and _alive(pid):
+                    if pid and is_alive(pid):
                         pids.append(pid)
         return pids
 
@@ -182,14 +183,6 @@ class Demo:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def render(rows):

@@ -22,9 +22,11 @@ _POLL_KEY = "pidwatch.poll"
 
 
 class PidWatch:
-    def __init__(self, loop, on_exit):
+    def __init__(self, loop, on_exit, log):
         self.loop = loop
         self.on_exit = on_exit
+        self.log = log
+        self._said_polling = False
         self._by_fd = {}       # fd -> (target, pid, kind)
         self._fd_of_pid = {}   # pid -> fd
         self._polled = {}      # pid -> (target, kind, ticks): no pidfd
@@ -47,6 +49,10 @@ class PidWatch:
                 pid, "status unknown"))
             return
         if fd is None:
+            if not self._said_polling:
+                self._said_polling = True
+                self.log.info("no pidfd: checking supervised pids every "
+                              "%.1fs", PID_POLL_INTERVAL)
             self._polled[pid] = (target, kind, kernel.start_ticks(pid))
             if self.loop.pending(_POLL_KEY) is None:
                 self.loop.call_later(_POLL_KEY, PID_POLL_INTERVAL, self._poll)

@@ -53,7 +53,7 @@ class Worker:
         self.clock = clock or SystemClock()
         self.loop = loop or Loop(clock=self.clock.monotonic, log=log)
         self.ledger = Ledger(config.pid_file, kernel.boot_id())
-        self.pidwatch = PidWatch(self.loop, self._on_exit)
+        self.pidwatch = PidWatch(self.loop, self._on_exit, log)
         self.ops = ops or NodeOps(self.ledger, self.pidwatch, log,
                                   self._changed, self._stopped)
         self.procs = {}

@@ -1,41 +1,69 @@
-"""Shared test helpers: deadlines instead of sleeps, and process markers.
+"""The tests' one place for helpers.
 
-Every process a test starts carries the test's own marker in its
-environment (``DPD_TEST_MARKER=<uuid>``); ``kill_marked`` ends exactly those
-processes, found by pid through /proc, never by name.
+- Waiting: ``wait_for`` polls a condition until a deadline, never a bare
+  sleep.
+- Processes: every process a test starts carries the test's own marker in
+  its environment (``DPD_TEST_MARKER=<uuid>``, see ``marked_env``);
+  ``kill_marked`` ends exactly those processes, found by pid through /proc,
+  never by name. ``start_daemon`` and ``run_command`` run ``bin/<command>``
+  with the marker. Whether a pid is alive: ``diprocd.kernel.is_alive``.
+- Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
+  ``master_doc`` build the daemons' JSON with keyword overrides;
+  ``write_json`` writes one as an editor would (atomic rename).
+- Daemons: ``Node`` is one node's folder, its dpd-workerd and (in the
+  distributed tests) its dpd-clientd; ``Master`` is one dpd-masterd.
 """
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+from diprocd.daemon import read_pid
+from diprocd.kernel import is_alive
+from diprocd.master import nodes_file_path
+from diprocd.ledger import read_document, status_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "bin")
 MARKER_VAR = "DPD_TEST_MARKER"
 
 
+# -- waiting -------------------------------------------------------------------
+
 def wait_for(condition, timeout=10.0, interval=0.01, what=None):
-    """Poll ``condition()`` until it returns a true value; return it. Raise
-    AssertionError naming ``what`` after ``timeout`` seconds."""
+    """Poll ``condition()`` until it returns a true value; return it. After
+    ``timeout`` seconds raise AssertionError naming ``what``: a string, or a
+    callable returning one, called only then, so that the message tells the
+    state at the end of the wait, not at its start."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
+            if callable(what):
+                what = what()
             raise AssertionError("timed out after %.1fs waiting for %s"
                                  % (timeout, what or condition))
         time.sleep(interval)
 
 
+# -- processes -------------------------------------------------------------------
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def endpoint():
+    """A ZeroMQ endpoint on a free loopback port."""
+    return "tcp://127.0.0.1:%d" % free_port()
 
 
 def marked_pids(marker, var=MARKER_VAR):
@@ -48,11 +76,9 @@ def marked_pids(marker, var=MARKER_VAR):
         try:
             with open("/proc/%s/environ" % entry, "rb") as handle:
                 environ = handle.read()
-            with open("/proc/%s/stat" % entry, "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != b"Z" and needle in environ.split(b"\0"):
+        if needle in environ.split(b"\0") and is_alive(int(entry)):
             pids.append(int(entry))
     return pids
 
@@ -83,43 +109,334 @@ def marked_env(marker, extra=None):
     return env
 
 
-def start_daemon(command, marker, args, log_path, extra_env=None):
-    """Start ``bin/<command> args...`` with the marker; output to log_path."""
-    log = open(log_path, "ab")
-    try:
+def command_argv(command, args):
+    """The argv of ``bin/<command> args...`` run by this Python."""
+    return [sys.executable, os.path.join(BIN, command)] + list(args)
+
+
+def start_daemon(command, marker, args, log_path, extra_env=None,
+                 wrapper=None):
+    """Start ``bin/<command> args...`` with the marker, in a session of its
+    own, its output appended to ``log_path``; return the Popen.
+
+    ``wrapper`` is an argv prefix the command runs under, such as
+    ``["unshare", "--uts", "--"]`` or ``["sh", "-c", 'setup && exec "$@"',
+    "sh"]``: a wrapper that execs the command keeps the Popen's pid."""
+    with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, os.path.join(BIN, command)] + list(args),
-            env=marked_env(marker, extra_env), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
-    finally:
-        log.close()
+            list(wrapper or ()) + command_argv(command, args),
+            env=marked_env(marker, extra_env), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
 
 
 def run_command(command, args, marker=None, timeout=30, **kwargs):
     """Run ``bin/<command> args...`` to completion; return CompletedProcess."""
     return subprocess.run(
-        [sys.executable, os.path.join(BIN, command)] + list(args),
-        env=marked_env(marker or "none"), capture_output=True, text=True,
-        timeout=timeout, **kwargs)
+        command_argv(command, args), env=marked_env(marker or "none"),
+        capture_output=True, text=True, timeout=timeout, **kwargs)
 
+
+def stop_daemon(daemon, signum=signal.SIGTERM, timeout=10):
+    """Signal a daemon we started (if it still runs); return its exit code."""
+    if daemon.poll() is None:
+        daemon.send_signal(signum)
+    return daemon.wait(timeout=timeout)
+
+
+# -- files ------------------------------------------------------------------------
 
 def write_json(path, obj):
     """Atomic rename, as a careful editor would do."""
-    tmp = path + ".tmp-test"
+    tmp = str(path) + ".tmp-test"
     with open(tmp, "w") as handle:
         json.dump(obj, handle, indent=1)
-    os.rename(tmp, path)
+    os.rename(tmp, str(path))
 
 
-def read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
+RAISE = object()
 
 
-def pid_alive(pid):
+def read_json(path, default=RAISE):
+    """A JSON file's value; ``default`` (if given) when it cannot be read
+    or parsed yet."""
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-        return state != b"Z"
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        if default is RAISE:
+            raise
+        return default
+
+
+def read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(path, default=RAISE):
+    """A file's text; ``default`` (if given) when it cannot be read."""
+    try:
+        with open(path) as handle:
+            return handle.read()
     except OSError:
-        return False
+        if default is RAISE:
+            raise
+        return default
+
+
+# -- the daemons' documents ------------------------------------------------------
+
+def process_doc(marker, name, run, *args, **fields):
+    """One process definition, ``marker`` in its ``env`` (the worker gives
+    its processes a clean environment: the marker must be passed on)."""
+    doc = dict(fields, name=name, run=run, args=list(args))
+    doc["env"] = dict(fields.get("env", {}), **{MARKER_VAR: marker})
+    return doc
+
+
+def worker_doc(folder, procs=(), **overrides):
+    """A worker CONFIG: pid file in ``folder``/run (the status file, the
+    journal and the processes' pid files go beside it), log file in
+    ``folder``."""
+    doc = {"pid_file": os.path.join(str(folder), "run", "dpd-workerd.pid"),
+           "log_file": os.path.join(str(folder), "worker.log"),
+           "procs": list(procs)}
+    doc.update(overrides)
+    return doc
+
+
+def client_doc(folder, node_name="node1", **overrides):
+    """A client CONFIG for ``folder``/worker.json. Its master endpoints are
+    two fixed ports nothing listens on, for validation; a running client
+    gets its master's (``master_stats=``, ``master_updates=``)."""
+    doc = {"pid_file": os.path.join(str(folder), "client.pid"),
+           "master_stats": "tcp://127.0.0.1:5001",
+           "master_updates": "tcp://127.0.0.1:5002",
+           "node_name": node_name,
+           "conf_file": os.path.join(str(folder), "worker.json")}
+    doc.update(overrides)
+    return doc
+
+
+def master_doc(folder, nodes, **overrides):
+    """A master CONFIG on two free loopback ports."""
+    doc = {"pid_file": os.path.join(str(folder), "master.pid"),
+           "master_stats": endpoint(), "master_updates": endpoint(),
+           "nodes": nodes}
+    doc.update(overrides)
+    return doc
+
+
+# -- the daemons -------------------------------------------------------------------
+
+class Master:
+    """One dpd-masterd in ``folder``: master.json, master.pid, its output in
+    master.log and its view of the nodes (``view()``)."""
+
+    def __init__(self, folder, marker, nodes=None, **settings):
+        self.dir = pathlib.Path(folder)
+        self.marker = marker
+        self.config_path = str(self.dir / "master.json")
+        self.log_path = str(self.dir / "master.log")
+        self.doc = master_doc(folder, nodes or {}, **settings)
+        self.pid_file = self.doc["pid_file"]
+        self.daemon = None
+        self.started = None
+
+    @property
+    def stats(self):
+        return self.doc["master_stats"]
+
+    @property
+    def updates(self):
+        return self.doc["master_updates"]
+
+    @property
+    def nodes(self):
+        return self.doc["nodes"]
+
+    def write(self, nodes=None, **settings):
+        """Save the master file (atomic rename) with these changes."""
+        self.doc = dict(self.doc, **settings)
+        if nodes is not None:
+            self.doc["nodes"] = nodes
+        write_json(self.config_path, self.doc)
+
+    def start(self):
+        """Write the master file unless it exists; start ``-f -v``."""
+        if not os.path.exists(self.config_path):
+            self.write()
+        self.daemon = start_daemon("dpd-masterd", self.marker,
+                                   ["-f", "-v", self.config_path],
+                                   self.log_path)
+        self.started = time.monotonic()
+        return self.daemon
+
+    def stop(self, signum=signal.SIGTERM):
+        """Stop it; return its exit code."""
+        return stop_daemon(self.daemon, signum)
+
+    def log(self):
+        return read_text(self.log_path, default="")
+
+    def view(self):
+        """Its nodes file: every node's last report, or None."""
+        return read_json(nodes_file_path(self.pid_file), default=None)
+
+
+class Node:
+    """One node in ``folder``: a dpd-workerd on worker.json (its pid, status
+    and journal files in run/, its output in worker.out) and, when a test
+    asks for one, a dpd-clientd on client.json (its output in client.log)
+    that rewrites worker.json. ``name`` is the node's name at the master."""
+
+    def __init__(self, folder, marker, name="node1"):
+        self.dir = pathlib.Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.marker = marker
+        self.name = name
+        self.config_path = str(self.dir / "worker.json")
+        self.pid_file = str(self.dir / "run" / "dpd-workerd.pid")
+        self.status_path = status_path(self.pid_file)
+        self.log_path = str(self.dir / "worker.out")
+        self.client_config_path = str(self.dir / "client.json")
+        self.client_log_path = str(self.dir / "client.log")
+        self.daemon = None  # the worker
+        self.client = None
+        self.procs = []
+
+    # -- the worker's CONFIG ---------------------------------------------------
+
+    def proc(self, name, run, *args, **fields):
+        """A process definition carrying this node's marker."""
+        return process_doc(self.marker, name, run, *args, **fields)
+
+    def write(self, procs, **extra):
+        """Save worker.json (atomic rename) with ``procs``."""
+        self.procs = procs
+        os.makedirs(os.path.dirname(self.pid_file), exist_ok=True)
+        write_json(self.config_path, worker_doc(
+            self.dir, procs, pid_file=self.pid_file, **extra))
+
+    def conf_bytes(self):
+        return read_bytes(self.config_path)
+
+    # -- the worker ------------------------------------------------------------
+
+    def start(self, *flags, verbose=True, wait=True, wrapper=None):
+        """Start ``dpd-workerd -f [-v] flags... CONFIG``; with ``wait``,
+        return once its status file names it (it watches CONFIG by then)."""
+        args = ["-f"] + (["-v"] if verbose else []) + list(flags)
+        self.daemon = start_daemon("dpd-workerd", self.marker,
+                                   args + [self.config_path], self.log_path,
+                                   wrapper=wrapper)
+        if wait:
+            wait_for(self.worker_up, what="the worker's status file")
+        return self.daemon
+
+    def worker_up(self):
+        """True once the status file names this worker (it watches CONFIG
+        by then)."""
+        if self.daemon.poll() is not None:
+            raise AssertionError("the worker exited: " + self.log())
+        return self.status_doc().get("worker_pid") == self.daemon.pid
+
+    def worker_pid(self):
+        """The pid in the worker's pid file, or None."""
+        return read_pid(self.pid_file)
+
+    def stop(self, signum=signal.SIGTERM):
+        """Signal the worker (SIGKILL: kill -9) and wait for it."""
+        return stop_daemon(self.daemon, signum)
+
+    def log(self):
+        """The worker's output."""
+        return read_text(self.log_path, default="")
+
+    # -- what the worker runs ----------------------------------------------------
+
+    def status_doc(self):
+        """The worker's whole status file (diprocd.ledger), or {}."""
+        return read_document(self.status_path) or {}
+
+    def status(self):
+        """{process name: its status entry}, {} before the first status."""
+        return self.status_doc().get("procs", {})
+
+    def state(self, name):
+        return self.status().get(name, {})
+
+    def wait_state(self, name, state, timeout=10, **expect):
+        """Wait for process ``name`` in ``state`` with the ``expect``ed
+        fields; return its status entry."""
+        def ok():
+            entry = self.state(name)
+            if entry.get("state") != state:
+                return None
+            if any(entry.get(k) != v for k, v in expect.items()):
+                return None
+            return entry
+        return wait_for(ok, timeout, what=lambda: "%s to be %s %s; status: %s;"
+                        " log:\n%s" % (name, state, expect, self.state(name),
+                                       self.log()[-3000:]))
+
+    def wait_running(self, name, **kw):
+        """Wait for ``name`` to run; return its pid."""
+        entry = self.wait_state(name, "running", **kw)
+        assert is_alive(entry["pid"])
+        return entry["pid"]
+
+    def running(self):
+        """{process name: pid} of the processes running on this node."""
+        return {name: entry["pid"] for name, entry in self.status().items()
+                if entry.get("state") == "running" and entry.get("pid")
+                and is_alive(entry["pid"])}
+
+    def wait_only_running(self, names, timeout=10):
+        """Wait until the node runs exactly ``names``; return {name: pid}."""
+        names = set(names)
+        return wait_for(lambda: set(self.running()) == names and
+                        self.running(), timeout=timeout,
+                        what=lambda: "node %s running exactly %s (has %s)"
+                        % (self.name, sorted(names), sorted(self.running())))
+
+    def instances(self, tag):
+        """Live marked processes whose command line contains ``tag``."""
+        found = []
+        for pid in marked_pids(self.marker):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    if tag.encode() in handle.read():
+                        found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    # -- the client ------------------------------------------------------------
+
+    def write_client(self, master_stats, master_updates, **overrides):
+        """Save client.json: this node's client of the master at these
+        endpoints, reporting every 0.5 s."""
+        settings = dict(node_name=self.name, master_stats=master_stats,
+                        master_updates=master_updates,
+                        conf_file=self.config_path, status_interval=0.5)
+        settings.update(overrides)
+        write_json(self.client_config_path, client_doc(self.dir, **settings))
+
+    def start_client(self, wrapper=None):
+        """Start ``dpd-clientd -f -v`` on client.json."""
+        self.client = start_daemon("dpd-clientd", self.marker,
+                                   ["-f", "-v", self.client_config_path],
+                                   self.client_log_path, wrapper=wrapper)
+        return self.client
+
+    def client_log(self):
+        return read_text(self.client_log_path, default="")
+
+    def close(self):
+        """Kill what is left of its daemons (the marker ends the rest)."""
+        for daemon in (self.daemon, self.client):
+            if daemon is not None and daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from helpers import ROOT, marked_env, marked_pids, pid_alive, wait_for
+from diprocd.kernel import is_alive
+from helpers import ROOT, marked_env, marked_pids, wait_for
 
 ROW = re.compile(r"^\s+(node\d)\s+(\S+)\s+(.+?)\s+pid (\S+)$")
 
@@ -66,8 +67,8 @@ def test_make_demo_runs_a_cluster_and_stops_on_ctrl_c(marker):
     output = Output(demo.stdout)
     try:
         running = wait_for(lambda: all_running(output), timeout=60,
-                           what="both nodes to run their processes:\n%s"
-                           % output.text())
+                           what=lambda: "both nodes to run their processes:"
+                           "\n%s" % output.text())
         folder = re.search(r"diprocd demo in (\S+)", output.text()).group(1)
         assert os.path.isdir(folder)
         # The demo's daemons and the nodes' processes all carry our marker.
@@ -80,9 +81,9 @@ def test_make_demo_runs_a_cluster_and_stops_on_ctrl_c(marker):
         output.thread.join(timeout=10)
         assert "stopped." in output.text()
         wait_for(lambda: not marked_pids(marker), timeout=20,
-                 what="every process of the demo to exit: %s"
+                 what=lambda: "every process of the demo to exit: %s"
                  % marked_pids(marker))
-        assert not any(pid_alive(pid) for pid in running.values())
+        assert not any(is_alive(pid) for pid in running.values())
         assert not os.path.exists(folder), "temporary folder left behind"
     finally:
         if demo.poll() is None:

@@ -1,28 +1,27 @@
 """End to end: one dpd-masterd and several nodes (a dpd-clientd and a
-dpd-workerd each, with their own files), all on 127.0.0.1 with free ports,
-in one module-wide session. The tests run in file order and build on each
-other's state, like an operator would: start, change, break, remove, add a
-late node, restart the master.
+dpd-workerd each, with their own files), all on 127.0.0.1 with free ports.
 
-Every supervised process carries the session's marker in its "env", so the
-teardown ends them with the daemons.
+Each test gets a cluster of its own (the ``cluster`` fixture), started as an
+operator would and waited for until every node runs exactly its list:
+node2's client starts before the master, the others just after it; as root
+with ``unshare``, one more node's client runs in a UTS namespace of its own
+and is named "%H". Every process carries the test's marker, so the marker
+fixture ends them all, and nothing else.
 """
 
+import functools
 import os
+import pwd
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
-import pwd
 
 import pytest
 
-from diprocd.master import nodes_file_path
-from diprocd.ledger import read_view as read_status, status_path as status_file_path
-from helpers import (BIN, MARKER_VAR, free_port, kill_marked, marked_env,
-                     pid_alive, read_json, start_daemon, wait_for, write_json)
+from diprocd.kernel import is_alive
+from helpers import Master, Node, process_doc, read_json, wait_for
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
 IS_ROOT = os.geteuid() == 0
@@ -31,154 +30,97 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 def sleeper(name, marker, seconds="1000"):
-    return {"name": name, "run": "/bin/sleep", "args": [seconds],
-            "user": USER, "env": {MARKER_VAR: marker}}
+    return process_doc(marker, name, "/bin/sleep", seconds, user=USER)
 
 
-class Node:
-    def __init__(self, cluster, name, node_name=None, uts_hostname=None):
-        self.cluster = cluster
-        self.name = name
-        self.dir = os.path.join(cluster.dir, "node-" + name)
-        os.makedirs(self.dir)
-        self.conf = os.path.join(self.dir, "worker.json")
-        self.worker_pid_file = os.path.join(self.dir, "worker.pid")
-        self.status = status_file_path(self.worker_pid_file)
-        self.client_conf = os.path.join(self.dir, "client.json")
-        self.client_log = os.path.join(self.dir, "client.log")
-        self.worker_log = os.path.join(self.dir, "worker.log")
-        write_json(self.conf, {"pid_file": self.worker_pid_file, "procs": []})
-        write_json(self.client_conf, {
-            "pid_file": os.path.join(self.dir, "client.pid"),
-            "master_stats": cluster.stats, "master_updates": cluster.updates,
-            "node_name": node_name or name, "conf_file": self.conf,
-            "status_interval": 0.5})
-        self.uts_hostname = uts_hostname
-        self.worker = self.client = None
+@functools.lru_cache(maxsize=None)
+def can_unshare_uts():
+    return IS_ROOT and subprocess.run(["unshare", "--uts", "true"],
+                                      capture_output=True).returncode == 0
 
-    def start(self):
-        self.worker = start_daemon("dpd-workerd", self.cluster.marker,
-                                   ["-f", "-v", self.conf], self.worker_log)
-        if self.uts_hostname:
-            # A client in its own UTS namespace: "%H" is that hostname.
-            script = 'hostname "$1" && shift && exec "$@"'
-            log = open(self.client_log, "ab")
-            self.client = subprocess.Popen(
-                ["unshare", "--uts", "sh", "-c", script, "sh",
-                 self.uts_hostname, sys.executable,
-                 os.path.join(BIN, "dpd-clientd"), "-f", "-v",
-                 self.client_conf],
-                env=marked_env(self.cluster.marker), stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-            log.close()
-        else:
-            self.client = start_daemon("dpd-clientd", self.cluster.marker,
-                                       ["-f", "-v", self.client_conf],
-                                       self.client_log)
-        self.started = time.time()
 
-    def running(self):
-        """{process name: pid} of the processes running on this node."""
-        status = read_status(self.status) or {"procs": {}}
-        return {name: entry["pid"] for name, entry in status["procs"].items()
-                if entry.get("state") == "running" and entry.get("pid")
-                and pid_alive(entry["pid"])}
-
-    def wait_running(self, names, timeout=10):
-        names = set(names)
-        return wait_for(lambda: set(self.running()) == names and
-                        self.running(), timeout=timeout,
-                        what="node %s running exactly %s (has %s)"
-                        % (self.name, sorted(names), sorted(self.running())))
-
-    def conf_bytes(self):
-        with open(self.conf, "rb") as handle:
-            return handle.read()
-
-    def client_log_text(self):
-        with open(self.client_log) as handle:
-            return handle.read()
+def uts_wrapper(hostname):
+    """Run a command in a UTS namespace of its own named ``hostname``."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$1" && shift && '
+            'exec "$@"', "sh", hostname]
 
 
 class Cluster:
-    def __init__(self, directory, marker):
-        self.dir = directory
+    """A master (heartbeat 1 s, silent after 3 s) and its nodes, each in a
+    folder of its own under ``folder``."""
+
+    def __init__(self, folder, marker):
+        self.dir = folder
         self.marker = marker
-        self.stats = "tcp://127.0.0.1:%d" % free_port()
-        self.updates = "tcp://127.0.0.1:%d" % free_port()
-        self.master_conf = os.path.join(directory, "master.json")
-        self.master_log = os.path.join(directory, "master.log")
-        self.master_pid_file = os.path.join(directory, "master.pid")
-        self.nodes = {}
-        self.master = None
-        self.lists = {}
+        self.master = Master(folder, marker, heartbeat=1, silent_after=3)
+        self.nodes = {}  # label -> Node; a node's name at the master may differ
+        self.wrappers = {}  # label -> the client's wrapper
 
-    def write_master(self, lists=None):
-        if lists is not None:
-            self.lists = lists
-        write_json(self.master_conf, {
-            "pid_file": self.master_pid_file, "log_file": self.master_log,
-            "master_stats": self.stats, "master_updates": self.updates,
-            "heartbeat": 1, "silent_after": 3, "nodes": self.lists})
+    @property
+    def lists(self):
+        return self.master.nodes
 
-    def start_master(self):
-        self.master = start_daemon("dpd-masterd", self.marker,
-                                   ["-f", "-v", self.master_conf],
-                                   self.master_log)
-        self.master_started = time.monotonic()
-
-    def stop_master(self):
-        self.master.send_signal(signal.SIGTERM)
-        assert self.master.wait(timeout=10) == 0
-        assert not os.path.exists(self.master_pid_file)
-
-    def master_log_text(self):
-        with open(self.master_log) as handle:
-            return handle.read()
-
-    def add_node(self, name, **kwargs):
-        node = Node(self, name, **kwargs)
-        self.nodes[name] = node
+    def add_node(self, label, name=None, client_name=None, wrapper=None):
+        """A node with an empty worker file and its client's file."""
+        node = Node(os.path.join(self.dir, "node-" + label), self.marker,
+                    name or label)
+        node.write([])
+        node.write_client(self.master.stats, self.master.updates,
+                          node_name=client_name or node.name)
+        self.nodes[label] = node
+        self.wrappers[label] = wrapper
         return node
 
-    def master_view(self):
-        try:
-            return read_json(nodes_file_path(self.master_pid_file))
-        except (OSError, ValueError):
-            return None
+    def start_node(self, label):
+        """Its worker, and once the worker watches its file, its client.
+        (A worker misses a rewrite of its file made while it starts: see
+        test_worker.py::test_a_write_while_the_worker_starts_is_applied.)"""
+        node = self.nodes[label]
+        node.start()
+        node.start_client(self.wrappers[label])
+        return node
+
+    def wait_converged(self):
+        for node in self.nodes.values():
+            node.wait_only_running(names(self.lists[node.name]))
+
+    def stop_master(self):
+        assert self.master.stop() == 0
+        assert not os.path.exists(self.master.pid_file)
+
+    def close(self):
+        for node in self.nodes.values():
+            node.close()
+        if self.master.daemon and self.master.daemon.poll() is None:
+            self.master.daemon.kill()
+            self.master.daemon.wait()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    marker = "dpdtest-" + uuid.uuid4().hex[:12]
-    cluster = Cluster(str(tmp_path_factory.mktemp("cluster")), marker)
+@pytest.fixture
+def cluster(tmp_path, marker):
+    cluster = Cluster(str(tmp_path), marker)
     lists = {
         "node1": [sleeper("n1.a", marker), sleeper("n1.b", marker)],
         "node10": [sleeper("n10.a", marker)],
         "node2": [sleeper("n2.a", marker)],
         "late": [sleeper("late.a", marker)],
     }
-    cluster.add_node("node1")
-    cluster.add_node("node10")
-    cluster.add_node("node2")
-    if IS_ROOT and _can_unshare_uts():
+    for label in ("node1", "node10", "node2"):
+        cluster.add_node(label)
+    if can_unshare_uts():
         lists[UTS_HOSTNAME] = [sleeper("uts.a", marker)]
-        cluster.add_node("uts", node_name="%H", uts_hostname=UTS_HOSTNAME)
-    cluster.write_master(lists)
+        cluster.add_node("uts", name=UTS_HOSTNAME, client_name="%H",
+                         wrapper=uts_wrapper(UTS_HOSTNAME))
+    cluster.master.write(lists)
     # One node's client starts before the master, the others just after.
-    cluster.nodes["node2"].start()
-    cluster.start_master()
-    for name, node in cluster.nodes.items():
-        if node.client is None:
-            node.start()
+    cluster.start_node("node2")
+    cluster.master.start()
+    for label in cluster.nodes:
+        if cluster.nodes[label].client is None:
+            cluster.start_node(label)
+    cluster.wait_converged()
     yield cluster
-    kill_marked(marker)
-
-
-def _can_unshare_uts():
-    return subprocess.run(["unshare", "--uts", "true"],
-                          capture_output=True).returncode == 0
+    cluster.close()
 
 
 def names(procs):
@@ -187,26 +129,25 @@ def names(procs):
 
 def test_each_node_runs_exactly_its_processes(cluster):
     for node in cluster.nodes.values():
-        expected = cluster.lists[node.uts_hostname or node.name]
-        node.wait_running(names(expected))
-        assert read_json(node.conf)["procs"] == expected
+        expected = cluster.lists[node.name]
+        node.wait_only_running(names(expected))
+        assert read_json(node.config_path)["procs"] == expected
 
 
+@pytest.mark.skipif(not can_unshare_uts(), reason="needs root and unshare --uts")
 def test_percent_h_is_the_hostname_in_the_client_uts_namespace(cluster):
-    if "uts" not in cluster.nodes:
-        pytest.skip("needs root and unshare --uts")
     node = cluster.nodes["uts"]
-    node.wait_running(["uts.a"])
-    assert 'node "%s"' % UTS_HOSTNAME in node.client_log_text()
+    node.wait_only_running(["uts.a"])
+    assert 'node "%s"' % UTS_HOSTNAME in node.client_log()
 
 
 def test_status_flows_back_to_the_master(cluster):
     def all_seen():
-        view = cluster.master_view()
+        view = cluster.master.view()
         if not view:
             return False
         for node in cluster.nodes.values():
-            entry = view["nodes"].get(node.uts_hostname or node.name)
+            entry = view["nodes"].get(node.name)
             if not entry or not entry["in_sync"] or not entry["status"]:
                 return False
             running = {n for n, p in entry["status"]["procs"].items()
@@ -219,42 +160,42 @@ def test_status_flows_back_to_the_master(cluster):
 
 def test_a_change_reaches_the_right_node_only(cluster):
     node1, node10 = cluster.nodes["node1"], cluster.nodes["node10"]
-    node1.wait_running(["n1.a", "n1.b"])
-    before = {name: (node.conf_bytes(), node.running())
-              for name, node in cluster.nodes.items()}
+    node1.wait_only_running(["n1.a", "n1.b"])
+    before = {label: (node.conf_bytes(), node.running())
+              for label, node in cluster.nodes.items()}
     lists = dict(cluster.lists)
     lists["node10"] = lists["node10"] + [sleeper("n10.b", cluster.marker)]
-    cluster.write_master(lists)
-    node10.wait_running(["n10.a", "n10.b"])
+    cluster.master.write(lists)
+    node10.wait_only_running(["n10.a", "n10.b"])
     assert node10.running()["n10.a"] == before["node10"][1]["n10.a"]
-    for name, node in cluster.nodes.items():
-        if name != "node10":
-            assert node.conf_bytes() == before[name][0], name
-            assert node.running() == before[name][1], name
+    for label, node in cluster.nodes.items():
+        if label != "node10":
+            assert node.conf_bytes() == before[label][0], label
+            assert node.running() == before[label][1], label
 
 
 def test_an_invalid_master_file_changes_nothing(cluster):
-    before = {name: (node.conf_bytes(), node.running())
-              for name, node in cluster.nodes.items()}
+    before = {label: (node.conf_bytes(), node.running())
+              for label, node in cluster.nodes.items()}
     good_lists = cluster.lists
-    with open(cluster.master_conf, "w") as handle:  # in-place, broken
+    with open(cluster.master.config_path, "w") as handle:  # in-place, broken
         handle.write('{"nodes": {"node1": [')
-    wait_for(lambda: "invalid master file" in cluster.master_log_text(),
+    wait_for(lambda: "invalid master file" in cluster.master.log(),
              timeout=5, what="the master to log the invalid file")
     bad = dict(good_lists, node1=[{"name": "x", "run": "relative"}])
-    cluster.write_master(bad)
-    wait_for(lambda: 'process "x": field "run"' in cluster.master_log_text(),
+    cluster.master.write(bad)
+    wait_for(lambda: 'process "x": field "run"' in cluster.master.log(),
              timeout=5, what="the master to log the bad process")
     # Two heartbeats later, nothing has moved anywhere.
     deadline = time.monotonic() + 2.2
     while time.monotonic() < deadline:
-        for name, node in cluster.nodes.items():
-            assert node.conf_bytes() == before[name][0], name
+        for label, node in cluster.nodes.items():
+            assert node.conf_bytes() == before[label][0], label
         time.sleep(0.1)
-    for name, node in cluster.nodes.items():
-        assert node.running() == before[name][1], name
-    cluster.write_master(good_lists)
-    assert cluster.master.poll() is None
+    for label, node in cluster.nodes.items():
+        assert node.running() == before[label][1], label
+    cluster.master.write(good_lists)
+    assert cluster.master.daemon.poll() is None
 
 
 def test_a_removed_node_has_its_processes_stopped(cluster):
@@ -263,23 +204,23 @@ def test_a_removed_node_has_its_processes_stopped(cluster):
     assert pids
     lists = dict(cluster.lists)
     del lists["node2"]
-    cluster.write_master(lists)
-    wait_for(lambda: read_json(node2.conf)["procs"] == [], timeout=5,
+    cluster.master.write(lists)
+    wait_for(lambda: read_json(node2.config_path)["procs"] == [], timeout=5,
              what="node2's worker file to be emptied")
-    wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=15,
+    wait_for(lambda: not any(is_alive(pid) for pid in pids), timeout=15,
              what="node2's processes to stop")
-    assert 'node "node2" removed' in cluster.master_log_text()
+    assert 'node "node2" removed' in cluster.master.log()
     # The others are untouched.
-    cluster.nodes["node1"].wait_running(["n1.a", "n1.b"], timeout=1)
+    cluster.nodes["node1"].wait_only_running(["n1.a", "n1.b"], timeout=1)
 
 
 def test_a_client_started_late_gets_its_list_within_a_second(cluster):
-    wait_for(lambda: time.monotonic() - cluster.master_started >= 10,
+    wait_for(lambda: time.monotonic() - cluster.master.started >= 10,
              timeout=15, interval=0.1, what="the master to be up for 10 s")
-    node = cluster.add_node("late")
-    node.start()
-    node.wait_running(["late.a"])
-    lines = node.client_log_text().splitlines()
+    cluster.add_node("late")
+    node = cluster.start_node("late")
+    node.wait_only_running(["late.a"])
+    lines = node.client_log().splitlines()
 
     def when(pattern):
         for line in lines:
@@ -293,27 +234,27 @@ def test_a_client_started_late_gets_its_list_within_a_second(cluster):
 
 
 def test_master_restart_changes_nothing_running(cluster):
-    before = {name: (node.conf_bytes(), os.stat(node.conf).st_mtime_ns,
-                     node.running())
-              for name, node in cluster.nodes.items()}
-    old_epoch = cluster.master_view()["epoch"]
+    before = {label: (node.conf_bytes(), os.stat(node.config_path).st_mtime_ns,
+                      node.running())
+              for label, node in cluster.nodes.items()}
+    old_epoch = wait_for(cluster.master.view,
+                         what="the master's nodes file")["epoch"]
     cluster.stop_master()
-    cluster.start_master()
+    cluster.master.start()
 
     def all_in_sync_with_new_master():
-        view = cluster.master_view()
+        view = cluster.master.view()
         if not view or view["epoch"] == old_epoch:
             return False
-        return all(view["nodes"].get(n.uts_hostname or n.name, {})
-                   .get("in_sync") for n in cluster.nodes.values()
-                   if n.name != "node2")
+        return all(view["nodes"].get(node.name, {}).get("in_sync")
+                   for node in cluster.nodes.values())
     wait_for(all_in_sync_with_new_master, timeout=10,
              what="every node to hold the new master's lists")
-    for name, node in cluster.nodes.items():
-        conf_bytes, mtime, running = before[name]
-        assert node.conf_bytes() == conf_bytes, name
-        assert os.stat(node.conf).st_mtime_ns == mtime, name
-        assert node.running() == running, name
+    for label, node in cluster.nodes.items():
+        conf_bytes, mtime, running = before[label]
+        assert node.conf_bytes() == conf_bytes, label
+        assert os.stat(node.config_path).st_mtime_ns == mtime, label
+        assert node.running() == running, label
 
 
 def test_daemons_stop_cleanly(cluster):

@@ -7,56 +7,52 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 
 import pytest
 import zmq
 
 from diprocd import protocol
-from diprocd.master import nodes_file_path
-from helpers import (BIN, free_port, marked_env, marked_pids, pid_alive,
-                     read_json, run_command, start_daemon, wait_for,
-                     write_json)
+from diprocd.kernel import is_alive
+from helpers import (Master, Node, client_doc, endpoint, marked_pids,
+                     master_doc, read_bytes, read_json, read_text,
+                     run_command, start_daemon, stop_daemon, wait_for,
+                     worker_doc, write_json)
 
 IS_ROOT = os.geteuid() == 0
 PROC = {"name": "a", "run": "/bin/sleep", "args": ["1000"], "user": "root"}
 
 
-def read_bytes(path):
-    with open(path, "rb") as handle:
-        return handle.read()
+def start_master(tmp_path, marker, nodes, heartbeat=1):
+    master = Master(tmp_path, marker, nodes, heartbeat=heartbeat)
+    master.start()
+    return master
 
 
-def text(path):
-    with open(path) as handle:
-        return handle.read()
+def start_node(tmp_path, marker, stats, updates):
+    """A dpd-clientd for node1 on an empty worker file (no worker)."""
+    node = Node(tmp_path, marker)
+    node.write([])
+    node.write_client(stats, updates)
+    node.start_client()
+    return node
 
 
-def client_files(tmp_path, conf_file, stats, updates, node_name="node1"):
-    path = str(tmp_path / "client.json")
-    write_json(path, {"pid_file": str(tmp_path / "client.pid"),
-                      "master_stats": stats, "master_updates": updates,
-                      "node_name": node_name, "conf_file": conf_file,
-                      "status_interval": 0.5})
-    return path
+def stop(*daemons):
+    for daemon in daemons:
+        assert stop_daemon(daemon) == 0
 
 
 def test_malformed_messages_leave_the_worker_file_unchanged(tmp_path,
                                                             marker):
-    stats = "tcp://127.0.0.1:%d" % free_port()
-    updates = "tcp://127.0.0.1:%d" % free_port()
+    stats, updates = endpoint(), endpoint()
     context = zmq.Context()
     pub = context.socket(zmq.PUB)
     pull = context.socket(zmq.PULL)
     pub.bind(updates)
     pull.bind(stats)
-    conf = str(tmp_path / "worker.json")
-    write_json(conf, {"pid_file": str(tmp_path / "w.pid"), "procs": []})
+    node = start_node(tmp_path, marker, stats, updates)
+    conf, client = node.config_path, node.client
     original = read_bytes(conf)
-    log = str(tmp_path / "client.log")
-    client = start_daemon("dpd-clientd", marker,
-                          ["-f", "-v", client_files(tmp_path, conf, stats,
-                                                    updates)], log)
 
     def body(**fields):
         doc = {"v": 1, "node": "node1", "epoch": "fake", "seq": 1,
@@ -87,12 +83,12 @@ def test_malformed_messages_leave_the_worker_file_unchanged(tmp_path,
         def all_dropped():
             for frames in bad:  # PUB drops until the client has joined
                 pub.send_multipart(frames)
-            return all(reason in text(log) for reason in expected)
+            return all(reason in node.client_log() for reason in expected)
         wait_for(all_dropped, timeout=10, interval=0.05,
                  what="the client to drop every malformed message")
         assert client.poll() is None
         assert read_bytes(conf) == original
-        assert "foreign" not in text(log)  # filtered by the subscription
+        assert "foreign" not in node.client_log()  # filtered by the subscription
         # The channel itself works: a good message is applied.
         good = [b"node1\0", b"procs", body(epoch="fake2")]
         wait_for(lambda: pub.send_multipart(good) or
@@ -102,39 +98,29 @@ def test_malformed_messages_leave_the_worker_file_unchanged(tmp_path,
         assert pull.poll(2000)
         report = protocol.decode_report(pull.recv_multipart())
         assert report.node == "node1"
-        client.send_signal(signal.SIGTERM)
-        assert client.wait(timeout=10) == 0
+        stop(client)
     finally:
         pub.close(linger=0)
         pull.close(linger=0)
         context.term()
 
 
-def start_master(tmp_path, marker, nodes, heartbeat=1):
-    stats = "tcp://127.0.0.1:%d" % free_port()
-    updates = "tcp://127.0.0.1:%d" % free_port()
-    path = str(tmp_path / "master.json")
-    doc = {"pid_file": str(tmp_path / "master.pid"), "master_stats": stats,
-           "master_updates": updates, "heartbeat": heartbeat, "nodes": nodes}
-    write_json(path, doc)
-    master = start_daemon("dpd-masterd", marker, ["-f", "-v", path],
-                          str(tmp_path / "master.log"))
-    return master, stats, updates
-
-
 @pytest.mark.skipif(not IS_ROOT, reason="needs root (mount namespace, tmpfs)")
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_full_or_read_only_target_keeps_the_old_file(tmp_path, marker, fault):
-    master, stats, updates = start_master(tmp_path, marker,
-                                          {"node1": [PROC]})
+    master = start_master(tmp_path, marker, {"node1": [PROC]})
     target = str(tmp_path / "target")
     os.mkdir(target)
     seed = str(tmp_path / "seed.json")
-    write_json(seed, {"pid_file": "/run/dpd-fault-test/w.pid",
-                      "log_file": "/tmp/w.log", "procs": []})
+    write_json(seed, worker_doc(tmp_path, pid_file="/run/dpd-fault-test/w.pid",
+                                log_file="/tmp/w.log"))
     original = read_bytes(seed)
     conf = os.path.join(target, "worker.json")
-    client_conf = client_files(tmp_path, conf, stats, updates)
+    # Outside the target: the client reads it under the tmpfs.
+    client_conf = str(tmp_path / "client.json")
+    write_json(client_conf, client_doc(
+        tmp_path, master_stats=master.stats, master_updates=master.updates,
+        conf_file=conf, status_interval=0.5))
     if fault == "full":
         # Fill the tmpfs to the last page: writing the new file must fail.
         setup = ('dd if=/dev/zero of="$D/filler" bs=4k >/dev/null 2>&1; '
@@ -145,22 +131,18 @@ def test_full_or_read_only_target_keeps_the_old_file(tmp_path, marker, fault):
               'cp -p "$SEED" "$D/worker.json" && ' + setup +
               'exec "$@"')
     log_path = str(tmp_path / "client.log")
-    log = open(log_path, "ab")
-    client = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         script, "sh", sys.executable, os.path.join(BIN, "dpd-clientd"),
-         "-f", "-v", client_conf],
-        env=marked_env(marker, {"D": target, "SEED": seed}), stdout=log,
-        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True)
-    log.close()
+    client = start_daemon(
+        "dpd-clientd", marker, ["-f", "-v", client_conf], log_path,
+        extra_env={"D": target, "SEED": seed},
+        wrapper=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 script, "sh"])
     # The test sees the client's tmpfs through /proc/<pid>/root.
     inside = "/proc/%d/root%s" % (client.pid, target)
     try:
-        wait_for(lambda: "cannot write %s" % conf in text(log_path),
+        wait_for(lambda: "cannot write %s" % conf in read_text(log_path),
                  timeout=10, what="the client to fail writing")
         # Retried, and failing each time, the old file stays intact.
-        wait_for(lambda: text(log_path).count("still: cannot write") >= 2,
+        wait_for(lambda: read_text(log_path).count("still: cannot write") >= 2,
                  timeout=10, what="two retries")
         assert read_bytes(os.path.join(inside, "worker.json")) == original
         leftovers = [n for n in os.listdir(inside)
@@ -177,12 +159,9 @@ def test_full_or_read_only_target_keeps_the_old_file(tmp_path, marker, fault):
                  what="the retried write to succeed")
         doc = read_json(os.path.join(inside, "worker.json"))
         assert doc["log_file"] == "/tmp/w.log"
-        client.send_signal(signal.SIGTERM)
-        assert client.wait(timeout=10) == 0
-        master.send_signal(signal.SIGTERM)
-        assert master.wait(timeout=10) == 0
+        stop(client, master.daemon)
     finally:
-        for proc in (client, master):
+        for proc in (client, master.daemon):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -191,20 +170,20 @@ def test_full_or_read_only_target_keeps_the_old_file(tmp_path, marker, fault):
 @pytest.mark.skipif(IS_ROOT, reason="root ignores folder permissions; the "
                     "read-only tmpfs variant covers root")
 def test_unwritable_folder_keeps_the_old_file(tmp_path, marker):
-    master, stats, updates = start_master(tmp_path, marker,
-                                          {"node1": [dict(PROC, user=None)]})
+    master = start_master(tmp_path, marker,
+                          {"node1": [dict(PROC, user=None)]})
     target = tmp_path / "target"
     target.mkdir()
     conf = str(target / "worker.json")
-    write_json(conf, {"pid_file": str(tmp_path / "w.pid"), "procs": []})
+    write_json(conf, worker_doc(tmp_path))
     original = read_bytes(conf)
     os.chmod(str(target), 0o555)
-    log = str(tmp_path / "client.log")
-    client = start_daemon("dpd-clientd", marker,
-                          ["-f", "-v", client_files(tmp_path, conf, stats,
-                                                    updates)], log)
+    # The client's own files outside the read-only folder.
+    node = Node(tmp_path, marker)
+    node.write_client(master.stats, master.updates, conf_file=conf)
+    client = node.start_client()
     try:
-        wait_for(lambda: "cannot write" in text(log), timeout=10,
+        wait_for(lambda: "cannot write" in node.client_log(), timeout=10,
                  what="the client to fail writing")
         assert read_bytes(conf) == original
         os.chmod(str(target), 0o755)
@@ -212,22 +191,17 @@ def test_unwritable_folder_keeps_the_old_file(tmp_path, marker):
                  what="the retried write")
     finally:
         os.chmod(str(target), 0o755)
-        for proc in (client, master):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
+        for daemon in (client, master.daemon):
+            stop_daemon(daemon)
 
 
 def test_sighup_rereads_the_configs_and_second_instances_exit_0(tmp_path,
                                                                 marker):
-    master, stats, updates = start_master(
+    master = start_master(
         tmp_path, marker, {"node1": [PROC], "node2": [dict(PROC, name="b")]})
-    conf = str(tmp_path / "worker.json")
-    write_json(conf, {"pid_file": str(tmp_path / "w.pid"), "procs": []})
-    client_conf = client_files(tmp_path, conf, stats, updates)
-    log = str(tmp_path / "client.log")
-    client = start_daemon("dpd-clientd", marker, ["-f", "-v", client_conf],
-                          log)
-    master_conf = str(tmp_path / "master.json")
+    node = start_node(tmp_path, marker, master.stats, master.updates)
+    conf, client = node.config_path, node.client
+    client_conf, master_conf = node.client_config_path, master.config_path
     try:
         wait_for(lambda: read_json(conf)["procs"] == [PROC], timeout=10,
                  what="node1's list")
@@ -247,42 +221,22 @@ def test_sighup_rereads_the_configs_and_second_instances_exit_0(tmp_path,
         with open(client_conf, "w") as handle:
             handle.write("{")
         client.send_signal(signal.SIGHUP)
-        wait_for(lambda: "invalid client file" in text(log), timeout=5,
+        wait_for(lambda: "invalid client file" in node.client_log(), timeout=5,
                  what="the client to log its invalid file")
         # The master's SIGHUP with an invalid file: same.
-        master_doc = read_json(master_conf)
+        good = read_json(master_conf)
         with open(master_conf + ".new", "w") as handle:
             handle.write('{"nodes": 1}')
         os.rename(master_conf + ".new", master_conf)
-        master.send_signal(signal.SIGHUP)
-        wait_for(lambda: text(str(tmp_path / "master.log")).count(
-            "invalid master file") >= 1, timeout=5, what="master errors")
-        write_json(master_conf, master_doc)
-        assert client.poll() is None and master.poll() is None
+        master.daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: master.log().count("invalid master file") >= 1,
+                 timeout=5, what="master errors")
+        write_json(master_conf, good)
+        assert client.poll() is None and master.daemon.poll() is None
         assert [p["name"] for p in read_json(conf)["procs"]] == ["b"]
     finally:
-        for proc in (client, master):
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-
-
-def start_node(tmp_path, marker, stats, updates):
-    """A dpd-clientd for node1 on an empty worker file; (client, conf)."""
-    conf = str(tmp_path / "worker.json")
-    write_json(conf, {"pid_file": str(tmp_path / "w.pid"), "procs": []})
-    client = start_daemon("dpd-clientd", marker,
-                          ["-f", "-v", client_files(tmp_path, conf, stats,
-                                                    updates)],
-                          str(tmp_path / "client.log"))
-    return client, conf
-
-
-def stop(*procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        assert proc.wait(timeout=10) == 0
+        for daemon in (client, master.daemon):
+            assert stop_daemon(daemon) == 0
 
 
 def listening(port):
@@ -296,84 +250,71 @@ def listening(port):
         return False
 
 
-def read_nodes_file(path):
-    try:
-        return read_json(path)["nodes"]
-    except (OSError, ValueError):
-        return {}
+def master_nodes(master):
+    """The nodes in the master's nodes file, or {}."""
+    return (master.view() or {}).get("nodes", {})
 
 
 def test_changing_only_master_stats_then_a_list_reaches_the_node(tmp_path,
                                                                   marker):
-    master, stats, updates = start_master(tmp_path, marker,
-                                          {"node1": [PROC]})
-    client, conf = start_node(tmp_path, marker, stats, updates)
-    master_conf = str(tmp_path / "master.json")
-    master_log = str(tmp_path / "master.log")
+    master = start_master(tmp_path, marker, {"node1": [PROC]})
+    stats, updates = master.stats, master.updates
+    node = start_node(tmp_path, marker, stats, updates)
+    conf, client = node.config_path, node.client
     try:
         wait_for(lambda: read_json(conf)["procs"] == [PROC], timeout=10,
                  what="node1's first list")
         # Only the stats endpoint moves: the PUB socket stays as it is.
-        doc = read_json(master_conf)
-        new_stats = "tcp://127.0.0.1:%d" % free_port()
-        doc["master_stats"] = new_stats
-        write_json(master_conf, doc)
-        wait_for(lambda: "stats on " + new_stats in text(master_log) or
-                 "cannot bind" in text(master_log), timeout=5,
+        new_stats = endpoint()
+        master.write(master_stats=new_stats)
+        wait_for(lambda: "stats on " + new_stats in master.log() or
+                 "cannot bind" in master.log(), timeout=5,
                  what="the master to reload")
         # Later, a list change: published on the same endpoint, applied.
         proc2 = dict(PROC, args=["2000"])
-        doc["nodes"] = {"node1": [proc2]}
-        write_json(master_conf, doc)
+        master.write({"node1": [proc2]})
         wait_for(lambda: read_json(conf)["procs"] == [proc2], timeout=5,
                  what="the changed list to reach node1")
-        assert "cannot bind" not in text(master_log)
+        assert "cannot bind" not in master.log()
         assert "now publishing on %s, stats on %s" % (updates, new_stats) \
-            in text(master_log)
+            in master.log()
         old_port = int(stats.rsplit(":", 1)[1])
         wait_for(lambda: not listening(old_port), timeout=5,
                  what="the old stats socket to be closed")
         # The client follows on SIGHUP: the master hears it on the new
         # stats socket, holding the new list.
-        client_conf = str(tmp_path / "client.json")
-        write_json(client_conf, dict(read_json(client_conf),
-                                     master_stats=new_stats))
+        node.write_client(new_stats, updates)
         client.send_signal(signal.SIGHUP)
-        nodes_file = nodes_file_path(str(tmp_path / "master.pid"))
-        wait_for(lambda: read_nodes_file(nodes_file).get("node1", {}).get(
+        wait_for(lambda: master_nodes(master).get("node1", {}).get(
             "applied", {}).get("seq") == 2, timeout=5,
             what="node1's status on the new stats socket")
-        assert read_nodes_file(nodes_file)["node1"]["in_sync"] is True
+        assert master_nodes(master)["node1"]["in_sync"] is True
     finally:
-        stop(client, master)
+        stop(client, master.daemon)
 
 
 def test_a_restarted_master_with_a_changed_list_is_heard_at_once(tmp_path,
                                                                  marker):
     # A long heartbeat: neither the master's republish nor the client's
     # silence (2.5 heartbeats) may be what brings the new list.
-    master, stats, updates = start_master(tmp_path, marker,
-                                          {"node1": [PROC]}, heartbeat=30)
-    client, conf = start_node(tmp_path, marker, stats, updates)
-    master_conf = str(tmp_path / "master.json")
-    master_log = str(tmp_path / "master.log")
+    master = start_master(tmp_path, marker, {"node1": [PROC]}, heartbeat=30)
+    node = start_node(tmp_path, marker, master.stats, master.updates)
+    conf, client = node.config_path, node.client
     try:
         wait_for(lambda: read_json(conf)["procs"] == [PROC], timeout=10,
                  what="node1's first list")
-        stop(master)
+        stop(master.daemon)
         # The client reconnects only once the new master has published its
         # start-up lists, as a real fleet does: it must ask for its list.
         client.send_signal(signal.SIGSTOP)
         proc2 = dict(PROC, args=["2000"])
-        write_json(master_conf, dict(read_json(master_conf),
-                                     nodes={"node1": [proc2]}))
-        master = start_daemon("dpd-masterd", marker,
-                              ["-f", "-v", master_conf], master_log)
-        wait_for(lambda: text(master_log).count("master up") == 2,
+        master.write({"node1": [proc2]})
+        master.start()
+        wait_for(lambda: master.log().count("master up") == 2,
                  timeout=5, what="the master to start again")
         # SIGHUP is answered from its loop: the start-up lists are out.
-        master.send_signal(signal.SIGHUP)
-        wait_for(lambda: "SIGHUP: no node's list changed" in text(master_log),
+        master.daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: no node's list changed" in master.log(),
                  timeout=5, what="the master's loop")
         client.send_signal(signal.SIGCONT)
         wait_for(lambda: read_json(conf)["procs"] == [proc2], timeout=5,
@@ -381,19 +322,16 @@ def test_a_restarted_master_with_a_changed_list_is_heard_at_once(tmp_path,
         assert client.poll() is None
     finally:
         client.send_signal(signal.SIGCONT)
-        stop(client, master)
+        stop(client, master.daemon)
 
 
 def test_a_detached_master_given_a_relative_path_rereads_it(tmp_path,
                                                             marker):
     """Daemonizing chdirs to /: "master.json" must still mean the file in
     the folder the master was started from."""
-    updates = "tcp://127.0.0.1:%d" % free_port()
-    pid_file = str(tmp_path / "master.pid")
     log = str(tmp_path / "master.log")
-    doc = {"pid_file": pid_file, "log_file": log, "heartbeat": 0.2,
-           "master_stats": "tcp://127.0.0.1:%d" % free_port(),
-           "master_updates": updates, "nodes": {"node1": [PROC]}}
+    doc = master_doc(tmp_path, {"node1": [PROC]}, log_file=log, heartbeat=0.2)
+    pid_file, updates = doc["pid_file"], doc["master_updates"]
     write_json(str(tmp_path / "master.json"), doc)
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
@@ -413,7 +351,7 @@ def test_a_detached_master_given_a_relative_path_rereads_it(tmp_path,
                              cwd=str(tmp_path))
         assert result.returncode == 0, result.stderr
         pid = int(wait_for(lambda: os.path.exists(pid_file) and
-                           text(pid_file).strip(), timeout=5,
+                           read_text(pid_file).strip(), timeout=5,
                            what="the detached master's pid"))
         assert pid in marked_pids(marker)
         wait_for(lambda: hears([PROC]), timeout=5, what="the first list")
@@ -425,11 +363,11 @@ def test_a_detached_master_given_a_relative_path_rereads_it(tmp_path,
         assert heard[-1].seq == 2
         # ... and SIGHUP re-reads the same file.
         os.kill(pid, signal.SIGHUP)
-        wait_for(lambda: "SIGHUP: no node's list changed" in text(log),
+        wait_for(lambda: "SIGHUP: no node's list changed" in read_text(log),
                  timeout=5, what="the SIGHUP reload")
-        assert "invalid master file" not in text(log)
+        assert "invalid master file" not in read_text(log)
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not pid_alive(pid), timeout=10,
+        wait_for(lambda: not is_alive(pid), timeout=10,
                  what="the master to exit")
         assert not os.path.exists(pid_file)  # a clean exit
     finally:

@@ -21,8 +21,9 @@ import pytest
 
 from conftest import requires_root
 from diprocd.daemon import read_locked_pid, read_pid
+from diprocd.kernel import is_alive
 from helpers import (BIN, MARKER_VAR, ROOT, free_port, marked_env,
-                     marked_pids, pid_alive, read_json, wait_for, write_json)
+                     marked_pids, read_json, wait_for, write_json)
 
 DAEMONS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
 EXAMPLE = {"dpd-workerd": "diprocd-worker.example.json",
@@ -199,7 +200,7 @@ def test_init_script_lifecycle(namespace, daemon):
     result = init_script(ns, daemon, "start")
     assert result.returncode == 0, result
     pid = read_locked_pid(pid_file)
-    assert pid and pid_alive(pid), "no live pid in %s" % pid_file
+    assert pid and is_alive(pid), "no live pid in %s" % pid_file
     assert daemon_pids(ns, daemon) == [pid]
 
     result = init_script(ns, daemon, "status")
@@ -225,12 +226,12 @@ def test_init_script_lifecycle(namespace, daemon):
     result = init_script(ns, daemon, "restart")
     assert result.returncode == 0, result
     new_pid = read_locked_pid(pid_file)
-    assert new_pid and new_pid != pid and not pid_alive(pid)
+    assert new_pid and new_pid != pid and not is_alive(pid)
     assert daemon_pids(ns, daemon) == [new_pid]
 
     result = init_script(ns, daemon, "stop")
     assert result.returncode == 0, result
-    assert not pid_alive(new_pid)
+    assert not is_alive(new_pid)
     assert not os.path.exists(pid_file)
     assert daemon_pids(ns, daemon) == []
 
@@ -254,7 +255,7 @@ def test_worker_example_runs_its_processes(namespace):
     wait_for(lambda: read_pid(sleep_pid_file), timeout=10,
              what="sleep.worker.1's pid file")
     sleep_pid = read_pid(sleep_pid_file)
-    assert pid_alive(sleep_pid)
+    assert is_alive(sleep_pid)
     wait_for(lambda: os.path.exists(ns.host("/var/log/diprocd/echo.worker.1.log"))
              and "foo" in open(ns.host("/var/log/diprocd/echo.worker.1.log")).read(),
              timeout=10, what="echo's output in its log")
@@ -265,7 +266,7 @@ def test_worker_example_runs_its_processes(namespace):
     assert init_script(ns, "dpd-workerd", "stop").returncode == 0
     # Stopping the worker leaves its processes running (they are adopted by
     # the next worker); the marker fixture ends them.
-    assert pid_alive(sleep_pid)
+    assert is_alive(sleep_pid)
     assert config["pid_file"] == "/var/run/dpd-workerd.pid"
 
 
@@ -281,7 +282,7 @@ def test_start_ignores_stale_pid_file(namespace):
         handle.write("%d\n" % ns.holder.pid)
     assert init_script(ns, "dpd-workerd", "status").returncode == 1
     assert init_script(ns, "dpd-workerd", "stop").returncode == 0
-    assert pid_alive(ns.holder.pid)
+    assert is_alive(ns.holder.pid)
     with open(pid_file, "w") as handle:
         handle.write("%d\n" % ns.holder.pid)
     result = init_script(ns, "dpd-workerd", "start")
@@ -289,7 +290,7 @@ def test_start_ignores_stale_pid_file(namespace):
     pid = read_locked_pid(pid_file)
     assert pid != ns.holder.pid and daemon_pids(ns, "dpd-workerd") == [pid]
     assert init_script(ns, "dpd-workerd", "stop").returncode == 0
-    assert pid_alive(ns.holder.pid)
+    assert is_alive(ns.holder.pid)
 
 
 def test_status_and_stop_after_config_broke(namespace):
@@ -311,7 +312,7 @@ def test_status_and_stop_after_config_broke(namespace):
     assert result.returncode == 0 and str(pid) in result.stdout, result
     result = init_script(ns, "dpd-workerd", "stop")
     assert result.returncode == 0, result
-    assert not pid_alive(pid) and not os.path.exists(pid_file)
+    assert not is_alive(pid) and not os.path.exists(pid_file)
     assert daemon_pids(ns, "dpd-workerd") == []
     assert init_script(ns, "dpd-workerd", "status").returncode == 3
 
@@ -409,7 +410,7 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
 
     # The daemon dies hard (its pid file stays): the next run starts one.
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(pid), what="the daemon to die")
+    wait_for(lambda: not is_alive(pid), what="the daemon to die")
     result = ns.run(command, env=cron_env(ns))
     assert result.returncode == 0, result
     new_pid = wait_for(lambda: read_locked_pid(pid_file) not in (None, pid)

@@ -18,28 +18,10 @@ from diprocd import protocol
 from diprocd.errors import ConfigError
 from diprocd.fileio import atomic_write
 from diprocd.watch import FileWatch
-from helpers import free_port, run_command, wait_for, write_json
+from helpers import (client_doc, master_doc, read_bytes, run_command,
+                     wait_for, write_json)
 
 PROC = {"name": "web.1", "run": "/bin/sleep", "args": ["60"], "user": "root"}
-
-
-def master_doc(tmp_path, nodes, **extra):
-    doc = {"pid_file": str(tmp_path / "master.pid"),
-           "master_stats": "tcp://127.0.0.1:%d" % free_port(),
-           "master_updates": "tcp://127.0.0.1:%d" % free_port(),
-           "nodes": nodes}
-    doc.update(extra)
-    return doc
-
-
-def client_doc(tmp_path, node_name="node1", **extra):
-    doc = {"pid_file": str(tmp_path / "client.pid"),
-           "master_stats": "tcp://127.0.0.1:5001",
-           "master_updates": "tcp://127.0.0.1:5002",
-           "node_name": node_name,
-           "conf_file": str(tmp_path / "worker.json")}
-    doc.update(extra)
-    return doc
 
 
 # -- master configuration ------------------------------------------------------
@@ -323,11 +305,6 @@ def node(tmp_path):
 
 def frames(seq, procs, epoch="e1", node="node1"):
     return protocol.encode_update(protocol.Update(node, epoch, seq, procs, 1))
-
-
-def read_bytes(path):
-    with open(path, "rb") as handle:
-        return handle.read()
 
 
 def test_client_rewrites_keeping_other_keys_and_mode(node):

@@ -7,7 +7,8 @@ followed CONFIG, so the master's view froze."""
 import os
 import signal
 
-from helpers import (MARKER_VAR, free_port, marked_pids, pid_alive, read_json,
+from diprocd.kernel import is_alive
+from helpers import (MARKER_VAR, free_port, marked_pids, read_json,
                      run_command, start_daemon, wait_for, write_json)
 
 
@@ -82,7 +83,7 @@ def test_the_master_follows_a_worker_whose_pid_file_moved(tmp_path, marker):
             and master_view(nodes_file), timeout=15,
             what=lambda: "the master to see the restart: %s"
             % master_view(nodes_file))
-        assert second["pid"] != first["pid"] and pid_alive(second["pid"])
+        assert second["pid"] != first["pid"] and is_alive(second["pid"])
     finally:
         stop(*daemons)
 

@@ -9,7 +9,8 @@ import signal
 import pytest
 
 from diprocd.daemon import read_locked_pid
-from helpers import (free_port, pid_alive, run_command, start_daemon, wait_for,
+from diprocd.kernel import is_alive
+from helpers import (free_port, run_command, start_daemon, wait_for,
                      write_json)
 
 COMMANDS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
@@ -92,7 +93,7 @@ def test_pid_queries_follow_a_real_daemon(command, tmp_path, marker):
     assert query(command, "--pid", config, marker) == (3, "", "")
     with open(pid_file, "w") as handle:
         handle.write("%d\n" % os.getpid())
-    assert pid_alive(os.getpid())
+    assert is_alive(os.getpid())
     assert query(command, "--pid", config, marker) == (3, "", "")
 
 

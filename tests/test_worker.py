@@ -11,110 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import requires_root
-from helpers import (MARKER_VAR, marked_env, marked_pids, pid_alive, read_json,
-                     run_command, start_daemon, wait_for, write_json)
-
-
-class Node:
-    """One worker's files, CONFIG and daemon, for one test."""
-
-    def __init__(self, tmp_path, marker):
-        self.dir = tmp_path
-        self.marker = marker
-        self.config_path = str(tmp_path / "worker.json")
-        self.pid_file = str(tmp_path / "run" / "dpd-workerd.pid")
-        self.status_path = str(tmp_path / "run" / "dpd-workerd.status.json")
-        self.log_path = str(tmp_path / "worker.out")
-        self.daemon = None
-        self.procs = []
-
-    def proc(self, name, run, *args, **fields):
-        fields.update(name=name, run=run, args=list(args))
-        env = dict(fields.get("env", {}))
-        env[MARKER_VAR] = self.marker
-        fields["env"] = env
-        return fields
-
-    def write(self, procs, **extra):
-        self.procs = procs
-        document = {"pid_file": self.pid_file,
-                    "log_file": str(self.dir / "worker.log"), "procs": procs}
-        document.update(extra)
-        write_json(self.config_path, document)
-
-    def start(self, *flags):
-        self.daemon = start_daemon("dpd-workerd", self.marker,
-                                   ["-f", "-v"] + list(flags) + [self.config_path],
-                                   self.log_path)
-        wait_for(self._own_status, what="the worker's status file")
-        return self.daemon
-
-    def _own_status(self):
-        if self.daemon.poll() is not None:
-            raise AssertionError("the worker exited: " + self.log())
-        try:
-            return read_json(self.status_path)["worker_pid"] == self.daemon.pid
-        except (OSError, ValueError, KeyError):
-            return False
-
-    def worker_pid(self):
-        try:
-            with open(self.pid_file) as handle:
-                return int(handle.read())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self, signum=signal.SIGTERM):
-        self.daemon.send_signal(signum)
-        self.daemon.wait(timeout=10)
-
-    def log(self):
-        try:
-            with open(self.log_path) as handle:
-                return handle.read()
-        except OSError:
-            return ""
-
-    def status(self):
-        try:
-            return read_json(self.status_path)["procs"]
-        except (OSError, ValueError, KeyError):
-            return {}
-
-    def state(self, name):
-        return self.status().get(name, {})
-
-    def wait_state(self, name, state, timeout=10, **expect):
-        def ok():
-            entry = self.state(name)
-            if entry.get("state") != state:
-                return None
-            if any(entry.get(k) != v for k, v in expect.items()):
-                return None
-            return entry
-        return wait_for(ok, timeout, what="%s to be %s %s; status: %s; log:\n%s"
-                        % (name, state, expect, self.state(name), self.log()[-3000:]))
-
-    def wait_running(self, name, **kw):
-        entry = self.wait_state(name, "running", **kw)
-        assert pid_alive(entry["pid"])
-        return entry["pid"]
-
-    def instances(self, tag):
-        """Live marked processes whose command line contains ``tag``."""
-        found = []
-        for pid in marked_pids(self.marker):
-            try:
-                with open("/proc/%d/cmdline" % pid, "rb") as handle:
-                    if tag.encode() in handle.read():
-                        found.append(pid)
-            except OSError:
-                pass
-        return found
+from diprocd.kernel import cpu_ticks, is_alive
+from helpers import (Node, free_port, marked_env, run_command, wait_for,
+                     write_json)
 
 
 @pytest.fixture
@@ -122,13 +26,21 @@ def node(tmp_path, marker):
     os.chmod(tmp_path, 0o755)  # processes running as nobody may need it
     node = Node(tmp_path, marker)
     yield node
-    if node.daemon and node.daemon.poll() is None:
-        node.daemon.kill()
-        node.daemon.wait()
+    node.close()
 
 
 def sleeper(node, name, **fields):
     return node.proc(name, "/bin/sleep", "1000%d" % (abs(hash(name)) % 1000), **fields)
+
+
+def patched_python(*lines):
+    """A wrapper for ``start_daemon``: this Python runs the command line it
+    is given (``python bin/dpd-workerd ARGS``) in-process, after ``lines``
+    of code (monkeypatches of diprocd)."""
+    code = "\n".join(lines + (
+        "import runpy, sys", "sys.argv = sys.argv[2:]",
+        "runpy.run_path(sys.argv[0], run_name='__main__')"))
+    return [sys.executable, "-c", code]
 
 
 def test_start_env_cwd_logs_pidfile(node, tmp_path):
@@ -241,11 +153,11 @@ def test_reload_add_remove_change_keeps_unchanged(node):
                           and node.state("change").get("state") == "running"
                           and node.state("change")["pid"], what="change restarted")
     wait_for(lambda: "remove" not in node.status(), what="remove to go")
-    assert not pid_alive(pids["remove"]) and not pid_alive(pids["change"])
+    assert not is_alive(pids["remove"]) and not is_alive(pids["change"])
     assert not os.path.exists(str(node.dir / "run" / "remove.pid"))
     assert node.state("keep")["pid"] == pids["keep"] and node.state("keep")["starts"] == 1
     assert "2000" in open("/proc/%d/cmdline" % new_change).read()
-    assert pid_alive(added_pid)
+    assert is_alive(added_pid)
 
 
 def test_in_place_write_is_picked_up(node):
@@ -262,6 +174,36 @@ def test_in_place_write_is_picked_up(node):
     node.wait_running("two")
 
 
+HOLD_BEFORE_WATCHING = """
+import os, time
+from diprocd import loop
+real_watch = loop.FileWatch
+def held_watch(*args, **kwargs):
+    open(%(held)r, "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(%(go)r) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return real_watch(*args, **kwargs)
+loop.FileWatch = held_watch
+"""
+
+
+def test_a_write_while_the_worker_starts_is_applied(node, tmp_path):
+    """A dpd-clientd started with the worker may rewrite CONFIG while the
+    worker starts (the distributed tests' late-client flake). Here the
+    worker is held, as a busy machine may hold it, after it read CONFIG and
+    before it watches it; CONFIG is rewritten meanwhile."""
+    held, go = str(tmp_path / "held"), str(tmp_path / "go")
+    node.write([])
+    node.start(wait=False, wrapper=patched_python(
+        HOLD_BEFORE_WATCHING % {"held": held, "go": go}))
+    wait_for(lambda: os.path.exists(held), what="the worker to read CONFIG")
+    node.write([sleeper(node, "late")])
+    open(go, "w").close()
+    wait_for(node.worker_up, what="the worker's status file")
+    node.wait_running("late", timeout=2)
+
+
 def test_invalid_config_changes_nothing(node):
     node.write([sleeper(node, "a"), sleeper(node, "b")])
     node.start()
@@ -269,14 +211,16 @@ def test_invalid_config_changes_nothing(node):
     with open(node.config_path, "w") as handle:
         handle.write('{"pid_file": "%s", "procs": [{"name": "a", "run": "sleep"}]}'
                      % node.pid_file)
-    wait_for(lambda: 'field "run": must be an absolute path' in node.log(),
+    # The worker logs each problem, then that it keeps the last good
+    # configuration: wait for that last line, then look for the problem.
+    wait_for(lambda: "keeping the last good configuration" in node.log(),
              what="the error in the log")
-    assert "keeping the last good configuration" in node.log()
+    assert 'field "run": must be an absolute path' in node.log()
     with open(node.config_path, "w") as handle:
         handle.write("{broken")
     wait_for(lambda: "not JSON" in node.log(), what="the JSON error")
     assert {n: node.state(n)["pid"] for n in "ab"} == pids
-    assert all(pid_alive(p) for p in pids.values())
+    assert all(is_alive(p) for p in pids.values())
     node.write([sleeper(node, "a"), sleeper(node, "b"), sleeper(node, "c")])
     node.wait_running("c")
     assert {n: node.state(n)["pid"] for n in "ab"} == pids
@@ -309,7 +253,7 @@ def test_sigterm_leaves_processes_running(node):
     node.stop(signal.SIGTERM)
     assert node.daemon.returncode == 0
     assert not os.path.exists(node.pid_file)
-    assert pid_alive(pid)
+    assert is_alive(pid)
 
 
 def test_kill_9_worker_then_adopt_without_duplicates(node):
@@ -326,14 +270,13 @@ def test_kill_9_worker_then_adopt_without_duplicates(node):
     wait_for(lambda: node.state("c").get("pid") not in (None, pids["c"])
              and node.state("c")["state"] == "running", what="c restarted once")
     wait_for(lambda: "b" not in node.status(), what="b stopped")
-    assert not pid_alive(pids["b"]) and not pid_alive(pids["c"])
+    assert not is_alive(pids["b"]) and not is_alive(pids["c"])
     assert len(node.instances("1003")) == 0 and len(node.instances("1004")) == 1
     # The adopted process is still supervised: kill it, it comes back once.
     os.kill(pids["a"], signal.SIGKILL)
     wait_for(lambda: node.state("a").get("pid") not in (None, pids["a"])
              and node.state("a")["state"] == "running", what="a restarted")
-    assert len([p for p in marked_pids(node.marker)
-                if "sleep" in open("/proc/%d/cmdline" % p).read()]) == 2
+    assert len(node.instances("sleep")) == 2
 
 
 def test_stale_pid_file_of_another_program_is_ignored(node, tmp_path):
@@ -356,7 +299,7 @@ def test_stale_pid_file_of_another_program_is_ignored(node, tmp_path):
         node.write([])
         node.start()
         wait_for(lambda: "svc" not in node.status(), what="svc removed")
-        assert not pid_alive(pid)
+        assert not is_alive(pid)
         assert unrelated.poll() is None, "the unrelated process was signalled"
     finally:
         unrelated.kill()
@@ -370,7 +313,7 @@ def test_stop_escalates_to_sigkill(node):
     node.start()
     pid = node.wait_running("stubborn")
     node.write([])
-    wait_for(lambda: not pid_alive(pid), timeout=10, what="SIGKILL")
+    wait_for(lambda: not is_alive(pid), timeout=10, what="SIGKILL")
     assert "SIGKILL" in node.log()
 
 
@@ -388,7 +331,7 @@ def test_dependencies_start_in_order_and_stop_in_reverse(node):
     log = node.log()
     assert log.index("app: stopping") < log.index("db: stopping")
     assert log.index("app: stopped") < log.index("db: stopping")
-    assert not pid_alive(db_pid) and not pid_alive(app_pid)
+    assert not is_alive(db_pid) and not is_alive(app_pid)
 
 
 def test_daemonizes_without_f(node, tmp_path):
@@ -403,7 +346,7 @@ def test_daemonizes_without_f(node, tmp_path):
         assert os.getsid(pid) != os.getsid(0)  # detached: another session
     finally:
         os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not pid_alive(pid), what="the daemon to exit")
+    wait_for(lambda: not is_alive(pid), what="the daemon to exit")
     assert not os.path.exists(node.pid_file)
 
 
@@ -413,7 +356,6 @@ REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 @pytest.mark.skipif(not os.path.exists(REDIS),
                     reason="redis-server not installed (tests/setup-system.sh installs it as root)")
 def test_forking_daemon(node, tmp_path):
-    from helpers import free_port
     port = free_port()
     redis_pid = str(tmp_path / "redis.pid")
     node.write([node.proc("redis", REDIS, "--port", str(port), "--bind", "127.0.0.1",
@@ -430,26 +372,21 @@ def test_forking_daemon(node, tmp_path):
     new_pid = wait_for(lambda: node.state("redis").get("state") == "running"
                        and node.state("redis")["pid"] != pid and node.state("redis")["pid"],
                        what="redis restarted")
-    assert pid_alive(new_pid)
+    assert is_alive(new_pid)
     node.write([])
-    wait_for(lambda: not pid_alive(new_pid), what="redis stopped")
+    wait_for(lambda: not is_alive(new_pid), what="redis stopped")
 
 
 def test_fallbacks_without_pidfd_and_inotify(node):
     """Kernels without pidfd_open or inotify: the worker polls pids (0.5 s)
     and stats CONFIG (50 ms) instead; behaviour is the same."""
     node.write([sleeper(node, "polled")])
-    code = ("import sys; from diprocd import spawn, watch;"
-            "spawn.pidfd_open = lambda pid: None;"
-            "watch.FileWatch._start_inotify = lambda self: None;"
-            "from diprocd.cli import workerd_main;"
-            "sys.exit(workerd_main(['-f', '-v', %r]))" % node.config_path)
-    log = open(node.log_path, "ab")
-    node.daemon = subprocess.Popen([sys.executable, "-c", code], stdout=log,
-                                   stderr=subprocess.STDOUT, env=marked_env(node.marker))
-    log.close()
+    node.start(wrapper=patched_python(
+        "from diprocd import kernel, watch",
+        "kernel.pidfd_open = lambda pid: None",
+        "watch.FileWatch._start_inotify = lambda self: None"))
     pid = node.wait_running("polled")
-    assert "no inotify" in node.log()
+    assert "no inotify" in node.log() and "no pidfd" in node.log()
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: node.state("polled").get("pid") not in (None, pid)
              and node.state("polled")["state"] == "running", what="restart by polling")
@@ -472,7 +409,7 @@ def test_log_file_survives_logrotate(node, tmp_path):
                  and "SIGHUP" in open(log_file).read(), what="a new log file")
     finally:
         os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not pid_alive(pid), what="the daemon to exit")
+    wait_for(lambda: not is_alive(pid), what="the daemon to exit")
 
 
 def test_kill_9_during_a_burst_of_starts_leaves_no_duplicate(node):
@@ -481,8 +418,7 @@ def test_kill_9_during_a_burst_of_starts_leaves_no_duplicate(node):
     adopts what was started and starts only the rest."""
     count = 150
     node.write([node.proc("b%d" % i, "/bin/sleep", "%d" % (20000 + i)) for i in range(count)])
-    node.daemon = start_daemon("dpd-workerd", node.marker, ["-f", node.config_path],
-                               node.log_path)
+    node.start(verbose=False, wait=False)
     wait_for(lambda: len(node.instances("sleep")) >= 20, what="the burst to begin")
     node.daemon.kill()
     node.daemon.wait()
@@ -549,15 +485,11 @@ def test_daemon_that_does_not_fork(node, tmp_path):
     new_pid = wait_for(lambda: node.state("nofork").get("state") == "running"
                        and node.state("nofork")["pid"] != pid
                        and node.state("nofork")["pid"], what="restart")
-    assert pid_alive(new_pid)
+    assert is_alive(new_pid)
     # Idle again: the worker sleeps (no spinning on a stale pidfd).
-    worker = node.daemon.pid
-    ticks = lambda: sum(map(int, open("/proc/%d/stat" % worker).read()
-                            .rsplit(")", 1)[1].split()[11:13]))
-    before = ticks()
-    import time
+    before = cpu_ticks(node.daemon.pid)
     time.sleep(1)  # idle CPU is measured over an interval: not a wait
-    assert ticks() - before < 20
+    assert cpu_ticks(node.daemon.pid) - before < 20
 
 
 def test_status_sees_a_dead_worker_despite_a_live_pid(node):
@@ -587,16 +519,11 @@ def test_full_disk_changes_nothing_running(node, tmp_path):
     starts are refused with the reason (they could not be recorded), the
     status file is retried and written again once space is back."""
     run = tmp_path / "run"
-    run.mkdir()
     node.write([sleeper(node, "s%d" % i) for i in range(5)])
-    script = "mount -t tmpfs -o size=256k tmpfs %s && exec %s %s -f -v %s" % (
-        run, sys.executable, os.path.join(os.path.dirname(__file__), "..", "bin",
-                                          "dpd-workerd"), node.config_path)
-    log = open(node.log_path, "ab")
-    node.daemon = subprocess.Popen(["unshare", "-m", "--propagation", "private",
-                                    "sh", "-c", script], env=marked_env(node.marker),
-                                   stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    node.start(wait=False, wrapper=[
+        "unshare", "-m", "--propagation", "private", "sh", "-c",
+        'mount -t tmpfs -o size=256k tmpfs "$1" && shift && exec "$@"', "sh",
+        str(run)])
     inside = "/proc/%d/root%s" % (node.daemon.pid, run)
     node.status_path = inside + "/dpd-workerd.status.json"
     pids = {n: node.wait_running("s%d" % n) for n in range(5)}
@@ -611,7 +538,7 @@ def test_full_disk_changes_nothing_running(node, tmp_path):
     wait_for(lambda: "journal: No space left on device" in node.log(),
              what="the refused start")
     assert node.daemon.poll() is None
-    assert all(pid_alive(pid) for pid in pids.values())
+    assert all(is_alive(pid) for pid in pids.values())
     assert node.instances("sleep") and len(node.instances("sleep")) == 5
     os.unlink(inside + "/filler")
     wait_for(lambda: "written again" in node.log(), what="the status retried")
@@ -668,7 +595,7 @@ def test_kill_9_while_a_daemon_starts_leaves_one_daemon(node, tmp_path, fork):
     node.write([daemon_proc(node, tmp_path, "slow", 3.0, fork=fork)] + sleepers)
     node.start()
     node.wait_state("slow", "starting")
-    record = read_json(node.status_path)["records"]["slow"]
+    record = node.status_doc()["records"]["slow"]
     assert record["launcher"][1] and record["pid"] is None, record
     node.stop(signal.SIGKILL)
     node.start()
