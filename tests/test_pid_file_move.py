@@ -1,165 +1,116 @@
-"""A worker whose CONFIG gets another ``pid_file`` while it runs: its pid
-file, status file and journal move there at once, so the client (which
-finds the status from CONFIG), the init scripts and the next worker all find
-them. Regression: the worker kept the old status path while the client
-followed CONFIG, so the master's view froze."""
+"""A daemon whose CONFIG gets another ``pid_file`` while it runs: the lock
+moves there at once, and the worker's status file and journal (the master's
+nodes file) with it, so the client (which finds the status from CONFIG),
+the init scripts and the next worker all find them. Regression: the worker
+kept the old status path while the client followed CONFIG, so the master's
+view froze (after a kill -9 it still showed the dead pid, 1 start)."""
 
 import os
 import signal
 
 from diprocd.kernel import is_alive
-from helpers import (MARKER_VAR, free_port, marked_pids, read_json,
-                     run_command, start_daemon, wait_for, write_json)
-
-
-def sleeper(marker, seconds):
-    return {"name": "s", "run": "/bin/sleep", "args": [seconds],
-            "env": {MARKER_VAR: marker}}
-
-
-def worker_doc(tmp_path, pid_name, procs):
-    return {"pid_file": str(tmp_path / pid_name),
-            "log_file": str(tmp_path / "worker.log"), "procs": procs}
+from helpers import Master, Node, read_json, run_command, wait_for, write_json
 
 
 def move_pid_file(conf, new_pid_file):
-    """Edit the worker's CONFIG as an operator would: pid_file only."""
+    """Edit a CONFIG as an operator would: pid_file only. Same folder: the
+    processes' default pid files (beside the worker's) stay the same, so
+    nothing restarts (another folder would change them all)."""
     doc = read_json(conf)
     doc["pid_file"] = new_pid_file
     write_json(conf, doc)
 
 
-def stop(*daemons):
-    for daemon in daemons:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-    for daemon in daemons:
-        assert daemon.wait(timeout=10) == 0
-
-
-def master_view(nodes_file):
+def master_view(master, node, name):
     try:
-        return read_json(nodes_file)["nodes"]["node1"]["status"]["procs"]["s"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return master.view()["nodes"][node]["status"]["procs"][name]
+    except (TypeError, KeyError):
         return {}
 
 
 def test_the_master_follows_a_worker_whose_pid_file_moved(tmp_path, marker):
-    stats = "tcp://127.0.0.1:%d" % free_port()
-    updates = "tcp://127.0.0.1:%d" % free_port()
-    master_conf = str(tmp_path / "master.json")
-    write_json(master_conf, {
-        "pid_file": str(tmp_path / "master.pid"), "master_stats": stats,
-        "master_updates": updates, "heartbeat": 1,
-        "nodes": {"node1": [sleeper(marker, "7301")]}})
-    conf = str(tmp_path / "worker.json")
-    write_json(conf, worker_doc(tmp_path, "w.pid", []))
-    client_conf = str(tmp_path / "client.json")
-    write_json(client_conf, {
-        "pid_file": str(tmp_path / "client.pid"), "master_stats": stats,
-        "master_updates": updates, "node_name": "node1", "conf_file": conf,
-        "status_interval": 0.3})
-    daemons = [start_daemon(name, marker, ["-f", "-v", path],
-                            str(tmp_path / (name + ".out")))
-               for name, path in (("dpd-masterd", master_conf),
-                                  ("dpd-clientd", client_conf),
-                                  ("dpd-workerd", conf))]
-    nodes_file = str(tmp_path / "master.nodes.json")
+    node = Node(tmp_path / "node1", marker)
+    master = Master(tmp_path, marker, heartbeat=1,
+                    nodes={"node1": [node.proc("s", "/bin/sleep", "7301")]})
+    master.start()
+    node.write([])
+    node.start()
+    node.write_client(master.stats, master.updates, status_interval=0.3)
+    node.start_client()
     try:
-        first = wait_for(lambda: master_view(nodes_file).get("state") ==
-                         "running" and master_view(nodes_file), timeout=15,
-                         what=lambda: "the master to see s running: %s"
-                         % master_view(nodes_file))
+        view = lambda: master_view(master, "node1", "s")  # noqa: E731
+        first = wait_for(lambda: view().get("state") == "running" and view(),
+                         timeout=15, what=lambda: "s running at the master: "
+                         "%s" % view())
         assert first["starts"] == 1
-        # Same folder: the processes' default pid files stay the same, so
-        # nothing restarts (another folder would change them all).
-        move_pid_file(conf, str(tmp_path / "w2.pid"))
-        wait_for(lambda: os.path.exists(tmp_path / "w2.status.json"),
+        moved = os.path.join(os.path.dirname(node.pid_file), "moved.pid")
+        move_pid_file(node.config_path, moved)
+        wait_for(lambda: os.path.exists(moved[:-4] + ".status.json"),
                  what="the worker's status beside its new pid file")
         os.kill(first["pid"], signal.SIGKILL)
-        second = wait_for(
-            lambda: master_view(nodes_file).get("starts") == 2
-            and master_view(nodes_file).get("state") == "running"
-            and master_view(nodes_file), timeout=15,
-            what=lambda: "the master to see the restart: %s"
-            % master_view(nodes_file))
+        second = wait_for(lambda: view().get("starts") == 2
+                          and view().get("state") == "running" and view(),
+                          timeout=15, what=lambda: "the master to see the "
+                          "restart: %s" % view())
         assert second["pid"] != first["pid"] and is_alive(second["pid"])
     finally:
-        stop(*daemons)
+        node.close()
+        master.stop()
 
 
 def test_a_moved_pid_file_takes_the_status_and_adoption_along(tmp_path,
                                                               marker):
-    conf = str(tmp_path / "worker.json")
-    write_json(conf, worker_doc(tmp_path, "w.pid", [sleeper(marker, "7302")]))
-    out = str(tmp_path / "worker.out")
-    worker = start_daemon("dpd-workerd", marker, ["-f", "-v", conf], out)
-    try:
-        status = str(tmp_path / "w.status.json")
-        pid = wait_for(lambda: os.path.exists(status) and read_json(status)[
-            "procs"].get("s", {}).get("pid"), what="s running")
-        new_pid_file = str(tmp_path / "w2.pid")
-        move_pid_file(conf, new_pid_file)
-        new_status = str(tmp_path / "w2.status.json")
-        wait_for(lambda: os.path.exists(new_status)
-                 and not os.path.exists(tmp_path / "w.pid"),
-                 what="the pid file and the status moved")
-        assert int(open(new_pid_file).read()) == worker.pid
-        assert not os.path.exists(status)
-        assert not os.path.exists(tmp_path / "w.journal")
-        result = run_command("dpd-workerd", ["--status", conf])
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "running, pid %d" % worker.pid in result.stdout
-        # The next worker, killed and started again as cron would, finds
-        # the process at the new place: adopted, not started twice.
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=10)
-        worker = start_daemon("dpd-workerd", marker, ["-f", "-v", conf], out)
-        wait_for(lambda: read_json(new_status)["worker_pid"] == worker.pid
-                 and read_json(new_status)["procs"]["s"].get("adopted"),
-                 what=lambda: "s adopted: %s" % open(new_status).read())
-        assert read_json(new_status)["procs"]["s"]["pid"] == pid
-        sleepers = [p for p in marked_pids(marker)
-                    if b"7302" in open("/proc/%d/cmdline" % p, "rb").read()]
-        assert sleepers == [pid]
-    finally:
-        stop(worker)
+    node = Node(tmp_path, marker)
+    node.write([node.proc("s", "/bin/sleep", "7302")])
+    node.start()
+    pid = node.wait_running("s")
+    old_status, old_journal = node.status_path, node.pid_file[:-4] + ".journal"
+    moved = os.path.join(os.path.dirname(node.pid_file), "moved.pid")
+    move_pid_file(node.config_path, moved)
+    node.pid_file, node.status_path = moved, moved[:-4] + ".status.json"
+    wait_for(lambda: os.path.exists(node.status_path)
+             and not os.path.exists(old_status), what="the status moved")
+    assert int(open(moved).read()) == node.daemon.pid
+    assert not os.path.exists(old_journal)
+    result = run_command("dpd-workerd", ["--status", node.config_path])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "running, pid %d" % node.daemon.pid in result.stdout
+    # The next worker, killed and started again as cron would, finds the
+    # process at the new place: adopted, not started twice.
+    node.stop(signal.SIGKILL)
+    node.start()
+    assert node.wait_state("s", "running", adopted=True)["pid"] == pid
+    assert node.instances("7302") == [pid]
+    node.stop()
 
 
-def test_master_and_client_move_their_pid_file_on_sighup(tmp_path, marker):
-    """The same rule for the other two daemons: the lock moves at once (the
-    master's nodes file with it); init scripts reading CONFIG find them."""
-    stats = "tcp://127.0.0.1:%d" % free_port()
-    updates = "tcp://127.0.0.1:%d" % free_port()
-    master_conf = str(tmp_path / "master.json")
-    write_json(master_conf, {
-        "pid_file": str(tmp_path / "m.pid"), "master_stats": stats,
-        "master_updates": updates, "heartbeat": 1, "nodes": {"node1": []}})
-    client_conf = str(tmp_path / "client.json")
-    write_json(client_conf, {
-        "pid_file": str(tmp_path / "c.pid"), "master_stats": stats,
-        "master_updates": updates, "node_name": "node1",
-        "conf_file": str(tmp_path / "worker.json"), "status_interval": 0.3})
-    write_json(str(tmp_path / "worker.json"),
-               worker_doc(tmp_path, "w.pid", []))
-    master = start_daemon("dpd-masterd", marker, ["-f", "-v", master_conf],
-                          str(tmp_path / "master.out"))
-    client = start_daemon("dpd-clientd", marker, ["-f", "-v", client_conf],
-                          str(tmp_path / "client.out"))
+def test_master_and_client_move_their_pid_file_on_reload(tmp_path, marker):
+    """The same rule for the other two daemons; the master's nodes file
+    moves with its pid file."""
+    master = Master(tmp_path, marker, heartbeat=1, nodes={"node1": []})
+    master.start()
+    node = Node(tmp_path / "node1", marker)
+    node.write([])
+    node.write_client(master.stats, master.updates, status_interval=0.3)
+    node.start_client()
     try:
-        wait_for(lambda: os.path.exists(tmp_path / "m.nodes.json"),
-                 what="the master's nodes file")
-        for conf, daemon, old, new in ((master_conf, master, "m", "m2"),
-                                       (client_conf, client, "c", "c2")):
-            move_pid_file(conf, str(tmp_path / (new + ".pid")))
-            if daemon is client:
-                daemon.send_signal(signal.SIGHUP)  # the client re-reads on HUP
-            wait_for(lambda: os.path.exists(tmp_path / (new + ".pid"))
-                     and not os.path.exists(tmp_path / (old + ".pid")),
-                     what="%s moved" % old)
-            assert int(open(tmp_path / (new + ".pid")).read()) == daemon.pid
-        wait_for(lambda: os.path.exists(tmp_path / "m2.nodes.json")
-                 and not os.path.exists(tmp_path / "m.nodes.json"),
+        nodes_file = master.pid_file[:-4] + ".nodes.json"
+        wait_for(lambda: os.path.exists(nodes_file), what="the nodes file")
+        for conf, daemon, signum in ((master.config_path, master.daemon, None),
+                                     (node.client_config_path, node.client,
+                                      signal.SIGHUP)):
+            old = read_json(conf)["pid_file"]
+            new = old[:-4] + "-moved.pid"
+            move_pid_file(conf, new)
+            if signum:  # the client re-reads its file on SIGHUP
+                daemon.send_signal(signum)
+            wait_for(lambda: os.path.exists(new) and not os.path.exists(old),
+                     what="%s moved to %s" % (old, new))
+            assert int(open(new).read()) == daemon.pid
+        wait_for(lambda: os.path.exists(master.pid_file[:-4]
+                                        + "-moved.nodes.json")
+                 and not os.path.exists(nodes_file),
                  what="the nodes file moved with the master's pid file")
     finally:
-        stop(client, master)
+        node.close()
+        master.stop()
