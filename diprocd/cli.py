@@ -15,6 +15,7 @@ import os
 import sys
 
 from diprocd import __version__
+from diprocd import config as config_mod
 from diprocd.config import load_pid_file
 from diprocd.daemon import PidFile, daemonize, read_locked_pid, setup_logging
 from diprocd.errors import AlreadyRunning, ConfigError
@@ -127,45 +128,52 @@ def run_daemon(prog, args, loader, app_factory):
         pid_file.release()
 
 
-def workerd_main(argv=None):
-    parser = make_parser("dpd-workerd", "Supervise the processes defined in "
-                         "one JSON file.", status=True)
+def _app(module, name):
+    """The daemon's class, imported only when it runs (the master's and the
+    client's modules bring pyzmq)."""
+    def factory(*args, **kwargs):
+        import importlib
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    return factory
+
+
+# Each command: its description, its CONFIG loader, its daemon class, and
+# whether it has --status.
+COMMANDS = {
+    "dpd-workerd": ("Supervise the processes defined in one JSON file.",
+                    config_mod.load_worker_config,
+                    _app("diprocd.worker", "Worker"), True),
+    "dpd-masterd": ("Publish each node's process list.",
+                    config_mod.load_master_config,
+                    _app("diprocd.master", "Master"), False),
+    "dpd-clientd": ("Receive this node's process list and rewrite the "
+                    "worker's JSON file.", config_mod.load_client_config,
+                    _app("diprocd.client", "Client"), False),
+}
+
+
+def main(prog, argv=None):
+    """The command line of ``prog`` (one of COMMANDS)."""
+    description, loader, app, has_status = COMMANDS[prog]
+    parser = make_parser(prog, description, status=has_status)
     args = parser.parse_args(argv)
     if args.pid_file or args.pid:
-        return answer_pid_query(parser.prog, args)
-    from diprocd import config as config_mod
+        return answer_pid_query(prog, args)
     if args.check:
-        return check_config(config_mod.load_worker_config, args.config)
-    if args.status:
+        return check_config(loader, args.config)
+    if has_status and args.status:
         from diprocd import status
         return status.status_main(args.config)
-    from diprocd.worker import Worker
-    return run_daemon("dpd-workerd", args, config_mod.load_worker_config,
-                      Worker)
+    return run_daemon(prog, args, loader, app)
+
+
+def workerd_main(argv=None):
+    return main("dpd-workerd", argv)
 
 
 def masterd_main(argv=None):
-    parser = make_parser("dpd-masterd", "Publish each node's process list.")
-    args = parser.parse_args(argv)
-    if args.pid_file or args.pid:
-        return answer_pid_query(parser.prog, args)
-    from diprocd import config as config_mod
-    if args.check:
-        return check_config(config_mod.load_master_config, args.config)
-    from diprocd import master
-    return run_daemon("dpd-masterd", args, config_mod.load_master_config,
-                      master.Master)
+    return main("dpd-masterd", argv)
 
 
 def clientd_main(argv=None):
-    parser = make_parser("dpd-clientd", "Receive this node's process list and "
-                         "rewrite the worker's JSON file.")
-    args = parser.parse_args(argv)
-    if args.pid_file or args.pid:
-        return answer_pid_query(parser.prog, args)
-    from diprocd import config as config_mod
-    if args.check:
-        return check_config(config_mod.load_client_config, args.config)
-    from diprocd import client
-    return run_daemon("dpd-clientd", args, config_mod.load_client_config,
-                      client.Client)
+    return main("dpd-clientd", argv)
