@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv bench clean demo deb
+.PHONY: test venv bench clean demo deb soak
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ deb:
 bench: venv
 	$(VPY) bench/worker_vs_supervisord.py
 	$(VPY) bench/propagation.py
+
+# Not in CI: a worker with 1000 processes and a master with 200 simulated
+# nodes under 10 minutes of churn; prints the CPU/RSS/fd curve.
+soak: venv
+	$(VPY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

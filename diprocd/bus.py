@@ -5,7 +5,14 @@ set-up both daemons use. Only the master and the client import this module
 daemonizing.
 """
 
+import collections
+
 from diprocd import protocol
+
+# Log at most this many dropped messages per window, then one summary line:
+# a stranger flooding a socket must not fill the disk with our log.
+LOG_BURST = 10
+LOG_WINDOW = 10.0
 
 
 def zmq_module():
@@ -57,3 +64,32 @@ def receive_all(sock, handle, limit):
         except zmq.Again:
             return
         handle(frames)
+
+
+class Drops:
+    """Messages dropped (malformed, foreign, invalid): counted, and logged
+    without letting a flood fill the log: at most LOG_BURST lines per
+    LOG_WINDOW seconds, then one line saying how many more were dropped."""
+
+    def __init__(self, log, clock, what):
+        self.log = log
+        self.clock = clock
+        self.what = what
+        self.count = 0
+        self._logged = collections.deque()
+        self._unlogged = 0
+
+    def drop(self, why):
+        self.count += 1
+        now = self.clock()
+        while self._logged and self._logged[0] <= now - LOG_WINDOW:
+            self._logged.popleft()
+        if len(self._logged) >= LOG_BURST:
+            self._unlogged += 1
+            return
+        if self._unlogged:
+            self.log.warning("%d more %ss dropped without a log line (%d "
+                             "in all)", self._unlogged, self.what, self.count)
+            self._unlogged = 0
+        self._logged.append(now)
+        self.log.warning("dropped a %s: %s", self.what, why)

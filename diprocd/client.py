@@ -84,6 +84,7 @@ class Client:
         self._status_watch = None
         self._status_path = None
         self._last_status_sent = None
+        self.drops = bus.Drops(log, clock, "message")
         self.loop = Loop(bus.ZmqPoller(), clock=clock, log=log)
         self._context = None
         self.sub = self.push = self._monitor = None
@@ -256,7 +257,8 @@ class Client:
     def _push(self, kind, status):
         zmq = bus.zmq_module()
         report = protocol.Report(kind, self.config.node_name,
-                                 self.applied_epoch, self.applied_seq, status)
+                                 self.applied_epoch, self.applied_seq, status,
+                                 self.drops.count)
         try:
             self.push.send_multipart(protocol.encode_report(report),
                                      zmq.NOBLOCK)
@@ -274,7 +276,7 @@ class Client:
         try:
             update = protocol.decode_update(frames, self.config.node_name)
         except ProtocolError as err:
-            self.log.warning("dropped a message: %s", err)
+            self.drops.drop(err)
             return
         now = self._clock()
         if self._last_heard is None:
@@ -326,6 +328,7 @@ class Client:
         if problems:
             # The heartbeat repeats a bad list: log its problems once.
             if self._rejected != problems:
+                self.drops.count += 1
                 self._rejected = problems
                 self.log.error("dropped an invalid process list:")
                 for problem in problems:

@@ -102,6 +102,7 @@ class NodeSeen:
     seq: int = None
     status: dict = None
     silent: bool = False
+    dropped: int = None  # messages the node's client dropped
 
 
 def nodes_file_path(pid_file):
@@ -124,6 +125,7 @@ class Master:
         self.loop = Loop(bus.ZmqPoller(), clock=clock, log=log)
         self.pub = self.pull = None
         self._nodes_written = None
+        self.drops = bus.Drops(log, clock, "malformed report")
         self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
 
     # -- life cycle --------------------------------------------------------
@@ -290,7 +292,7 @@ class Master:
         try:
             report = protocol.decode_report(frames)
         except ProtocolError as err:
-            self.log.warning("dropped a malformed report: %s", err)
+            self.drops.drop(err)
             return
         self.on_report(report)
 
@@ -313,6 +315,7 @@ class Master:
                         report.seq, report.status)
         if report.status is None and previous is not None:
             seen.status = previous.status
+        seen.dropped = report.dropped
         self.seen[node] = seen
         self._nodes_changed()
         if report.is_hello:
@@ -341,9 +344,9 @@ class Master:
                 "applied": {"epoch": seen.epoch, "seq": seen.seq},
                 "in_sync": (seen.epoch == self.lists.epoch
                             and seen.seq == self.lists.seqs.get(node)),
-                "status": seen.status}
+                "status": seen.status, "dropped_updates": seen.dropped}
         return {"epoch": self.lists.epoch, "written": time.time(),
-                "nodes": nodes}
+                "dropped_reports": self.drops.count, "nodes": nodes}
 
     def _move_nodes_file(self, path):
         try:

@@ -139,14 +139,16 @@ def decode_update(frames, expected_node):
 class Report:
     """A client's hello or status heartbeat."""
 
-    __slots__ = ("kind", "node", "epoch", "seq", "status")
+    __slots__ = ("kind", "node", "epoch", "seq", "status", "dropped")
 
-    def __init__(self, kind, node, epoch=None, seq=None, status=None):
+    def __init__(self, kind, node, epoch=None, seq=None, status=None,
+                 dropped=None):
         self.kind = kind
         self.node = node
         self.epoch = epoch
         self.seq = seq
         self.status = status
+        self.dropped = dropped  # messages the client dropped so far
 
     @property
     def is_hello(self):
@@ -163,6 +165,8 @@ def encode_report(report):
         raise ValueError("unknown report kind %r" % report.kind)
     body = {"v": VERSION, "node": report.node, "epoch": report.epoch,
             "seq": report.seq, "status": report.status}
+    if report.dropped is not None:
+        body["dropped"] = report.dropped
     return [report.kind, topic(report.node), _dumps(body)]
 
 
@@ -184,7 +188,11 @@ def decode_report(frames):
     status = obj.get("status")
     if status is not None and not isinstance(status, dict):
         raise ProtocolError('"status" must be an object or null')
-    return Report(kind, node, epoch, seq, status)
+    dropped = obj.get("dropped")
+    if dropped is not None and (isinstance(dropped, bool) or not isinstance(
+            dropped, int) or dropped < 0):
+        raise ProtocolError('"dropped" must be a non-negative integer')
+    return Report(kind, node, epoch, seq, status, dropped)
 
 
 # -- shared checks ---------------------------------------------------------------

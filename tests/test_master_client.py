@@ -367,6 +367,27 @@ def test_client_drops_bad_messages(node, bad):
     client.on_frames(bad)
     assert read_bytes(conf) == content
     assert client.applied_seq is None and client.pending is None
+    assert client.drops.count == 1  # and the master hears the count
+    report = protocol.decode_report(protocol.encode_report(protocol.Report(
+        protocol.KIND_STATUS, "node1", dropped=client.drops.count)))
+    assert report.dropped == 1
+
+
+def test_a_flood_of_junk_is_counted_and_logged_briefly(tmp_path, caplog):
+    """A stranger on the stats port: every message dropped and counted, the
+    log not flooded (10 lines per 10 s, then a summary)."""
+    now = [100.0]
+    master, _ = make_master(tmp_path, {"node1": [PROC]}, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for i in range(1000):
+            master.on_frames([b"hello", b"x" * (i % 7), b"junk"])
+        now[0] += 11
+        master.on_frames([b"junk"])
+    assert master.drops.count == 1001
+    assert master.nodes_document()["dropped_reports"] == 1001
+    lines = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 12, [r.getMessage() for r in lines]
+    assert "990 more malformed reports dropped" in lines[10].getMessage()
 
 
 def test_client_failed_write_keeps_old_file_and_retries(node, monkeypatch):
