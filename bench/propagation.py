@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import protocol  # noqa: E402
-from diprocd.kernel import cpu_ticks  # noqa: E402
+from diprocd.kernel import cpu_ticks, rss_bytes  # noqa: E402
 from helpers import free_port, marked_pids, wait_for  # noqa: E402  (the tests' helpers)
 
 MARKER_VAR = "DPD_BENCH_MARKER"
@@ -68,11 +68,7 @@ def cpu_seconds(pid):
 
 
 def rss_mb(pid):
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    return (rss_bytes(pid) or 0) / 1048576.0
 
 
 def percentile(values, fraction):

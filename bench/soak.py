@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import protocol  # noqa: E402
-from diprocd.kernel import cpu_ticks  # noqa: E402
+from diprocd.kernel import cpu_ticks, rss_bytes  # noqa: E402
 from helpers import Master, Node, kill_marked, wait_for  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -47,11 +47,7 @@ STATUS_EVERY = 5.0
 
 
 def rss_mb(pid):
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    return (rss_bytes(pid) or 0) / 1048576.0
 
 
 def fd_count(pid):

@@ -56,7 +56,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from diprocd.kernel import cpu_ticks, is_alive  # noqa: E402
+from diprocd.kernel import cpu_ticks, rss_bytes, is_alive  # noqa: E402
 
 MARKER_VAR = "DPD_BENCH_MARKER"
 PROGRAM = "/bin/sleep"
@@ -130,13 +130,6 @@ def cpu_seconds_precise(pid):
     Only the main thread: both supervisors under test have one."""
     data = _read("/proc/%d/schedstat" % pid)
     return int(data.split()[0]) / 1e9 if data else None
-
-
-def rss_bytes(pid):
-    for line in (_read("/proc/%d/status" % pid) or b"").splitlines():
-        if line.startswith(b"VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def marked_pids(token):

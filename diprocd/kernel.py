@@ -1,8 +1,8 @@
 """What diprocd asks the Linux kernel about processes, in one place.
 
 - ``proc_stat(pid)``: the one reader of ``/proc/PID/stat`` (state, parent,
-  group, session, CPU ticks, start time); ``start_ticks`` and ``is_alive``
-  are built on it. The kernel start time and the boot id identify a process
+  group, session, CPU ticks, start time); ``start_ticks``, ``is_alive`` and
+  ``cpu_ticks`` are built on it; ``rss_bytes`` reads the resident memory. The kernel start time and the boot id identify a process
   uniquely: a recycled pid has another start time.
 - ``pidfd_open``, ``signal_process``, the wait-status words, the child
   subreaper flag and the open-files limit (returned, never kept here).
@@ -60,6 +60,18 @@ def cpu_ticks(pid):
     """utime + stime of ``pid`` in clock ticks, or None."""
     stat = proc_stat(pid)
     return None if stat is None else stat.utime + stat.stime
+
+
+def rss_bytes(pid):
+    """Resident memory of ``pid`` (VmRSS), or None when it is gone."""
+    try:
+        with open("/proc/%d/status" % pid, "rb") as handle:
+            for line in handle:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def boot_id():
