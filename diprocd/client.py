@@ -59,8 +59,51 @@ def check_update_procs(update, worker_doc, conf_file):
     return problems, warnings
 
 
-def render_worker_doc(doc):
-    return json.dumps(doc, indent=2) + "\n"
+class WorkerFile:
+    """The worker's CONFIG as the client keeps it: read, and replaced
+    atomically with a new list (its other keys and its mode kept). A
+    failure is logged once, not at every retry, and so is the recovery."""
+
+    def __init__(self, path, log):
+        self.path = path
+        self.log = log
+        self._error = None  # the failure last logged
+
+    def read(self, quiet=False):
+        """The file's JSON object, or None (logged unless ``quiet``)."""
+        try:
+            return read_json_file(self.path)
+        except ConfigError as err:
+            if not quiet:
+                self._failed("cannot use the worker's file (not rewritten, "
+                             "retried every %.0f s): %s" % (RETRY_INTERVAL,
+                                                            err))
+            return None
+
+    def write(self, doc):
+        """Replace the file with ``doc``; False (logged) when it cannot."""
+        try:
+            atomic_write(self.path, json.dumps(doc, indent=2) + "\n")
+        except OSError as err:
+            self._failed("cannot write %s (old file kept, retried every %.0f "
+                         "s): %s" % (self.path, RETRY_INTERVAL,
+                                     err.strerror or err))
+            return False
+        self.ok()
+        return True
+
+    def ok(self):
+        """The file holds what it should: say so if it did not."""
+        if self._error:
+            self.log.info("%s can be updated again", self.path)
+            self._error = None
+
+    def _failed(self, message):
+        if message != self._error:
+            self._error = message
+            self.log.error(message)
+        else:
+            self.log.debug("still: %s", message)
 
 
 class Client:
@@ -76,7 +119,7 @@ class Client:
         self.applied_seq = None
         self.pending = None  # an update whose write failed: retried
         self._rejected = None  # the problems last logged
-        self._write_error = None  # the failure last logged
+        self.worker_file = WorkerFile(config.conf_file, log)
         self._heartbeat = ASSUMED_HEARTBEAT
         self._last_heard = None
         self._hello_due = 0.0
@@ -100,7 +143,7 @@ class Client:
                                  signal.SIGINT: self._exit_signal,
                                  signal.SIGHUP: lambda _: self.reload()})
             self._connect()
-            self._watch_status(self._read_worker_doc(quiet=True))
+            self._watch_status(self.worker_file.read(quiet=True))
             loop.every_turn(self._hello_turn)
             loop.call_at("status", self._clock(), self._send_status)
             loop.run()
@@ -171,12 +214,14 @@ class Client:
         config = carry_over(self.config, config, self.pid_lock, self.log)
         old = self.config
         self.config = config
+        if config.conf_file != old.conf_file:
+            self.worker_file = WorkerFile(config.conf_file, self.log)
         if config.connection() != old.connection():
             self.applied_epoch = self.applied_seq = None
             self.pending = None
             self.loop.cancel("retry")
             self._connect()
-        self._watch_status(self._read_worker_doc(quiet=True))
+        self._watch_status(self.worker_file.read(quiet=True))
         self.loop.call_at("status", self._clock(), self._send_status)
         self.log.info("SIGHUP: configuration re-read")
         return True
@@ -241,7 +286,7 @@ class Client:
     def _send_status(self):
         now = self._clock()
         # The worker's files follow its CONFIG's pid_file: look again.
-        self._watch_status(self._read_worker_doc(quiet=True))
+        self._watch_status(self.worker_file.read(quiet=True))
         status = ledger.read_view(self._status_path) if self._status_path \
             else None
         if status is not None and len(json.dumps(status)) > \
@@ -292,33 +337,9 @@ class Client:
             return
         self.apply(update)
 
-    def _read_worker_doc(self, quiet=False):
-        try:
-            return read_json_file(self.config.conf_file)
-        except ConfigError as err:
-            if not quiet:
-                self._log_write_error("cannot use the worker's file (not "
-                                      "rewritten, retried every %.0f s): %s"
-                                      % (RETRY_INTERVAL, err))
-            return None
-
-    def _log_write_error(self, message):
-        """Log a failure to update the worker's file once, not at every
-        retry; ``_write_ok`` logs the recovery."""
-        if message != self._write_error:
-            self._write_error = message
-            self.log.error(message)
-        else:
-            self.log.debug("still: %s", message)
-
-    def _write_ok(self):
-        if self._write_error:
-            self.log.info("%s can be updated again", self.config.conf_file)
-            self._write_error = None
-
     def apply(self, update):
         """Make ``conf_file`` hold ``update``'s list; True when it does."""
-        doc = self._read_worker_doc()
+        doc = self.worker_file.read()
         if doc is None:
             self._retry_later(update)
             return False
@@ -337,7 +358,7 @@ class Client:
                 self._clear_pending()
             return False
         if doc.get("procs") == update.procs:
-            self._write_ok()
+            self.worker_file.ok()
             if self.pending is not None:
                 self.log.info("%s now holds the list of seq %d",
                               self.config.conf_file, update.seq)
@@ -345,18 +366,9 @@ class Client:
             return True
         for warning in warnings:
             self.log.warning(warning)
-        new_doc = dict(doc)
-        new_doc["procs"] = update.procs
-        try:
-            atomic_write(self.config.conf_file, render_worker_doc(new_doc))
-        except OSError as err:
-            self._log_write_error(
-                "cannot write %s (old file kept, retried every %.0f s): %s"
-                % (self.config.conf_file, RETRY_INTERVAL,
-                   err.strerror or err))
+        if not self.worker_file.write(dict(doc, procs=update.procs)):
             self._retry_later(update)
             return False
-        self._write_ok()
         self.log.info("wrote %s: %d processes (epoch %s, seq %d)",
                       self.config.conf_file, len(update.procs), update.epoch,
                       update.seq)
