@@ -1,4 +1,4 @@
-"""Install the diprocd package and its three commands."""
+"""Install the diprocd package and its four commands."""
 
 import re
 
@@ -21,5 +21,6 @@ setup(
         "dpd-workerd = diprocd.cli:workerd_main",
         "dpd-masterd = diprocd.cli:masterd_main",
         "dpd-clientd = diprocd.cli:clientd_main",
+        "dpdctl = diprocd.ctl:main",
     ]},
 )

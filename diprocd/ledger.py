@@ -8,7 +8,8 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
        "updated": T,
        "procs":   {NAME: view},     # --status, the client, the master
-       "records": {NAME: record}}   # adoption: the next worker's memory
+       "records": {NAME: record},   # adoption: the next worker's memory
+       "held":    {NAME: fingerprint}}  # stopped by the operator
 
   A *view* is what a person or the master needs (state, pid, uptime,
   starts, last exit, error, adopted, ok). A *record* is what a later worker
@@ -142,6 +143,7 @@ def view_of(proc):
         "error": proc.error,
         "adopted": proc.adopted,
         "ok": proc.as_desired,
+        "held": proc.held,
     }
 
 
@@ -200,6 +202,9 @@ class Ledger:
                       for name, proc in sorted(procs.items())},
             "records": {name: Record.of(proc).to_json()
                         for name, proc in sorted(procs.items())},
+            # Stopped by the operator, with the definition it applies to.
+            "held": {name: proc.spec.fingerprint()
+                     for name, proc in sorted(procs.items()) if proc.held},
         }
         atomic_write(self.status_path, json.dumps(document, indent=1),
                      mode=0o644, fsync=False)
@@ -240,6 +245,15 @@ class Ledger:
                 merged.launcher = None
             records[name] = merged
         return records
+
+    def holds(self):
+        """{name: fingerprint} of the processes the operator stopped (a
+        hold ends when the definition changes), from the status file."""
+        document = read_document(self.status_path) or {}
+        held = document.get("held")
+        if not isinstance(held, dict):
+            return {}
+        return {name: fp for name, fp in held.items() if isinstance(fp, str)}
 
 
 def read_journal(path):

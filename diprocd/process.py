@@ -151,6 +151,8 @@ class Process:
         self.deadline = None       # monotonic: SIGKILL, or daemon pid wait
         self.next_spec = None      # definition to start once stopped
         self.removing = False      # stop for good (removed from CONFIG)
+        self.held = False          # stopped by the operator (dpdctl stop)
+        self._free_start = False   # an operator's restart: not counted
 
     # --- the one place states change --------------------------------------
     def _set_state(self, state):
@@ -170,7 +172,7 @@ class Process:
 
     @property
     def as_desired(self):
-        if self.removing:
+        if self.removing or self.held:
             return False
         if self.state == RUNNING:
             return True
@@ -179,6 +181,8 @@ class Process:
     # --- wanting to run ----------------------------------------------------
     def want(self):
         """Ask to run: the worker starts it once its dependencies run."""
+        if self.held:
+            return
         if self.state in (STOPPED, EXITED, FAILED, GIVEN_UP):
             self._set_state(WAITING)
 
@@ -198,10 +202,19 @@ class Process:
         """Apply the start limit: False (and GIVEN_UP) when 5 starts already
         happened within 60 s; else count this start and return True."""
         now = self.clock.monotonic()
+        if self._free_start:
+            # The operator asked for this start: the rule counts crashes.
+            self._free_start = False
+            self.starts += 1
+            self.adopted = False
+            return True
         if not self.limiter.allow(now):
-            self.error = ("started %d times within %ds: given up until the "
+            # Keep the cause in sight: the last start error or exit.
+            cause = self.error or self.last_exit
+            self.error = ("started %d times within %ds%s: given up until the "
                           "definition changes, SIGHUP or a worker restart"
-                          % (self.limiter.limit, self.limiter.window))
+                          % (self.limiter.limit, self.limiter.window,
+                             " (last: %s)" % cause if cause else ""))
             log.error("%s: %s", self.spec.name, self.error)
             self._set_pid(None)
             self._set_state(GIVEN_UP)
@@ -434,9 +447,46 @@ class Process:
         if not self.ops.kill(self.pid, self.spec.stop_signal):
             self.on_exit("gone before the stop signal")
 
+    # --- what the operator asks (dpdctl) ----------------------------------
+    def hold(self):
+        """``dpdctl stop``: stop it and keep it stopped until ``release``
+        or until its definition changes."""
+        self.held = True
+        if self.state == WAITING:
+            self._set_state(STOPPED)
+        elif self.state not in (STOPPING, CANCELLING):
+            self.next_spec = None
+            self.stop()
+        else:
+            self.next_spec = None
+
+    def release(self):
+        """``dpdctl start``: the operator's stop is over."""
+        self.held = False
+        self.want()
+
+    def restart_now(self):
+        """``dpdctl restart``: stop, then start the same definition, now;
+        the start does not count against the 5-starts-a-minute rule."""
+        self.held = False
+        self._free_start = True
+        if self.alive:
+            if self.state not in (STOPPING, CANCELLING):
+                self.next_spec = self.spec
+                self.stop()
+            else:
+                self.next_spec = self.next_spec or self.spec
+        else:
+            self.error = None
+            if self.state != WAITING:
+                if self.state != STOPPED:
+                    self._set_state(STOPPED)
+                self._set_state(WAITING)
+
     def replace(self, spec):
         """Run ``spec`` instead: restart with it, or just adopt it when the
-        process is not running."""
+        process is not running. A new definition ends an operator's stop."""
+        self.held = False
         self.limiter.reset()
         if self.alive:
             self.next_spec = spec
@@ -445,7 +495,8 @@ class Process:
             self.spec = spec
             self.error = None
             if self.state != WAITING:
-                self._set_state(STOPPED)
+                if self.state != STOPPED:
+                    self._set_state(STOPPED)
                 self._set_state(WAITING)
 
     def retry(self):

@@ -1,15 +1,30 @@
-"""``dpd-workerd --status``: the worker's view of its processes as a table.
+"""The table of a worker's processes, for ``dpd-workerd --status`` and
+``dpdctl status``: one renderer, one rule for what is as desired.
 
-The view comes from the ledger (``ledger.read_view``); this module only
-renders it and decides the exit code.
+The view comes from the ledger (``ledger.read_view``) or, live, from the
+worker's control socket; a process the view says is running but whose pid
+is gone shows as ``dead``. What is not as desired comes first, its state
+marked with ``*``.
 """
 
 import time
 
-from diprocd import ledger
-from diprocd.config import load_worker_config
+from diprocd import kernel, ledger
+from diprocd.config import load_pid_file, load_worker_config
 from diprocd.daemon import read_locked_pid
 from diprocd.errors import ConfigError
+
+
+def live_state(entry):
+    """The state to show: "running" only while its pid is alive."""
+    if entry.get("state") == "running" and entry.get("pid") \
+            and not kernel.is_alive(entry["pid"]):
+        return "dead"
+    return entry.get("state", "?")
+
+
+def as_desired(entry):
+    return bool(entry.get("ok")) and live_state(entry) != "dead"
 
 
 def _age(seconds):
@@ -25,44 +40,68 @@ def _age(seconds):
     return "%dd" % (seconds // 86400)
 
 
-def render(document, now):
-    """The status document as a table, one process a line."""
-    rows = [("NAME", "STATE", "PID", "UPTIME", "STARTS", "LAST EXIT / ERROR")]
-    for name, proc in sorted(document["procs"].items()):
-        started = proc.get("started_at")
-        uptime = _age(now - started) if started and proc.get("pid") else "-"
-        note = proc.get("error") or proc.get("last_exit") or ""
-        if proc.get("adopted"):
-            note = ("adopted; " + note) if note else "adopted"
-        rows.append((name, proc.get("state", "?"), str(proc.get("pid") or "-"),
-                     uptime, str(proc.get("starts", 0)), note))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = []
-    for row in rows:
-        cells = [row[i].ljust(widths[i]) for i in range(5)] + [row[5]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+def note(entry):
+    """The last column: the operator's stop, the error or the last exit."""
+    if entry.get("held"):
+        return "stopped by operator"
+    text = entry.get("error") or entry.get("last_exit") or ""
+    if entry.get("adopted"):
+        text = ("adopted; " + text) if text else "adopted"
+    return text
+
+
+def render(procs, now):
+    """{name: view} as a table, one process a line, what is not as desired
+    first (its state marked "*"); returns (text, all as desired)."""
+    rows = []
+    for name, entry in procs.items():
+        state, ok = live_state(entry), as_desired(entry)
+        started = entry.get("started_at")
+        uptime = _age(now - started) if started and entry.get("pid") \
+            and state == "running" else "-"
+        rows.append((ok, name, ("" if ok else "*") + state,
+                     str(entry.get("pid") or "-"), uptime,
+                     str(entry.get("starts", 0)), note(entry)))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    table = [("NAME", "STATE", "PID", "UPTIME", "STARTS",
+              "LAST EXIT / ERROR")] + [row[1:] for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    lines = ["  ".join([row[i].ljust(widths[i]) for i in range(5)]
+                       + [row[5]]).rstrip() for row in table]
+    return "\n".join(lines), all(row[0] for row in rows)
 
 
 def status_main(config_path):
     """``dpd-workerd --status CONFIG``: print the table; 0 when the worker
-    runs and every process is as desired, else 1."""
+    runs and every process is as desired, else 1. An invalid CONFIG (that
+    is when this is needed) still shows the running worker's state, from
+    the pid file the CONFIG names, with its problems."""
     try:
-        config = load_worker_config(config_path)
+        load_worker_config(config_path)
+        problems = []
     except ConfigError as err:
-        for problem in err.problems:
-            print("error: " + problem)
+        problems = err.problems
+    try:
+        pid_file = load_pid_file(config_path)
+    except ConfigError:
+        pid_file = None
+    for problem in problems:
+        print("error: " + problem)
+    if pid_file is None:
         return 1
-    path = ledger.status_path(config.pid_file)
+    if problems:
+        print("%s is invalid: a running worker keeps the last good one"
+              % config_path)
+    path = ledger.status_path(pid_file)
     document = ledger.read_view(path)
-    worker_pid = read_locked_pid(config.pid_file)
+    worker_pid = read_locked_pid(pid_file)
     if worker_pid is not None:
         print("dpd-workerd running, pid %d; status from %s" % (worker_pid, path))
     else:
-        print("dpd-workerd is not running (pid file %s)" % config.pid_file)
+        print("dpd-workerd is not running (pid file %s)" % pid_file)
     if document is None:
         print("no status file at %s" % path)
         return 1
-    print(render(document, time.time()))
-    all_ok = all(proc.get("ok") for proc in document["procs"].values())
-    return 0 if worker_pid is not None and all_ok else 1
+    text, all_ok = render(document["procs"], time.time())
+    print(text)
+    return 0 if worker_pid is not None and all_ok and not problems else 1

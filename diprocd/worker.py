@@ -20,7 +20,9 @@ import signal
 import time
 
 from diprocd import adoption, kernel
+from diprocd.commands import WorkerCommands
 from diprocd.config import load_worker_config
+from diprocd.control import ControlServer, control_path
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, SpawnError
 from diprocd.ledger import Ledger
@@ -60,6 +62,7 @@ class Worker:
         self._status_dirty = True
         self._schedule_dirty = True
         self._status_error = None
+        self.control = None
 
     # --- life cycle ---------------------------------------------------------
     def run(self):
@@ -86,11 +89,15 @@ class Worker:
                 self.ledger.recall(self.log), self.config.procs, self.ops,
                 self.clock, self.log))
             self.apply(self.config.procs)
+            self._restore_holds(self.ledger.holds())
+            self._open_control()
             if self.config.on_disk_differs():  # written while we started
                 self.reload(force=False)
             loop.run()
         finally:
             self._flush_status(force=True)
+            if self.control is not None:
+                self.control.close()
             self.pidwatch.close()
             loop.close()
             self.ledger.close()
@@ -109,6 +116,34 @@ class Worker:
         deadlines = [p.next_deadline() for p in self.procs.values()
                      if p.deadline is not None]
         return min(deadlines) if deadlines else None
+
+    def _open_control(self):
+        """The control socket beside the pid file (dpdctl --worker); the
+        worker runs without it if the folder does not allow it."""
+        control = ControlServer(self.loop, control_path(self.config.pid_file),
+                                WorkerCommands(self), self.log)
+        try:
+            control.open()
+        except OSError as err:
+            self.log.warning("no control socket at %s: %s", control.path,
+                             err.strerror or err)
+            return
+        self.control = control
+
+    def _restore_holds(self, holds):
+        """Processes the operator stopped stay stopped across a worker
+        restart, unless their definition changed meanwhile."""
+        for name, fingerprint in holds.items():
+            proc = self.procs.get(name)
+            if proc is not None and proc.spec.fingerprint() == fingerprint:
+                self.log.info("%s: stopped by the operator: kept stopped",
+                              name)
+                proc.hold()
+
+    def changed(self):
+        """Something was asked (dpdctl): schedule and write the status."""
+        self._status_dirty = True
+        self._schedule_dirty = True
 
     def _exit_signal(self, signum):
         self.log.info("received %s: exiting, processes keep running",
@@ -249,8 +284,7 @@ class Worker:
 
     # --- what Processes tell the worker -------------------------------------------
     def _changed(self, proc):
-        self._status_dirty = True
-        self._schedule_dirty = True
+        self.changed()
 
     def _stopped(self, proc):
         if proc.removing:
@@ -286,6 +320,11 @@ class Worker:
             return
         self.ledger = self.ops.ledger = new
         old.close()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+            self.config = self.config.replace(pid_file=pid_file)
+            self._open_control()
         for path in (old.status_path, old.journal_path):
             try:
                 os.unlink(path)

@@ -209,6 +209,7 @@ def test_deb_file_list(built_deb):
                      "usr/share/doc/diprocd/%s.cron" % command]
     for example in DAEMON_OF_EXAMPLE:
         expected.append("usr/share/doc/diprocd/" + example)
+    expected += ["usr/bin/dpdctl", "usr/share/man/man8/dpdctl.8.gz"]
     missing = [p for p in expected if not os.path.lexists(os.path.join(root, p))]
     assert not missing, missing
     # The body the three init scripts source, where they look for it.
@@ -266,9 +267,11 @@ def test_deb_commands_run_from_the_package(built_deb, tmp_path):
              os.path.join(root, "usr/share/doc/diprocd", example)],
             env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, (example, result.stderr)
-    result = subprocess.run([os.path.join(root, "usr/bin/dpd-workerd"),
-                             "--version"], env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and "dpd-workerd" in result.stdout
+    for command in COMMANDS + ("dpdctl",):
+        result = subprocess.run([os.path.join(root, "usr/bin", command),
+                                 "--version"], env=env, capture_output=True,
+                                text=True)
+        assert result.returncode == 0 and command in result.stdout
 
 
 @pytest.mark.timeout(900)

@@ -267,3 +267,41 @@ def test_a_daemon_being_stopped_while_starting_keeps_its_launcher_in_status():
     assert proc.state == P.CANCELLING
     assert proc.pending_launcher() == (101, 1010)
     assert ledger.Record.of(proc).to_json()["launcher"] == [101, 1010]
+
+
+def test_operator_restarts_do_not_count_against_the_start_limit():
+    proc, ops, clock = make()
+    proc.want()
+    proc.start()
+    for _ in range(3 * P.START_LIMIT):
+        proc.restart_now()
+        proc.on_exit("killed by SIGTERM")  # the stop signal took effect
+        assert proc.state == P.WAITING
+        proc.start()
+        assert proc.state == P.RUNNING
+    # Crashes still count.
+    for _ in range(P.START_LIMIT - 1):
+        proc.on_exit("exit status 1")
+        proc.start()
+    proc.on_exit("exit status 1")
+    proc.start()
+    assert proc.state == P.GIVEN_UP
+
+
+def test_an_operators_stop_holds_until_start_or_a_new_definition():
+    proc, ops, clock = make()
+    proc.want()
+    proc.start()
+    proc.hold()
+    assert proc.state == P.STOPPING and ops.signals == [(101, signal.SIGTERM)]
+    proc.on_exit("killed by SIGTERM")
+    assert proc.state == P.STOPPED and proc.held and not proc.as_desired
+    proc.want()  # a reload, a dependency: still held
+    assert proc.state == P.STOPPED
+    proc.release()
+    assert proc.state == P.WAITING and not proc.held
+    proc.start()
+    proc.hold()
+    proc.on_exit("killed by SIGTERM")
+    proc.replace(ProcessSpec(name="p", run="/bin/sleep", pid_file="/run/p.pid"))
+    assert proc.state == P.WAITING and not proc.held

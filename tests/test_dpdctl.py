@@ -1,0 +1,205 @@
+"""``dpdctl --worker CONFIG``: a real worker, real processes, its real
+control socket."""
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+
+import simplejson as json
+
+from conftest import requires_root
+from diprocd import control
+from diprocd.kernel import is_alive
+from helpers import ROOT, Node, run_command, wait_for
+
+
+def dpdctl(node, *args):
+    return run_command("dpdctl", ["--worker", node.config_path] + list(args),
+                       node.marker)
+
+
+def started_node(tmp_path, marker, *procs):
+    node = Node(tmp_path, marker)
+    node.write([node.proc(*p) if isinstance(p, tuple) else p for p in procs])
+    node.start()
+    return node
+
+
+def test_status_shows_every_process_with_its_real_pid(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8101"),
+                        ("b", "/bin/sleep", "8102"))
+    pids = {name: node.wait_running(name) for name in ("a", "b")}
+    result = dpdctl(node, "status")
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "STATE", "PID"]
+    for name, pid in pids.items():
+        assert [name, "running", str(pid)] in [l.split()[:3] for l in lines]
+    as_json = json.loads(dpdctl(node, "status", "--json").stdout)
+    assert {n: p["pid"] for n, p in as_json["procs"].items()} == pids
+    assert all(p["ok"] and p["state"] == "running"
+               for p in as_json["procs"].values())
+    node.stop()
+
+
+def test_what_is_not_as_desired_comes_first_with_its_error(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("ok", "/bin/sleep", "8103"),
+                        ("bad", "/no/such/binary"))
+    node.wait_running("ok")
+    node.wait_state("bad", "given-up", timeout=15)
+    result = dpdctl(node, "status")
+    assert result.returncode == 1
+    rows = result.stdout.splitlines()[1:]
+    assert rows[0].split()[:2] == ["bad", "*given-up"]
+    # The cause itself, not only "given up".
+    assert "started 5 times" in rows[0]
+    assert "exec /no/such/binary: No such file or directory" in rows[0]
+    assert rows[1].split()[:2] == ["ok", "running"]
+    node.stop()
+
+
+def test_restart_gives_a_new_pid_and_keeps_the_others(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8104"),
+                        ("b", "/bin/sleep", "8105"))
+    a, b = node.wait_running("a"), node.wait_running("b")
+    # More than the 5-a-minute rule: operator restarts are not crashes.
+    for _ in range(7):
+        result = dpdctl(node, "restart", "a")
+        assert result.returncode == 0, result
+        new = int(result.stdout.split("pid")[1])
+        assert new != a and is_alive(new) and not is_alive(a)
+        a = new
+    assert node.state("a")["state"] == "running"
+    assert node.wait_running("b") == b
+    assert node.instances("8104") == [a]
+    node.stop()
+
+
+def test_stop_survives_a_worker_restart_start_clears_it(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8106"))
+    pid = node.wait_running("a")
+    result = dpdctl(node, "stop", "a")
+    assert result.returncode == 0, result
+    wait_for(lambda: not is_alive(pid), what="a stopped")
+    entry = node.wait_state("a", "stopped", held=True)
+    assert entry["ok"] is False
+    result = dpdctl(node, "status")
+    assert result.returncode == 1 and "stopped by operator" in result.stdout
+    node.stop(signal.SIGKILL)
+    node.start()
+    node.wait_state("a", "stopped", held=True)
+    assert node.instances("8106") == []
+    assert dpdctl(node, "start", "a").returncode == 0
+    new = node.wait_running("a")
+    assert node.state("a")["held"] is False
+    assert dpdctl(node, "status").returncode == 0
+    assert node.instances("8106") == [new]
+    node.stop()
+
+
+def test_a_changed_definition_ends_the_operators_stop(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8107"))
+    node.wait_running("a")
+    assert dpdctl(node, "stop", "a").returncode == 0
+    node.wait_state("a", "stopped", held=True)
+    node.write([node.proc("a", "/bin/sleep", "8108")])
+    node.wait_running("a")
+    assert node.instances("8108") and not node.instances("8107")
+    node.stop()
+
+
+def test_tail_returns_the_last_lines(tmp_path, marker):
+    logs = str(tmp_path / "talk.log")
+    script = "for i in $(seq 1 50); do echo line $i; done; exec sleep 8109"
+    node = Node(tmp_path, marker)
+    node.write([node.proc("talk", "/bin/sh", "-c", script, logs=logs),
+                node.proc("quiet", "/bin/sleep", "8110")])
+    node.start()
+    node.wait_running("talk")
+    wait_for(lambda: os.path.exists(logs) and "line 50" in open(logs).read(),
+             what="the output")
+    result = dpdctl(node, "tail", "talk", "-n", "3")
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == ["line 48", "line 49", "line 50"]
+    result = dpdctl(node, "tail", "quiet")
+    assert result.returncode == 1 and 'has no "logs"' in result.stderr
+    node.stop()
+
+
+def test_reload_and_status_while_config_is_invalid(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8111"))
+    pid = node.wait_running("a")
+    doc = json.load(open(node.config_path))
+    doc["procs"][0]["run"] = "relative"
+    with open(node.config_path, "w") as handle:
+        json.dump(doc, handle)
+    assert dpdctl(node, "reload").returncode == 0
+    result = dpdctl(node, "status")
+    assert "CONFIG is invalid now" in result.stdout, result
+    status = run_command("dpd-workerd", ["--status", node.config_path])
+    assert status.returncode == 1
+    assert 'field "run": must be an absolute path' in status.stdout
+    assert "running, pid %d" % node.daemon.pid in status.stdout
+    assert str(pid) in status.stdout
+    node.stop()
+
+
+def test_errors_are_one_line_with_their_exit_code(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8112"))
+    node.wait_running("a")
+    result = dpdctl(node, "restart", "ghost")
+    assert result.returncode == 1
+    assert result.stderr.strip() == 'dpdctl: no process named "ghost" on ' \
+        "this node"
+    assert dpdctl(node, "bogus").returncode == 2
+    assert dpdctl(node, "restart").returncode == 2
+    node.stop()
+    result = dpdctl(node, "status")
+    assert result.returncode == 3
+    assert control.control_path(node.pid_file) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    missing = run_command("dpdctl", ["--worker", str(tmp_path / "none.json"),
+                                     "status"], node.marker)
+    assert missing.returncode == 3 and "cannot read" in missing.stderr
+
+
+def test_the_control_socket_is_0600_and_refuses_strangers(tmp_path, marker):
+    node = started_node(tmp_path, marker, ("a", "/bin/sleep", "8113"))
+    node.wait_running("a")
+    path = control.control_path(node.pid_file)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    reply = control.request(path, {"cmd": "bogus"})
+    assert reply == {"ok": False, "error": 'request: unknown command "bogus"'}
+    node.stop()
+
+
+@requires_root
+def test_a_user_other_than_root_and_the_workers_is_refused(tmp_path, marker):
+    """Even through a socket file anyone may open, the worker checks the
+    peer's uid (SO_PEERCRED): nobody is refused, and it is logged."""
+    folder = tempfile.mkdtemp(prefix="dpdctl-test-")  # reachable by nobody
+    try:
+        os.chmod(folder, 0o755)
+        node = started_node(folder, marker, ("a", "/bin/sleep", "8114"))
+        node.wait_running("a")
+        path = control.control_path(node.pid_file)
+        os.chmod(path, 0o666)
+        code = ("import os, sys; sys.path.insert(0, %r)\n"
+                "from diprocd import control\n"
+                "os.setuid(65534)\n"
+                "try:\n    control.request(%r, {'cmd': 'status'}, timeout=5)\n"
+                "except Exception as err:\n"
+                "    print('refused', type(err).__name__, err)\n"
+                "else:\n    print('served')" % (ROOT, path))
+        result = subprocess.run([sys.executable, "-c", code],
+                                capture_output=True, text=True, timeout=30)
+        assert result.stdout.startswith("refused"), result
+        wait_for(lambda: "refused uid 65534" in node.log(),
+                 what="the refusal in the worker's log")
+        node.stop()
+    finally:
+        shutil.rmtree(folder)
