@@ -27,13 +27,14 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, ledger, protocol
+from diprocd import bus, control, ledger, protocol
 from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
 from diprocd.loop import Loop
+from diprocd.status import live_state
 
 # Before the master's first update tells us its heartbeat, assume this one.
 ASSUMED_HEARTBEAT = 3.0
@@ -42,6 +43,7 @@ HELLO_BACKOFF_MAX = 2.0  # while hellos go out but no answer comes
 SILENCE_HEARTBEATS = 2.5
 RETRY_INTERVAL = 1.0  # a failed write of the worker's file
 STATUS_MIN_GAP = 0.1  # at most this often on status file changes
+RELAY_TIMEOUT = 3.0  # the worker's answer to an operator's command
 # Updates handled in one go before timers and signals get their turn.
 RECEIVE_BATCH = 100
 
@@ -119,6 +121,7 @@ class Client:
         self.applied_seq = None
         self.pending = None  # an update whose write failed: retried
         self._rejected = None  # the problems last logged
+        self.rejected = None  # why the list last received was refused
         self.worker_file = WorkerFile(config.conf_file, log)
         self._heartbeat = ASSUMED_HEARTBEAT
         self._last_heard = None
@@ -289,6 +292,11 @@ class Client:
         self._watch_status(self.worker_file.read(quiet=True))
         status = ledger.read_view(self._status_path) if self._status_path \
             else None
+        if status is not None:
+            # The view may be older than a death: a gone pid is not running.
+            for entry in status["procs"].values():
+                if isinstance(entry, dict) and live_state(entry) == "dead":
+                    entry.update(state="dead", ok=False)
         if status is not None and len(json.dumps(status)) > \
                 protocol.MAX_MESSAGE_BYTES // 2:
             self.log.warning("worker status larger than %d bytes: not sent",
@@ -299,11 +307,42 @@ class Client:
         self.loop.call_later("status", self.config.status_interval,
                              self._send_status)
 
-    def _push(self, kind, status):
+    def _relay(self, frames):
+        """An operator's command from the master: ask the worker (its
+        control socket beside its pid file), send the answer back."""
+        try:
+            command_id, request = protocol.decode_control(
+                frames, self.config.node_name)
+        except ProtocolError as err:
+            self.drops.drop(err)
+            return
+        path = self._control_path()
+        if path is None:
+            reply = {"ok": False, "error": 'node "%s": the worker\'s file '
+                     "names no pid_file" % self.config.node_name}
+        else:
+            try:
+                reply = control.request(path, request, timeout=RELAY_TIMEOUT)
+            except (OSError, ProtocolError) as err:
+                reply = {"ok": False, "error": 'node "%s": cannot reach the '
+                         "worker at %s: %s" % (
+                             self.config.node_name, path,
+                             getattr(err, "strerror", None) or err)}
+        self._push(protocol.KIND_REPLY, None, reply_id=command_id,
+                   reply=reply)
+
+    def _control_path(self):
+        pid_file = (self.worker_file.read(quiet=True) or {}).get("pid_file")
+        if isinstance(pid_file, str) and os.path.isabs(pid_file):
+            return control.control_path(pid_file)
+        return None
+
+    def _push(self, kind, status, reply_id=None, reply=None):
         zmq = bus.zmq_module()
         report = protocol.Report(kind, self.config.node_name,
                                  self.applied_epoch, self.applied_seq, status,
-                                 self.drops.count)
+                                 self.drops.count, self.rejected,
+                                 self.config.status_interval, reply_id, reply)
         try:
             self.push.send_multipart(protocol.encode_report(report),
                                      zmq.NOBLOCK)
@@ -318,6 +357,8 @@ class Client:
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
+        if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
+            return self._relay(frames)
         try:
             update = protocol.decode_update(frames, self.config.node_name)
         except ProtocolError as err:
@@ -348,6 +389,7 @@ class Client:
                                                 self.config.conf_file)
         if problems:
             # The heartbeat repeats a bad list: log its problems once.
+            self.rejected = problems[0]
             if self._rejected != problems:
                 self.drops.count += 1
                 self._rejected = problems
@@ -388,6 +430,7 @@ class Client:
         self.loop.cancel("retry")
 
     def _applied(self, update):
+        self.rejected = None
         changed = (update.epoch, update.seq) != (self.applied_epoch,
                                                  self.applied_seq)
         self.applied_epoch, self.applied_seq = update.epoch, update.seq

@@ -490,6 +490,7 @@ class WorkerConfig(DaemonConfig):
 class MasterConfig(DaemonConfig):
     master_stats: str = None
     master_updates: str = None
+    master_control: str = None  # dpdctl's endpoint (default: ipc, see below)
     nodes: dict = None  # node name -> raw process list (validated JSON)
     heartbeat: float = DEFAULT_HEARTBEAT
     silent_after: float = DEFAULT_SILENT_AFTER
@@ -526,6 +527,7 @@ ENDPOINT_KEYS = {"master_stats": Key(endpoint, required=True),
                  "master_updates": Key(endpoint, required=True)}
 WORKER_KEYS = dict(COMMON_KEYS, procs=Key(None, required=True, default=[]))
 MASTER_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
+                   master_control=Key(endpoint),
                    nodes=Key(_nodes_object, required=True, default={}),
                    heartbeat=Key(seconds(0.05, 86400),
                                  default=DEFAULT_HEARTBEAT),
@@ -594,10 +596,13 @@ def load_master_config(path):
     """Read and validate the master CONFIG; raise ConfigError with every
     problem (naming file, node, process and field) or return MasterConfig."""
     values, problems, warnings = _read_keys(path, MASTER_KEYS)
-    if values["master_stats"] and values["master_stats"] == values[
-            "master_updates"]:
-        problems.append('%s: keys "master_stats" and "master_updates" must '
-                        'differ' % path)
+    if values["master_control"] is None and values["pid_file"]:
+        values["master_control"] = default_master_control(values["pid_file"])
+    endpoints = [values[k] for k in ("master_stats", "master_updates",
+                                     "master_control") if values[k]]
+    if len(set(endpoints)) != len(endpoints):
+        problems.append('%s: keys "master_stats", "master_updates" and '
+                        '"master_control" must differ' % path)
     for node, procs in values["nodes"].items():
         where = '%s: node "%s"' % (path, node)
         try:
@@ -616,9 +621,29 @@ def load_master_config(path):
     if problems:
         raise ConfigError(problems)
     return MasterConfig(path, values["pid_file"], values["log_file"], warnings,
-                        values["data"], values["master_stats"], values["master_updates"],
+                        values["data"], values["master_stats"],
+                        values["master_updates"], values["master_control"],
                         values["nodes"], values["heartbeat"],
                         values["silent_after"])
+
+
+def default_master_control(pid_file):
+    """``/run/dpd-masterd.pid`` -> ``ipc:///run/dpd-masterd.control``: a
+    socket file whose rights (0660) say who may steer the cluster."""
+    base, ext = os.path.splitext(pid_file)
+    return "ipc://" + (base if ext == ".pid" else pid_file) + ".control"
+
+
+def load_master_control(path):
+    """The master's control endpoint from its CONFIG, the rest unread (as
+    dpdctl reads it); raise ConfigError."""
+    values, problems, _ = _read_keys(path, {
+        "pid_file": COMMON_KEYS["pid_file"],
+        "master_control": MASTER_KEYS["master_control"]})
+    if problems:
+        raise ConfigError(problems)
+    return values["master_control"] or default_master_control(
+        values["pid_file"])
 
 
 def _list_size_problems(node, procs, heartbeat, where):

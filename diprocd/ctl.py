@@ -1,67 +1,112 @@
-"""``dpdctl``: the operator's command line.
+"""``dpdctl``: the operator's command line, for the whole cluster or one
+node.
 
-This version talks to one node's worker directly (``--worker CONFIG``),
-through the control socket beside the worker's pid file (``control.py``).
+    dpdctl [--master CONFIG] status [NODE...] [--json]
+    dpdctl [--master CONFIG] restart|stop|start NODE NAME...
+    dpdctl [--master CONFIG] reload [NODE]
+    dpdctl [--master CONFIG] tail NODE NAME [-n N]
 
     dpdctl --worker CONFIG status [--json]
-    dpdctl --worker CONFIG restart NAME... [--timeout S]
-    dpdctl --worker CONFIG stop NAME...
-    dpdctl --worker CONFIG start NAME...
+    dpdctl --worker CONFIG restart|stop|start NAME...
     dpdctl --worker CONFIG reload
     dpdctl --worker CONFIG tail NAME [-n N]
 
-Exit codes: 0 done (status: every process as desired), 1 not as desired or
-the command failed (unknown process, timeout), 2 usage, 3 the worker cannot
-be reached (the message names the socket).
+With the master (default ``/var/lib/diprocd/diprocd-master.json``) it
+talks to the master's ``master_control`` endpoint, which answers status
+from what it heard and relays the rest to the node (its client asks its
+worker); with ``--worker`` it talks to one worker's control socket.
+
+Exit codes: 0 done (status: every node up, in sync, every process as
+desired), 1 not as desired or the command failed (unknown node or process,
+node down, timeout), 2 usage, 3 the master or worker cannot be reached (the
+message names the endpoint).
 """
 
 import argparse
+import os
 import sys
 import time
 
 import simplejson as json
 
-from diprocd import __version__, kernel, status
-from diprocd.config import load_pid_file
+from diprocd import __version__, fleet, jsonin, kernel, status
+from diprocd.config import load_master_control, load_pid_file
 from diprocd.control import control_path, request
 from diprocd.errors import ConfigError, ProtocolError
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-DEFAULT_WORKER_CONFIG = "/var/lib/diprocd/diprocd-worker.json"
+DEFAULT_MASTER_CONFIG = "/var/lib/diprocd/diprocd-master.json"
+MASTER_TIMEOUT = 8.0  # the master waits 5 s for a node's answer
 RESTART_POLL = 0.01
+FLEET_HEADER = ("NODE", "LIVENESS") + status.PROCESS_HEADER
 
 
 class Unreachable(Exception):
     pass
 
 
+class Usage(Exception):
+    pass
+
+
 def make_parser():
     parser = argparse.ArgumentParser(
-        prog="dpdctl", description="Control diprocd's processes.",
+        prog="dpdctl", description="See and steer diprocd's processes.",
         epilog="exit status: 0 done (status: all as desired), 1 not as "
-               "desired or failed, 2 usage, 3 worker not reachable")
+               "desired or failed, 2 usage, 3 master or worker not reachable")
     parser.add_argument("--version", action="version",
                         version="%(prog)s " + __version__)
-    parser.add_argument("--worker", metavar="CONFIG",
-                        default=DEFAULT_WORKER_CONFIG,
-                        help="the worker's CONFIG (default %(default)s)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--master", metavar="CONFIG",
+                       help="the master's CONFIG (default %s)"
+                       % DEFAULT_MASTER_CONFIG)
+    where.add_argument("--worker", metavar="CONFIG",
+                       help="one worker's CONFIG, without a master")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
-    status = verbs.add_parser("status", help="the state of every process")
-    status.add_argument("--json", action="store_true")
-    restart = verbs.add_parser("restart", help="stop then start, now")
-    restart.add_argument("names", nargs="+", metavar="NAME")
-    restart.add_argument("--timeout", type=float, default=10.0,
-                         help="seconds to wait for the new process")
-    for verb, what in (("stop", "stop and keep stopped until start"),
-                       ("start", "end an operator's stop")):
-        verbs.add_parser(verb, help=what).add_argument(
-            "names", nargs="+", metavar="NAME")
-    verbs.add_parser("reload", help="re-read CONFIG now (as SIGHUP)")
-    tail = verbs.add_parser("tail", help="the last lines of a process's logs")
-    tail.add_argument("names", nargs=1, metavar="NAME")
-    tail.add_argument("-n", "--lines", type=int, default=20)
+    for verb, what in (("status", "the state of every node and process"),
+                       ("restart", "stop then start, now"),
+                       ("stop", "stop and keep stopped until start"),
+                       ("start", "end an operator's stop"),
+                       ("reload", "re-read CONFIG now (as SIGHUP)"),
+                       ("tail", "the last lines of a process's logs")):
+        sub = verbs.add_parser(verb, help=what)
+        sub.add_argument("words", nargs="*", metavar="[NODE] NAME")
+        if verb == "status":
+            sub.add_argument("--json", action="store_true")
+        if verb == "restart":
+            sub.add_argument("--timeout", type=float, default=10.0,
+                             help="seconds to wait for the new process")
+        if verb == "tail":
+            sub.add_argument("-n", "--lines", type=int, default=20)
     return parser
+
+
+def split_words(args, with_node):
+    """(node, names) from the positional words, or raise Usage."""
+    words = list(args.words)
+    node = words.pop(0) if with_node and words and args.verb not in (
+        "status", "reload") else None
+    if args.verb == "status":
+        return None, words if with_node else _none(words, args)
+    if args.verb == "reload":
+        if len(words) > (1 if with_node else 0):
+            raise Usage("reload takes %s" % ("at most a NODE" if with_node
+                                            else "no argument"))
+        return (words[0] if words else None), []
+    if with_node and node is None:
+        raise Usage("%s: name a NODE" % args.verb)
+    if not words:
+        raise Usage("%s: name a process" % args.verb)
+    if args.verb == "tail" and len(words) != 1:
+        raise Usage("tail: name one process")
+    return node, words
+
+
+def _none(words, args):
+    if words:
+        raise Usage("%s takes no NODE with --worker" % args.verb)
+    return []
 
 
 class WorkerLink:
@@ -74,7 +119,7 @@ class WorkerLink:
             raise Unreachable(err.problems[0])
         self.path = control_path(pid_file)
 
-    def ask(self, cmd, **fields):
+    def ask(self, cmd, node=None, **fields):
         try:
             return request(self.path, dict(fields, cmd=cmd))
         except (OSError, ProtocolError) as err:
@@ -82,40 +127,133 @@ class WorkerLink:
                 self.path, getattr(err, "strerror", None) or err))
 
 
-def cmd_status(link, args):
+class MasterLink:
+    """Requests to the master's control endpoint (a ZeroMQ REQ socket)."""
+
+    def __init__(self, config_path):
+        try:
+            self.endpoint = load_master_control(config_path)
+        except ConfigError as err:
+            raise Unreachable(err.problems[0])
+        import zmq  # only dpdctl's master path needs it
+        self.zmq = zmq
+
+    def ask(self, cmd, node=None, **fields):
+        zmq = self.zmq
+        if self.endpoint.startswith("ipc://") and not os.path.exists(
+                self.endpoint[len("ipc://"):]):
+            raise Unreachable("cannot reach the master at %s: no such socket "
+                              "(is dpd-masterd running?)" % self.endpoint)
+        body = dict(fields, v=1, cmd=cmd)
+        if node is not None:
+            body["node"] = node
+        context = zmq.Context()
+        sock = context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoint)
+            sock.send(json.dumps(body).encode("utf-8"))
+            if not sock.poll(MASTER_TIMEOUT * 1000):
+                raise Unreachable("cannot reach the master at %s: no answer "
+                                  "within %.0f s" % (self.endpoint,
+                                                     MASTER_TIMEOUT))
+            data = sock.recv()
+        except zmq.ZMQError as err:
+            raise Unreachable("cannot reach the master at %s: %s"
+                              % (self.endpoint, err))
+        finally:
+            sock.close()
+            context.term()
+        try:
+            reply = jsonin.loads(data, "reply", ProtocolError, 64 << 20)
+        except ProtocolError as err:
+            raise Unreachable("%s: %s" % (self.endpoint, err))
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"),
+                                                         bool):
+            raise Unreachable("%s: not a diprocd master's reply"
+                              % self.endpoint)
+        return reply
+
+
+def fleet_rows(nodes, now):
+    rows = []
+    for name, node in nodes.items():
+        live = node["liveness"]
+        ok_node = live == fleet.UP and node["in_sync"]
+        prefix = (name, ("" if ok_node else "*") + live)
+        procs = status.process_rows(node["procs"], now, prefix)
+        if node["reason"] or not procs:
+            rows.append((ok_node, name, prefix[1], "-", "-", "-", "-", "-",
+                         node["reason"] or ""))
+        rows.extend((ok and ok_node,) + tuple(cells)
+                    for ok, *cells in procs)
+    return rows
+
+
+def cmd_status(link, args, node, names):
     reply = link.ask("status")
-    procs = reply["procs"]
-    ok = all(status.as_desired(entry) for entry in procs.values())
+    if "nodes" not in reply:  # a worker: one node's processes
+        procs = reply["procs"]
+        ok = all(status.as_desired(entry) for entry in procs.values())
+        if args.json:
+            print(json.dumps({"worker_pid": reply["worker_pid"],
+                              "config_error": reply["config_error"],
+                              "procs": _live(procs)}, indent=1,
+                             sort_keys=True))
+        else:
+            text, ok = status.render(procs, time.time())
+            print(text)
+            if reply.get("config_error"):
+                print("warning: CONFIG is invalid now (the worker keeps the "
+                      "last good one): %s" % reply["config_error"])
+        return EXIT_OK if ok else EXIT_NOT_OK
+    nodes = reply["nodes"]
+    unknown = [n for n in names if n not in nodes]
+    if unknown:
+        return fail("unknown node %s" % ", ".join('"%s"' % n for n in unknown))
+    if names:
+        nodes = {n: nodes[n] for n in names}
+    for entry in nodes.values():
+        entry["procs"] = _live(entry["procs"])
+    ok = all(fleet.as_desired(entry) for entry in nodes.values())
     if args.json:
-        print(json.dumps({"worker_pid": reply["worker_pid"],
-                          "config_error": reply["config_error"],
-                          "procs": {name: dict(entry, ok=status.as_desired(
-                              entry), state=status.live_state(entry))
-                              for name, entry in procs.items()}},
-                         indent=1, sort_keys=True))
+        print(json.dumps({"nodes": nodes}, indent=1, sort_keys=True))
     else:
-        text, ok = status.render(procs, time.time())
-        print(text)
-        if reply.get("config_error"):
-            print("warning: CONFIG is invalid now (the worker keeps the last "
-                  "good one): %s" % reply["config_error"])
+        print(status.table(FLEET_HEADER, fleet_rows(nodes, time.time())))
     return EXIT_OK if ok else EXIT_NOT_OK
 
 
-def cmd_restart(link, args):
-    reply = link.ask("restart", names=args.names)
+def _live(procs):
+    """Views with the state as shown (a node's client already marked a gone
+    pid "dead"; locally, dpdctl --worker checks it here)."""
+    return {name: dict(entry, state=status.live_state(entry),
+                       ok=status.as_desired(entry))
+            for name, entry in procs.items() if isinstance(entry, dict)}
+
+
+def _procs_of(link, node):
+    reply = link.ask("status")
+    if "nodes" in reply:
+        return reply["nodes"].get(node, {}).get("procs", {})
+    return reply["procs"]
+
+
+def cmd_restart(link, args, node, names):
+    reply = link.ask("restart", node=node, names=names)
     if not reply["ok"]:
         return fail(reply["error"])
     old = reply["old_pids"]
     deadline = time.monotonic() + args.timeout
-    waiting = set(args.names)
+    waiting = set(names)
     while True:
-        procs = link.ask("status")["procs"]
+        procs = _procs_of(link, node)
         for name in sorted(waiting):
             entry = procs.get(name, {})
-            if entry.get("state") == "running" and entry.get("pid") not in (
-                    None, old.get(name)) and kernel.is_alive(entry["pid"]):
-                print("%s: restarted, pid %d" % (name, entry["pid"]))
+            pid = entry.get("pid")
+            if entry.get("state") == "running" and pid not in (
+                    None, old.get(name)) and (node is not None
+                                              or kernel.is_alive(pid)):
+                print("%s: restarted, pid %d" % (name, pid))
                 waiting.discard(name)
         if not waiting:
             return EXIT_OK
@@ -130,19 +268,19 @@ def cmd_restart(link, args):
         time.sleep(RESTART_POLL)
 
 
-def cmd_simple(link, args):
-    fields = {"names": args.names} if hasattr(args, "names") else {}
-    reply = link.ask(args.verb, **fields)
+def cmd_simple(link, args, node, names):
+    fields = {"names": names} if names else {}
+    reply = link.ask(args.verb, node=node, **fields)
     if not reply["ok"]:
         return fail(reply["error"])
-    for name in getattr(args, "names", ()):
+    for name in names:
         print("%s: %s" % (name, {"stop": "stopped by operator",
                                  "start": "operator's stop ended"}[args.verb]))
     return EXIT_OK
 
 
-def cmd_tail(link, args):
-    reply = link.ask("tail", names=args.names, lines=args.lines)
+def cmd_tail(link, args, node, names):
+    reply = link.ask("tail", node=node, names=names, lines=args.lines)
     if not reply["ok"]:
         return fail(reply["error"])
     for line in reply["lines"]:
@@ -165,8 +303,13 @@ def main(argv=None):
     if getattr(args, "lines", 1) < 1 or getattr(args, "timeout", 1) <= 0:
         parser.error("-n and --timeout must be positive")
     try:
-        link = WorkerLink(args.worker)
-        return VERBS[args.verb](link, args)
+        node, names = split_words(args, with_node=args.worker is None)
+    except Usage as err:
+        parser.error(str(err))
+    try:
+        link = WorkerLink(args.worker) if args.worker else MasterLink(
+            args.master or DEFAULT_MASTER_CONFIG)
+        return VERBS[args.verb](link, args, node, names)
     except Unreachable as err:
         print("dpdctl: %s" % err, file=sys.stderr)
         return EXIT_UNREACHABLE

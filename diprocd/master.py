@@ -29,7 +29,7 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, protocol
+from diprocd import bus, control, fleet, protocol
 from diprocd.config import load_master_config
 from diprocd.daemon import beside_pid_file, carry_over
 from diprocd.errors import ConfigError, ProtocolError
@@ -43,6 +43,8 @@ SILENCE_CHECK_INTERVAL = 1.0
 MAX_UNKNOWN_NODES = 1024
 # Reports handled in one go before timers and signals get their turn.
 RECEIVE_BATCH = 1000
+# How long dpdctl's command waits for the node's answer.
+CONTROL_TIMEOUT = 5.0
 
 
 class NodeLists:
@@ -103,6 +105,88 @@ class NodeSeen:
     status: dict = None
     silent: bool = False
     dropped: int = None  # messages the node's client dropped
+    rejected: str = None  # why its client refused the list, or None
+    interval: float = None  # how often its client reports
+
+
+class Steering:
+    """dpdctl's requests on the master's control socket: the fleet's
+    status from what the master heard, its own reload, and every other
+    command relayed to the node's client (which asks its worker) with the
+    answer routed back, or an error naming why not (unknown node, down,
+    no answer within CONTROL_TIMEOUT)."""
+
+    def __init__(self, master):
+        self.master = master
+        self.pending = {}  # command id -> the dpdctl peer's identity
+
+    def on_request(self, frames):
+        if len(frames) < 3:
+            return
+        identity = frames[0]
+        try:
+            request = control.decode_request(bytes(frames[-1]))
+        except ProtocolError as err:
+            return self._answer(identity, {"ok": False, "error": str(err)})
+        node = request.get("node")
+        if node is None and request["cmd"] == "status":
+            return self._answer(identity, self.status())
+        if node is None and request["cmd"] == "reload":
+            ok = self.master.reload("dpdctl reload")
+            return self._answer(identity, {"ok": ok} if ok else {
+                "ok": False, "error": "the master file is invalid: kept the "
+                "last good lists (see the master's log)"})
+        if not isinstance(node, str) or node not in self.known():
+            return self._answer(identity, {"ok": False, "error":
+                                           'unknown node "%s"' % node})
+        master = self.master
+        state = fleet.liveness(master.seen.get(node),
+                               node in master.lists.configured,
+                               master._clock(), master.config.silent_after)
+        if state == fleet.NEVER_SEEN:
+            return self._answer(identity, {"ok": False, "error":
+                                           'node "%s" was never seen' % node})
+        if state == fleet.DOWN:
+            quiet = master._clock() - master.seen[node].monotonic
+            return self._answer(identity, {"ok": False, "error":
+                                           'node "%s" is down (nothing heard '
+                                           "for %.0f s)" % (node, quiet)})
+        command_id = os.urandom(8).hex()
+        self.pending[command_id] = identity
+        relayed = {k: v for k, v in request.items() if k not in ("v", "node")}
+        master.pub.send_multipart(protocol.encode_control(
+            node, command_id, relayed))
+        master.loop.call_later(("control", command_id), CONTROL_TIMEOUT,
+                               lambda: self._expire(command_id, node))
+
+    def on_reply(self, report):
+        identity = self.pending.pop(report.reply_id, None)
+        if identity is not None:
+            self.master.loop.cancel(("control", report.reply_id))
+            self._answer(identity, report.reply)
+
+    def _expire(self, command_id, node):
+        identity = self.pending.pop(command_id, None)
+        if identity is not None:
+            self._answer(identity, {"ok": False, "error": 'node "%s" did not '
+                                    "answer within %.0f s" % (
+                                        node, CONTROL_TIMEOUT)})
+
+    def known(self):
+        return set(self.master.lists.configured) | set(self.master.seen)
+
+    def status(self):
+        master = self.master
+        now = master._clock()
+        nodes = {name: fleet.node_status(
+            name, master.seen.get(name), name in master.lists.configured, now,
+            master.config.silent_after, master.lists.epoch,
+            master.lists.seqs.get(name)) for name in sorted(self.known())}
+        return {"ok": True, "epoch": master.lists.epoch, "nodes": nodes}
+
+    def _answer(self, identity, reply):
+        self.master.control.send_multipart(
+            [identity, b"", json.dumps(reply).encode("utf-8")])
 
 
 def nodes_file_path(pid_file):
@@ -123,7 +207,8 @@ class Master:
         self.seen = {}
         self.nodes_file = nodes_file_path(config.pid_file)
         self.loop = Loop(bus.ZmqPoller(), clock=clock, log=log)
-        self.pub = self.pull = None
+        self.pub = self.pull = self.control = None
+        self.steering = Steering(self)
         self._nodes_written = None
         self.drops = bus.Drops(log, clock, "malformed report")
         self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
@@ -159,7 +244,7 @@ class Master:
             return 0
         finally:
             loop.close()
-            for sock in (self.pub, self.pull):
+            for sock in (self.pub, self.pull, self.control):
                 if sock is not None:
                     sock.close(linger=0)
             context.term()
@@ -176,26 +261,32 @@ class Master:
         wanted = (("pub", zmq.PUB, config.master_updates,
                    bound and bound.master_updates),
                   ("pull", zmq.PULL, config.master_stats,
-                   bound and bound.master_stats))
+                   bound and bound.master_stats),
+                  ("control", zmq.ROUTER, config.master_control,
+                   bound and bound.master_control))
         new = {}
         try:
             for attr, kind, endpoint, current in wanted:
                 if endpoint == current:
                     continue
                 sock = new[attr] = bus.socket(context, kind,
-                                              receives=kind == zmq.PULL)
+                                              receives=kind != zmq.PUB)
                 sock.bind(endpoint)
-        except zmq.ZMQError:
+                if endpoint.startswith("ipc://") and kind == zmq.ROUTER:
+                    # Who may steer the cluster: the socket file's rights.
+                    os.chmod(endpoint[len("ipc://"):], 0o660)
+        except (zmq.ZMQError, OSError):
             for sock in new.values():
                 sock.close(linger=0)
             raise
         for attr, sock in new.items():
             old = getattr(self, attr, None)
             setattr(self, attr, sock)
-            if attr == "pull":
+            if attr != "pub":
                 if old is not None:
                     self.loop.remove_reader(old)
-                self.loop.add_reader(sock, self._receive_reports)
+                self.loop.add_reader(sock, self._receive_reports
+                                     if attr == "pull" else self._on_control)
             if old is not None:
                 old.close(linger=0)
 
@@ -296,7 +387,14 @@ class Master:
             return
         self.on_report(report)
 
+    def _on_control(self):
+        bus.receive_all(self.control, self.steering.on_request,
+                        RECEIVE_BATCH)
+
     def on_report(self, report):
+        if report.kind == protocol.KIND_REPLY:
+            self.steering.on_reply(report)
+            return
         now = self._clock()
         node = report.node
         previous = self.seen.get(node)
@@ -316,6 +414,7 @@ class Master:
         if report.status is None and previous is not None:
             seen.status = previous.status
         seen.dropped = report.dropped
+        seen.rejected, seen.interval = report.rejected, report.interval
         self.seen[node] = seen
         self._nodes_changed()
         if report.is_hello:

@@ -22,8 +22,18 @@ Reports, client -> master, on the PUSH/PULL stats socket::
 
 ``hello`` asks the master for the node's list at once (a client sends it
 when it starts and whenever it has heard nothing for a while); ``status``
-is the periodic heartbeat carrying the worker's status file. ``epoch`` and
-``seq`` say what the client has applied.
+is the periodic heartbeat carrying the worker's status view. ``epoch`` and
+``seq`` say what the client has applied; optional ``dropped`` (messages it
+dropped), ``rejected`` (why it refused the list it holds back, or null) and
+``interval`` (its status interval, for the master's liveness rule).
+
+Operator commands (``dpdctl`` through the master) travel to a node on the
+PUB socket and its worker's answer comes back on the stats socket::
+
+    [b"<node>\0", b"control", {"v": 1, "node": ..., "id": ID,
+                               "request": {control request}}]
+    [b"reply", b"<node>\0", {"v": 1, "node": ..., "id": ID,
+                             "reply": {control reply}}]
 
 The epoch is new at each master start; the sequence number is per node and
 grows only when that node's list changes. Within one epoch a client ignores
@@ -45,7 +55,10 @@ VERSION = 1
 KIND_PROCS = b"procs"
 KIND_HELLO = b"hello"
 KIND_STATUS = b"status"
-REPORT_KINDS = (KIND_HELLO, KIND_STATUS)
+KIND_CONTROL = b"control"
+KIND_REPLY = b"reply"
+REPORT_KINDS = (KIND_HELLO, KIND_STATUS, KIND_REPLY)
+MAX_ID_CHARS = 64
 
 # Bounds on what a peer may send us: a node's process list, or a status.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -139,16 +152,22 @@ def decode_update(frames, expected_node):
 class Report:
     """A client's hello or status heartbeat."""
 
-    __slots__ = ("kind", "node", "epoch", "seq", "status", "dropped")
+    __slots__ = ("kind", "node", "epoch", "seq", "status", "dropped",
+                 "rejected", "interval", "reply_id", "reply")
 
     def __init__(self, kind, node, epoch=None, seq=None, status=None,
-                 dropped=None):
+                 dropped=None, rejected=None, interval=None, reply_id=None,
+                 reply=None):
         self.kind = kind
         self.node = node
         self.epoch = epoch
         self.seq = seq
         self.status = status
         self.dropped = dropped  # messages the client dropped so far
+        self.rejected = rejected  # why it refused its list, or None
+        self.interval = interval  # its status interval
+        self.reply_id = reply_id  # KIND_REPLY: the command answered
+        self.reply = reply
 
     @property
     def is_hello(self):
@@ -165,8 +184,11 @@ def encode_report(report):
         raise ValueError("unknown report kind %r" % report.kind)
     body = {"v": VERSION, "node": report.node, "epoch": report.epoch,
             "seq": report.seq, "status": report.status}
-    if report.dropped is not None:
-        body["dropped"] = report.dropped
+    for key in ("dropped", "rejected", "interval", "reply"):
+        if getattr(report, key) is not None:
+            body[key] = getattr(report, key)
+    if report.reply_id is not None:
+        body["id"] = report.reply_id
     return [report.kind, topic(report.node), _dumps(body)]
 
 
@@ -192,7 +214,49 @@ def decode_report(frames):
     if dropped is not None and (isinstance(dropped, bool) or not isinstance(
             dropped, int) or dropped < 0):
         raise ProtocolError('"dropped" must be a non-negative integer')
-    return Report(kind, node, epoch, seq, status, dropped)
+    rejected = obj.get("rejected")
+    if rejected is not None and not isinstance(rejected, str):
+        raise ProtocolError('"rejected" must be a string or null')
+    interval = obj.get("interval")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(
+            interval, (int, float)) or not 0 < interval <= 86400):
+        raise ProtocolError('"interval" must be a number of seconds')
+    reply_id, reply = None, None
+    if kind == KIND_REPLY:
+        reply_id = _check_id(obj.get("id"))
+        reply = obj.get("reply")
+        if not isinstance(reply, dict):
+            raise ProtocolError('"reply" must be an object')
+    return Report(kind, node, epoch, seq, status, dropped, rejected,
+                  interval, reply_id, reply)
+
+
+# -- operator commands (master -> client) -----------------------------------------
+
+def encode_control(node, command_id, request):
+    body = {"v": VERSION, "node": node, "id": command_id, "request": request}
+    return [topic(node), KIND_CONTROL, _dumps(body)]
+
+
+def decode_control(frames, expected_node):
+    """Frames -> (id, request dict), or raise ProtocolError."""
+    if len(frames) != 3:
+        raise ProtocolError("expected 3 frames, got %d" % len(frames))
+    node_frame, kind, body = frames
+    if node_frame != topic(expected_node) or kind != KIND_CONTROL:
+        raise ProtocolError("not a control message for %r" % expected_node)
+    obj = _decode_body(body, expected_node)
+    request = obj.get("request")
+    if not isinstance(request, dict):
+        raise ProtocolError('"request" must be an object')
+    return _check_id(obj.get("id")), request
+
+
+def _check_id(value):
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        raise ProtocolError('"id" must be a string of 1 to %d characters'
+                            % MAX_ID_CHARS)
+    return value
 
 
 # -- shared checks ---------------------------------------------------------------

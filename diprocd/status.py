@@ -17,8 +17,10 @@ from diprocd.errors import ConfigError
 
 def live_state(entry):
     """The state to show: "running" only while its pid is alive."""
-    if entry.get("state") == "running" and entry.get("pid") \
-            and not kernel.is_alive(entry["pid"]):
+    pid = entry.get("pid")
+    if entry.get("state") == "running" and isinstance(pid, int) \
+            and not isinstance(pid, bool) and pid > 0 \
+            and not kernel.is_alive(pid):
         return "dead"
     return entry.get("state", "?")
 
@@ -50,25 +52,43 @@ def note(entry):
     return text
 
 
+def process_rows(procs, now, prefix=()):
+    """(as desired, cells...) for each process of {name: view}."""
+    rows = []
+    for name, entry in procs.items():
+        if not isinstance(entry, dict):
+            continue
+        state, ok = live_state(entry), as_desired(entry)
+        started = entry.get("started_at")
+        uptime = _age(now - started) if isinstance(started, (int, float)) \
+            and entry.get("pid") and state == "running" else "-"
+        rows.append((ok,) + tuple(prefix) + (
+            name, ("" if ok else "*") + state, str(entry.get("pid") or "-"),
+            uptime, str(entry.get("starts", 0)), note(entry)))
+    return rows
+
+
+def table(header, rows):
+    """Rows (as desired, cells...) as text, what is not as desired first;
+    the last cell is free text, the others are aligned."""
+    rows = sorted(rows, key=lambda row: (row[0],) + row[1:])
+    lines = [header] + [row[1:] for row in rows]
+    width = len(header) - 1
+    widths = [max(len(line[i]) for line in lines) for i in range(width)]
+    return "\n".join("  ".join([line[i].ljust(widths[i])
+                                for i in range(width)] + [line[width]]).rstrip()
+                     for line in lines)
+
+
+PROCESS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "STARTS",
+                  "LAST EXIT / ERROR")
+
+
 def render(procs, now):
     """{name: view} as a table, one process a line, what is not as desired
     first (its state marked "*"); returns (text, all as desired)."""
-    rows = []
-    for name, entry in procs.items():
-        state, ok = live_state(entry), as_desired(entry)
-        started = entry.get("started_at")
-        uptime = _age(now - started) if started and entry.get("pid") \
-            and state == "running" else "-"
-        rows.append((ok, name, ("" if ok else "*") + state,
-                     str(entry.get("pid") or "-"), uptime,
-                     str(entry.get("starts", 0)), note(entry)))
-    rows.sort(key=lambda row: (row[0], row[1]))
-    table = [("NAME", "STATE", "PID", "UPTIME", "STARTS",
-              "LAST EXIT / ERROR")] + [row[1:] for row in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    lines = ["  ".join([row[i].ljust(widths[i]) for i in range(5)]
-                       + [row[5]]).rstrip() for row in table]
-    return "\n".join(lines), all(row[0] for row in rows)
+    rows = process_rows(procs, now)
+    return table(PROCESS_HEADER, rows), all(row[0] for row in rows)
 
 
 def status_main(config_path):

@@ -1,0 +1,160 @@
+"""``dpdctl`` through the master: a real master, two real nodes (client +
+worker) on loopback, and a third node in the master file that never
+connects."""
+
+import signal
+
+import pytest
+import simplejson as json
+
+from diprocd import fleet
+from diprocd.config import default_master_control
+from diprocd.kernel import is_alive
+from helpers import Master, Node, run_command, wait_for
+
+SILENT_AFTER = 3.0
+INTERVAL = 0.3
+
+
+@pytest.fixture
+def cluster(tmp_path, marker):
+    node1 = Node(tmp_path / "node1", marker, "node1")
+    node2 = Node(tmp_path / "node2", marker, "node2")
+    logs = str(tmp_path / "talk.log")
+    master = Master(tmp_path, marker, heartbeat=0.5, silent_after=SILENT_AFTER,
+                    nodes={"node1": [node1.proc("a", "/bin/sleep", "8201"),
+                                     node1.proc("talk", "/bin/sh", "-c",
+                                                "echo one; echo two; exec "
+                                                "sleep 8202", logs=logs)],
+                           "node2": [node2.proc("b", "/bin/sleep", "8203")],
+                           "node3": []})
+    master.start()
+    for node in (node1, node2):
+        node.write([])
+        node.start()
+        node.write_client(master.stats, master.updates,
+                          status_interval=INTERVAL)
+        node.start_client()
+    yield master, node1, node2
+    for node in (node1, node2):
+        node.close()
+    master.stop()
+
+
+def dpdctl(master, *args):
+    return run_command("dpdctl", ["--master", master.config_path] + list(args),
+                       master.marker)
+
+
+def fleet_status(master):
+    result = dpdctl(master, "status", "--json")
+    return json.loads(result.stdout)["nodes"] if result.stdout else {}
+
+
+def wait_fleet(master, check, what, timeout=15):
+    """The fleet's status once ``check(status)`` holds."""
+    def ready():
+        nodes = fleet_status(master)
+        return check(nodes) and nodes
+    return wait_for(ready, timeout=timeout,
+                    what=lambda: "%s: %s" % (what, fleet_status(master)))
+
+
+def running_pid(nodes, node, name):
+    entry = nodes.get(node, {}).get("procs", {}).get(name, {})
+    return entry.get("pid") if entry.get("state") == "running" else None
+
+
+def all_running(nodes):
+    return all(running_pid(nodes, n, p) for n, p in (
+        ("node1", "a"), ("node1", "talk"), ("node2", "b")))
+
+
+def test_status_lists_every_node_and_process(cluster):
+    master, node1, node2 = cluster
+    nodes = wait_fleet(master, all_running, "every process running")
+    assert running_pid(nodes, "node1", "a") == node1.wait_running("a")
+    assert running_pid(nodes, "node2", "b") == node2.wait_running("b")
+    assert nodes["node1"]["liveness"] == "up" and nodes["node1"]["in_sync"]
+    assert nodes["node3"]["liveness"] == "never seen"
+    assert nodes["node3"]["reason"] == "no report from this node yet"
+    result = dpdctl(master, "status")
+    assert result.returncode == 1  # node3 never seen
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NODE", "LIVENESS", "NAME", "STATE"]
+    assert lines[1].split()[:3] == ["node3", "*never", "seen"]
+    pid = str(running_pid(nodes, "node2", "b"))
+    assert ["node2", "up", "b", "running", pid] in [l.split()[:5]
+                                                    for l in lines]
+    assert dpdctl(master, "status", "node1", "node2").returncode == 0
+
+
+def test_restart_stop_start_tail_through_the_master(cluster):
+    master, node1, node2 = cluster
+    nodes = wait_fleet(master, all_running, "every process running")
+    a, b = running_pid(nodes, "node1", "a"), running_pid(nodes, "node2", "b")
+    result = dpdctl(master, "restart", "node1", "a")
+    assert result.returncode == 0, result
+    new = int(result.stdout.split("pid")[1])
+    assert new != a and is_alive(new) and not is_alive(a)
+    assert node2.wait_running("b") == b
+    assert dpdctl(master, "stop", "node1", "a").returncode == 0
+    nodes = wait_fleet(master, lambda n: n["node1"]["procs"]["a"].get("held"),
+                       "a stopped by operator")
+    assert not is_alive(new)
+    result = dpdctl(master, "status", "node1")
+    assert result.returncode == 1 and "stopped by operator" in result.stdout
+    assert dpdctl(master, "start", "node1", "a").returncode == 0
+    wait_fleet(master, lambda n: running_pid(n, "node1", "a"), "a again")
+    wait_for(lambda: "two" in dpdctl(master, "tail", "node1", "talk").stdout,
+             what="talk's output")
+    result = dpdctl(master, "tail", "node1", "talk", "-n", "1")
+    assert result.stdout.splitlines() == ["two"]
+
+
+def test_a_rejected_list_shows_why(cluster):
+    master, node1, node2 = cluster
+    wait_fleet(master, all_running, "every process running")
+    nodes = dict(master.nodes, node2=[node2.proc("b", "/bin/sleep", "8204",
+                                                 user="no-such-user-8204")])
+    master.write(nodes=nodes)
+    # Until its client's next report the node merely looks behind.
+    status = wait_fleet(master, lambda n: "rejected" in (
+        n["node2"]["reason"] or ""), "node2's refusal")
+    assert status["node2"]["in_sync"] is False
+    assert 'rejected its list' in status["node2"]["reason"]
+    assert 'unknown user "no-such-user-8204"' in status["node2"]["reason"]
+
+
+def test_a_silent_node_turns_late_then_down(cluster):
+    master, node1, node2 = cluster
+    wait_fleet(master, lambda n: n["node2"]["liveness"] == "up", "node2 up")
+    node2.client.kill()
+    node2.stop(signal.SIGKILL)
+    wait_fleet(master, lambda n: n["node2"]["liveness"] == "late",
+               "node2 late", timeout=fleet.LATE_INTERVALS * INTERVAL + 3)
+    wait_fleet(master, lambda n: n["node2"]["liveness"] == "down",
+               "node2 down", timeout=SILENT_AFTER + 3)
+    result = dpdctl(master, "restart", "node2", "b")
+    assert result.returncode == 1
+    assert result.stderr.startswith('dpdctl: node "node2" is down (nothing '
+                                    "heard for ")
+
+
+def test_errors_name_what_is_wrong(cluster, tmp_path):
+    master, node1, node2 = cluster
+    wait_fleet(master, all_running, "every process running")
+    result = dpdctl(master, "restart", "node9", "a")
+    assert (result.returncode, result.stderr.strip()) == (
+        1, 'dpdctl: unknown node "node9"')
+    result = dpdctl(master, "restart", "node1", "ghost")
+    assert result.returncode == 1
+    assert 'no process named "ghost" on this node' in result.stderr
+    result = dpdctl(master, "restart", "node3", "x")
+    assert result.stderr.strip() == 'dpdctl: node "node3" was never seen'
+    assert dpdctl(master, "restart", "node1").returncode == 2
+    assert dpdctl(master, "status", "node9").returncode == 1
+    master.stop()
+    result = dpdctl(master, "status")
+    assert result.returncode == 3
+    assert default_master_control(master.pid_file) in result.stderr
