@@ -181,7 +181,7 @@ def fleet_rows(nodes, now):
         live = node["liveness"]
         ok_node = live == fleet.UP and node["in_sync"]
         prefix = (name, ("" if ok_node else "*") + live)
-        procs = status.process_rows(node["procs"], now, prefix)
+        procs = status.process_rows(node["procs"], now, prefix, local=False)
         if node["reason"] or not procs:
             rows.append((ok_node, name, prefix[1], "-", "-", "-", "-", "-",
                          node["reason"] or ""))
@@ -213,8 +213,8 @@ def cmd_status(link, args, node, names):
         return fail("unknown node %s" % ", ".join('"%s"' % n for n in unknown))
     if names:
         nodes = {n: nodes[n] for n in names}
-    for entry in nodes.values():
-        entry["procs"] = _live(entry["procs"])
+    # The pids are the nodes': their clients checked them (a gone one is
+    # "dead" already); this machine's /proc says nothing about them.
     ok = all(fleet.as_desired(entry) for entry in nodes.values())
     if args.json:
         print(json.dumps({"nodes": nodes}, indent=1, sort_keys=True))
@@ -224,17 +224,18 @@ def cmd_status(link, args, node, names):
 
 
 def _live(procs):
-    """Views with the state as shown (a node's client already marked a gone
-    pid "dead"; locally, dpdctl --worker checks it here)."""
+    """A local worker's views with the state as shown (a gone pid "dead")."""
     return {name: dict(entry, state=status.live_state(entry),
                        ok=status.as_desired(entry))
             for name, entry in procs.items() if isinstance(entry, dict)}
 
 
 def _procs_of(link, node):
-    reply = link.ask("status")
-    if "nodes" in reply:
-        return reply["nodes"].get(node, {}).get("procs", {})
+    """The worker's own view, live: through the master, a status relayed
+    to that node (not the last report the master heard)."""
+    reply = link.ask("status", node=node)
+    if not reply["ok"]:
+        raise Unreachable(reply["error"])
     return reply["procs"]
 
 

@@ -52,13 +52,17 @@ def note(entry):
     return text
 
 
-def process_rows(procs, now, prefix=()):
-    """(as desired, cells...) for each process of {name: view}."""
+def process_rows(procs, now, prefix=(), local=True):
+    """(as desired, cells...) for each process of {name: view}; ``local``:
+    the pids are this machine's, so a gone one shows "dead"."""
     rows = []
     for name, entry in procs.items():
         if not isinstance(entry, dict):
             continue
-        state, ok = live_state(entry), as_desired(entry)
+        if local:
+            state, ok = live_state(entry), as_desired(entry)
+        else:
+            state, ok = entry.get("state", "?"), bool(entry.get("ok"))
         started = entry.get("started_at")
         uptime = _age(now - started) if isinstance(started, (int, float)) \
             and entry.get("pid") and state == "running" else "-"
