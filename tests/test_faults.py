@@ -1,0 +1,74 @@
+"""Faults that must kill no daemon and lose nothing (issue "Nothing kills a
+daemon, nothing is lost"), each a test on the real daemons.
+
+Cases that already had a test elsewhere are not repeated here:
+
+- a program that ignores SIGTERM is killed after ``stop_timeout``:
+  test_worker.py::test_stop_escalates_to_sigkill;
+- a full or read-only folder under the client's target keeps the old file:
+  test_distributed_faults.py::test_full_or_read_only_target_keeps_the_old_file.
+
+Every process a test starts carries its marker (the ``marker`` fixture ends
+them all); waits are conditions with deadlines.
+"""
+
+import os
+import random
+import signal
+
+import pytest
+
+from diprocd.daemon import read_pid
+from helpers import Node, wait_for
+
+
+@pytest.fixture
+def node(tmp_path, marker):
+    os.chmod(str(tmp_path), 0o755)  # processes running as nobody may need it
+    node = Node(tmp_path, marker)
+    yield node
+    node.close()
+
+
+def running_count(node):
+    return sum(1 for entry in node.status().values()
+               if entry.get("state") == "running")
+
+
+# -- 1. the worker killed in the middle of a cold start, again and again ---------
+
+@pytest.mark.timeout(120)
+def test_worker_killed_at_random_moments_of_a_cold_start(node):
+    """200 programs, the worker SIGKILLed five times at random moments of
+    its burst of starts (after 1 to 199 programs run, so between a child's
+    journal line and the worker's status file and pid files), a new worker
+    started each time: the last one runs each program exactly once, and
+    every pid file names its program."""
+    count = 200
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    tags = ["%d" % (61000 + i) for i in range(count)]
+    node.write([node.proc("c%d" % i, "/bin/sleep", tags[i])
+                for i in range(count)])
+    thresholds = sorted(rng.sample(range(1, count), 5))
+    for threshold in thresholds:
+        node.start(verbose=False, wait=False)
+        wait_for(lambda: len(node.instances("sleep")) >= threshold,
+                 timeout=30, what="%d programs running (seed %d)"
+                 % (threshold, seed))
+        node.stop(signal.SIGKILL)
+    node.start(verbose=False)
+    wait_for(lambda: running_count(node) == count, timeout=30,
+             what=lambda: "all running (seed %d, kills after %s); %d are"
+             % (seed, thresholds, running_count(node)))
+    status = node.status()
+    for i, tag in enumerate(tags):
+        pids = node.instances(tag)
+        assert len(pids) == 1, "c%d runs %d times (seed %d, kills after %s)" \
+            % (i, len(pids), seed, thresholds)
+        assert status["c%d" % i]["pid"] == pids[0]
+    missing = [name for name in sorted(status)
+               if read_pid(str(node.dir / "run" / (name + ".pid")))
+               != status[name]["pid"]]
+    assert missing == [], "pid files missing or wrong (seed %d): %s" % (
+        seed, missing[:10])
