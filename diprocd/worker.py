@@ -60,6 +60,7 @@ class Worker:
         self._status_dirty = True
         self._schedule_dirty = True
         self._status_error = None
+        self._config_present = True
 
     # --- life cycle ---------------------------------------------------------
     def run(self):
@@ -123,6 +124,15 @@ class Worker:
     def reload(self, force):
         """Re-read CONFIG; an invalid file changes nothing. ``force`` (SIGHUP)
         also gives failed and given-up processes a new chance."""
+        present = os.path.exists(self.config.path)
+        if present != self._config_present:
+            self._config_present = present
+            if present:
+                self.log.info("%s is back", self.config.path)
+            else:
+                self.log.warning("%s is gone: every process keeps running as "
+                                 "it is; the file is applied when it comes "
+                                 "back", self.config.path)
         if not force and not self.config.on_disk_differs():
             return
         try:

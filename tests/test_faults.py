@@ -19,6 +19,7 @@ import signal
 import pytest
 
 from diprocd.daemon import read_pid
+from diprocd.kernel import is_alive
 from helpers import Node, wait_for
 
 
@@ -28,6 +29,10 @@ def node(tmp_path, marker):
     node = Node(tmp_path, marker)
     yield node
     node.close()
+
+
+def sleeper(node, name, tag, **fields):
+    return node.proc(name, "/bin/sleep", str(tag), **fields)
 
 
 def running_count(node):
@@ -72,3 +77,36 @@ def test_worker_killed_at_random_moments_of_a_cold_start(node):
                != status[name]["pid"]]
     assert missing == [], "pid files missing or wrong (seed %d): %s" % (
         seed, missing[:10])
+
+
+# -- 4. the worker's file deleted ------------------------------------------------
+
+def test_worker_file_deleted_then_back(node):
+    """CONFIG removed: every process keeps running, the worker says so
+    once; put back unchanged nothing restarts; put back changed it is
+    applied."""
+    a, b = sleeper(node, "a", 62001), sleeper(node, "b", 62002)
+    node.write([a, b])
+    node.start()
+    pids = {name: node.wait_running(name) for name in "ab"}
+    os.unlink(node.config_path)
+    wait_for(lambda: "%s is gone" % node.config_path in node.log(),
+             what=lambda: "the worker to log the missing file:\n" + node.log())
+    node.daemon.send_signal(signal.SIGHUP)  # a re-read finds nothing either
+    wait_for(lambda: "keeping the last good configuration" in node.log(),
+             what="the SIGHUP re-read")
+    assert node.daemon.poll() is None
+    assert node.running() == pids
+    node.write([a, b])
+    wait_for(lambda: "%s is back" % node.config_path in node.log(),
+             what="the worker to see the file back")
+    assert node.running() == pids
+    os.unlink(node.config_path)
+    wait_for(lambda: node.log().count("%s is gone" % node.config_path) == 2,
+             what="the second removal")
+    c = sleeper(node, "c", 62003)
+    node.write([a, c])
+    node.wait_running("c")
+    wait_for(lambda: "b" not in node.status(), what="b removed")
+    assert node.running()["a"] == pids["a"] and not is_alive(pids["b"])
+    assert node.log().count("%s is gone" % node.config_path) == 2
