@@ -12,15 +12,23 @@ Every process a test starts carries its marker (the ``marker`` fixture ends
 them all); waits are conditions with deadlines.
 """
 
+import json
 import os
+import pwd
 import random
 import signal
+import subprocess
+import sys
 
 import pytest
 
+from conftest import requires_root
 from diprocd.daemon import read_pid
-from diprocd.kernel import is_alive
-from helpers import Node, wait_for
+from diprocd.kernel import boot_id, is_alive, proc_stat, start_ticks
+from diprocd.ledger import JournalSlot, journal_path
+from helpers import Node, marked_env, wait_for, write_json
+
+USER = pwd.getpwuid(os.geteuid()).pw_name
 
 
 @pytest.fixture
@@ -110,3 +118,101 @@ def test_worker_file_deleted_then_back(node):
     wait_for(lambda: "b" not in node.status(), what="b removed")
     assert node.running()["a"] == pids["a"] and not is_alive(pids["b"])
     assert node.log().count("%s is gone" % node.config_path) == 2
+
+
+# -- 6. a recorded pid reused by another user's process ----------------------------
+
+@requires_root
+def test_a_recorded_pid_now_another_users_process_is_left_alone(node):
+    """The last worker's records name a pid that now belongs to a process
+    of user nobody, started after the recorded one (other kernel start
+    time): in the status file for a process still in CONFIG (its pid file
+    names that pid too) and for one removed meanwhile, and in a journal
+    line of another removed one. The next worker adopts none of them and
+    never signals that process, neither at start nor when it later stops
+    what it started in its place."""
+    nobody = pwd.getpwnam("nobody")
+    stranger = subprocess.Popen(
+        ["/bin/sleep", "62100"], env=marked_env(node.marker),
+        user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+        start_new_session=True)
+    try:
+        pid = stranger.pid
+        ticks = wait_for(lambda: start_ticks(pid), what="the stranger")
+        old = ticks - 1  # the recorded process started before it
+        os.makedirs(os.path.dirname(node.pid_file), exist_ok=True)
+        with open(str(node.dir / "run" / "svc.pid"), "w") as handle:
+            handle.write("%d\n" % pid)
+        stop = [int(signal.SIGTERM), 1.0]
+        write_json(node.status_path, {
+            "version": 2, "boot_id": boot_id(), "procs": {},
+            "records": {name: {"pid": pid, "ticks": old, "stop": stop,
+                               "fingerprint": "0", "write_pid": True}
+                        for name in ("svc", "removed")}})
+        line = JournalSlot(None, json.dumps({
+            "boot_id": boot_id(), "name": "journalled", "daemon": False,
+            "fingerprint": "0", "pid_file": None, "write_pid": False,
+            "stop": stop}).encode()).line(pid, old)
+        with open(journal_path(node.pid_file), "wb") as handle:
+            handle.write(line)
+        node.write([sleeper(node, "svc", 62101)])
+        node.start()
+        fresh = node.wait_running("svc")
+        assert fresh != pid and node.state("svc")["adopted"] is False
+        assert set(node.status()) == {"svc"}, node.status()
+        log = node.log()
+        for name in ("svc", "removed", "journalled"):
+            assert "%s: pid %d from the last run is gone or is another " \
+                "program now: not adopted" % (name, pid) in log
+        assert read_pid(str(node.dir / "run" / "svc.pid")) == fresh
+        node.write([])
+        wait_for(lambda: not node.status(), what="svc removed")
+        assert not is_alive(fresh)
+        assert stranger.poll() is None and start_ticks(pid) == ticks, \
+            "the other user's process was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+# -- 8. a child that leaves its process group ----------------------------------------
+
+ESCAPING_PROGRAM = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()  # a session and a group of its own: the stop signal misses it
+    with open(sys.argv[1] + ".tmp", "w") as handle:
+        handle.write("%d\\n" % os.getpid())
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(1000)
+"""
+
+
+def test_a_child_that_calls_setsid_survives_the_stop_and_is_reaped(
+        node, tmp_path):
+    """As documented: the stop signal goes to the process's group, so a
+    child that left it with setsid survives the stop. The worker does not
+    crash, and once that child exits (it was re-parented to the worker, a
+    child subreaper) the worker reaps it: no zombie is left."""
+    script = tmp_path / "escaping.py"
+    script.write_text(ESCAPING_PROGRAM)
+    escaped_pid_file = str(tmp_path / "escaped.pid")
+    node.write([node.proc("esc", sys.executable, str(script),
+                          escaped_pid_file, user=USER)])
+    node.start()
+    main = node.wait_running("esc")
+    escaped = wait_for(lambda: read_pid(escaped_pid_file),
+                       what="the escaped child's pid")
+    assert os.getsid(escaped) == escaped != os.getsid(main)
+    node.write([])
+    wait_for(lambda: not node.status(), what="esc stopped and removed")
+    assert not is_alive(main)
+    assert is_alive(escaped), "the escaped child was stopped: update README"
+    assert node.daemon.poll() is None
+    # Its parent is gone: it is the worker's child now.
+    assert proc_stat(escaped).ppid == node.daemon.pid
+    os.kill(escaped, signal.SIGKILL)
+    wait_for(lambda: proc_stat(escaped) is None, what=lambda: "the worker to "
+             "reap it (state %s)" % (proc_stat(escaped),))
+    node.write([sleeper(node, "after", 62200)])
+    node.wait_running("after")
