@@ -12,20 +12,30 @@ Every process a test starts carries its marker (the ``marker`` fixture ends
 them all); waits are conditions with deadlines.
 """
 
+import ast
+import inspect
 import json
+import logging
 import os
 import pwd
 import random
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import requires_root
+from diprocd import loop, pidwatch, spawn, watch
+from diprocd import process as P
+from diprocd.config import WorkerConfig
 from diprocd.daemon import read_pid
 from diprocd.kernel import boot_id, is_alive, proc_stat, start_ticks
 from diprocd.ledger import JournalSlot, journal_path
+from diprocd.spec import ProcessSpec
+from diprocd.worker import Worker
+from fakes import FakeClock, FakeOps
 from helpers import Node, marked_env, wait_for, write_json
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
@@ -216,3 +226,137 @@ def test_a_child_that_calls_setsid_survives_the_stop_and_is_reaped(
              "reap it (state %s)" % (proc_stat(escaped),))
     node.write([sleeper(node, "after", 62200)])
     node.wait_running("after")
+
+
+# -- 5. the wall clock jumping ----------------------------------------------------------
+#
+# The start limit and the timers run on the monotonic clock, which no one
+# can set. Both ways are tested: a real jump of a real worker's wall clock
+# (libfaketime, preloaded into that worker only, its monotonic clock left
+# real: `unshare --time` cannot shift CLOCK_REALTIME, and setting the
+# machine's clock would disturb everything else on it), the fake clock of
+# the unit tests for what a real test cannot wait for (a minute of spaced
+# starts), and a look at the code: no wall-clock read where time is counted.
+
+HOUR = 3600.0
+
+
+def make_process(**fields):
+    fields.setdefault("run", "/bin/false")
+    fields.setdefault("pid_file", "/run/t/p.pid")
+    clock, ops = FakeClock(), FakeOps()
+    proc = P.Process(ProcessSpec(name="p", **fields), ops, clock)
+    proc.want()
+    return proc, ops, clock
+
+
+def test_a_wall_clock_jump_forward_does_not_reset_the_start_limit():
+    proc, ops, clock = make_process()
+    for _ in range(P.START_LIMIT):
+        proc.start()
+        assert proc.state == P.RUNNING
+        clock.wall_jump += HOUR  # each crash an hour later, by the wall
+        clock.now += 0.1
+        proc.on_exit("exit status 1")
+    proc.start()
+    assert proc.state == P.GIVEN_UP and len(ops.spawned) == P.START_LIMIT
+
+
+def test_a_wall_clock_jump_back_does_not_trigger_the_start_limit():
+    """Starts a little more than a window apart (by the monotonic clock)
+    never hit the limit, while the wall clock goes back an hour each time
+    (a wall-clock limiter would see them all in its window)."""
+    proc, ops, clock = make_process()
+    for _ in range(4 * P.START_LIMIT):
+        proc.start()
+        assert proc.state == P.RUNNING, proc.error
+        clock.wall_jump -= HOUR
+        clock.now += P.START_WINDOW / (P.START_LIMIT - 1) + 0.1
+        proc.on_exit("exit status 1")
+    assert len(ops.spawned) == 4 * P.START_LIMIT
+
+
+def test_a_wall_clock_jump_does_not_bring_the_sigkill_forward():
+    proc, ops, clock = make_process(stop_timeout=10)
+    proc.start()
+    proc.stop()
+    clock.wall_jump += HOUR
+    clock.now += 9.9
+    proc.tick(clock.now)
+    assert ops.signals == [(proc.pid, signal.SIGTERM)]
+    clock.now += 0.2
+    proc.tick(clock.now)
+    assert ops.signals[-1] == (proc.pid, signal.SIGKILL)
+
+
+def wall_clock_reads(module):
+    """``module``'s source, its syntax tree and the calls in it of
+    ``time.time()``, ``time.time_ns()`` or any ``<clock>.time()``."""
+    source = inspect.getsource(module)
+    tree = ast.parse(source)
+    reads = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute)
+             and node.func.attr in ("time", "time_ns")]
+    return source, tree, reads
+
+
+def test_no_wall_clock_read_counts_time():
+    """The modules that keep deadlines and the start window never read the
+    wall clock; process.py reads it only to show when things happened
+    (``since``, ``started_at``); the worker's loop runs on the monotonic
+    clock."""
+    for module in (loop, pidwatch, spawn, watch):
+        _, _, reads = wall_clock_reads(module)
+        assert reads == [], "%s reads the wall clock at lines %s" % (
+            module.__name__, [node.lineno for node in reads])
+    source, tree, reads = wall_clock_reads(P)
+    shown = {"since", "started_at"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and node.value in reads:
+            assert all(isinstance(t, ast.Attribute) and t.attr in shown
+                       for t in node.targets), ast.get_source_segment(
+                           source, node)
+            reads.remove(node.value)
+    assert reads == [], "process.py reads the wall clock at lines %s" % [
+        node.lineno for node in reads]
+    clock = FakeClock()
+    worker = Worker(WorkerConfig("/etc/w.json", "/run/t/w.pid"),
+                    logging.getLogger("test-clock"), clock=clock,
+                    ops=FakeOps())
+    assert worker.loop.clock == clock.monotonic
+    assert Worker(WorkerConfig("/etc/w.json", "/run/t/w.pid"),
+                  logging.getLogger("test-clock"), ops=FakeOps()
+                  ).loop.clock is time.monotonic
+
+
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+# Each run moves its worker's wall clock an hour on, then crashes.
+CLOCK_MOVER = ('n=$(tr -dc 0-9 < "$1"); echo "+$((n + 3600))s" > "$1.new";'
+               ' mv "$1.new" "$1"; exit 3')
+
+
+@pytest.mark.skipif(not os.path.exists(LIBFAKETIME), reason="needs "
+                    "libfaketime (Debian package faketime; tests/setup-"
+                    "system.sh installs it as root)")
+def test_a_real_wall_clock_jump_does_not_reset_the_start_limit(node,
+                                                               tmp_path):
+    """A real dpd-workerd whose own wall clock (libfaketime, re-read at
+    every call) its crashing program moves an hour on at each run: it still
+    gives the program up after 5 starts, although by its wall clock they
+    were 4 hours apart; the status file shows the clock it saw."""
+    offset = tmp_path / "wall-offset"
+    offset.write_text("+0s\n")
+    node.write([node.proc("mover", "/bin/sh", "-c", CLOCK_MOVER, "sh",
+                          str(offset), user=USER)])
+    started = time.time()
+    node.start(wrapper=[
+        "env", "LD_PRELOAD=" + LIBFAKETIME,
+        "FAKETIME_TIMESTAMP_FILE=%s" % offset, "FAKETIME_NO_CACHE=1",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1"])
+    entry = node.wait_state("mover", "given-up", timeout=20)
+    assert entry["starts"] == P.START_LIMIT, entry
+    assert offset.read_text().strip() == "+%ds" % (P.START_LIMIT * HOUR)
+    # The worker's wall clock did jump: what it wrote last is 5 hours on.
+    assert node.status_doc()["updated"] - started > P.START_LIMIT * HOUR - 60
+    assert node.daemon.poll() is None
