@@ -32,7 +32,7 @@ from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.fileio import atomic_write
+from diprocd.fileio import atomic_write, remove_dead_writers_temps
 from diprocd.loop import Loop
 
 # Before the master's first update tells us its heartbeat, assume this one.
@@ -99,6 +99,9 @@ class Client:
                                  signal.SIGINT: self._exit_signal,
                                  signal.SIGHUP: lambda _: self.reload()})
             self._connect()
+            for name in remove_dead_writers_temps(self.config.conf_file):
+                self.log.info("removed %s, half written by a client that "
+                              "was killed", name)
             self._watch_status(self._read_worker_doc(quiet=True))
             loop.every_turn(self._hello_turn)
             loop.call_at("status", self._clock(), self._send_status)

@@ -14,6 +14,7 @@ them all); waits are conditions with deadlines.
 
 import ast
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -22,21 +23,25 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import zmq
 
 from conftest import requires_root
-from diprocd import loop, pidwatch, spawn, watch
+from diprocd import loop, pidwatch, protocol, spawn, watch
 from diprocd import process as P
 from diprocd.config import WorkerConfig
 from diprocd.daemon import read_pid
+from diprocd.fileio import remove_dead_writers_temps
 from diprocd.kernel import boot_id, is_alive, proc_stat, start_ticks
 from diprocd.ledger import JournalSlot, journal_path
 from diprocd.spec import ProcessSpec
 from diprocd.worker import Worker
 from fakes import FakeClock, FakeOps
-from helpers import Node, marked_env, wait_for, write_json
+from helpers import (Node, endpoint, marked_env, stop_daemon, wait_for,
+                     write_json)
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
 
@@ -416,3 +421,114 @@ def test_thousands_of_crashing_programs_leak_no_fd_and_no_memory(node):
     assert rss1 - rss0 < 40 * 1024, figures  # 1000 Processes and their status
     assert rss2 - rss1 < 8 * 1024, figures
     assert node.daemon.poll() is None
+
+
+# -- 2. the client killed while it rewrites the worker's file --------------------------
+
+class Publisher(threading.Thread):
+    """A fake master's PUB socket sending ``lists`` for node1 in turn, as
+    fast as the client takes them, each with an epoch of its own (a client
+    always takes another epoch), until ``stop()``."""
+
+    def __init__(self, updates, lists):
+        super().__init__(daemon=True)
+        self.context = zmq.Context()
+        self.pub = self.context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(updates)
+        self.messages = [protocol.encode_update(protocol.Update(
+            "node1", "list-%d" % i, 1, procs, 30))
+            for i, procs in enumerate(lists)]
+        self.halt = threading.Event()
+
+    def run(self):
+        try:
+            for frames in itertools.cycle(self.messages):
+                if self.halt.wait(0.005):  # pacing, not a wait for a state
+                    return
+                self.pub.send_multipart(frames)
+        finally:
+            self.pub.close()
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+        self.context.term()
+
+
+def temp_files(folder, name):
+    return [entry for entry in os.listdir(str(folder))
+            if entry.startswith("." + name + ".") and entry.endswith(".tmp")]
+
+
+def test_only_dead_writers_temporary_files_are_removed(tmp_path):
+    target = str(tmp_path / "worker.json")
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    names = {
+        "dead": ".worker.json.%d.0123456789ab.tmp" % dead.pid,
+        "live": ".worker.json.%d.0123456789ab.tmp" % os.getpid(),
+        "other file's": ".worker.json.5.%d.0123456789ab.tmp" % dead.pid,
+        "not ours": ".worker.json.%d.tmp" % dead.pid,
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("{half")
+    assert remove_dead_writers_temps(target) == [names["dead"]]
+    assert sorted(os.listdir(str(tmp_path))) == sorted(
+        name for key, name in names.items() if key != "dead")
+
+
+@pytest.mark.timeout(120)
+def test_client_killed_while_rewriting_leaves_old_or_new_never_mixed(
+        tmp_path, marker):
+    """Four lists of 4000 processes (about 600 KB of worker file each) sent
+    to node1 in turn; its client, rewriting the worker's file for each,
+    SIGKILLed ten times: five times the moment its temporary file appears
+    (in the middle of a write), five times after a few whole writes. After
+    each kill the worker's file parses, keeps its other keys and holds one
+    of the lists sent, exactly; the next client removes what a killed one
+    left half written."""
+    lists = [[{"name": "p%04d" % i, "run": "/bin/sleep",
+               "args": [str(63000 + k), str(i)], "user": USER}
+              for i in range(4000)] for k in range(4)]
+    node = Node(tmp_path, marker)
+    node.write([])
+    updates = endpoint()
+    node.write_client(endpoint(), updates)
+    publisher = Publisher(updates, lists)
+    publisher.start()
+    rng = random.Random()
+    half_written = set()  # names of the temporary files killed clients left
+    try:
+        for kill in range(10):
+            client = node.start_client()
+            wait_for(lambda: not half_written & set(temp_files(
+                tmp_path, "worker.json")), what="the new client to remove "
+                "what the killed ones left half written")
+            writes = node.client_log().count("wrote ")
+            if kill % 2 == 0:
+                wait_for(lambda: set(temp_files(tmp_path, "worker.json"))
+                         - half_written, timeout=30, interval=0.001,
+                         what="the client in the middle of a write")
+            else:
+                more = rng.randint(1, 4)
+                wait_for(lambda: node.client_log().count("wrote ")
+                         >= writes + more, timeout=30, what="%d writes" % more)
+            client.kill()
+            client.wait()
+            doc = json.loads(node.conf_bytes())
+            assert doc["pid_file"] == node.pid_file
+            assert doc["procs"] in lists + [[]], "kill %d: a mixed file" % kill
+            half_written.update(temp_files(tmp_path, "worker.json"))
+        print("%d kills left a half-written file" % len(half_written))
+        assert len(half_written) >= 5, half_written
+        client = node.start_client()
+        writes = node.client_log().count("wrote ")
+        wait_for(lambda: node.client_log().count("wrote ") > writes,
+                 timeout=30, what="a write by the last client")
+        publisher.stop()
+        assert stop_daemon(client) == 0
+        assert temp_files(tmp_path, "worker.json") == []
+    finally:
+        if publisher.is_alive():
+            publisher.stop()
