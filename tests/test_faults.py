@@ -40,8 +40,8 @@ from diprocd.ledger import JournalSlot, journal_path
 from diprocd.spec import ProcessSpec
 from diprocd.worker import Worker
 from fakes import FakeClock, FakeOps
-from helpers import (Node, endpoint, marked_env, stop_daemon, wait_for,
-                     write_json)
+from helpers import (Master, Node, endpoint, marked_env, process_doc,
+                     read_json, stop_daemon, wait_for, write_json)
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
 
@@ -532,3 +532,89 @@ def test_client_killed_while_rewriting_leaves_old_or_new_never_mixed(
     finally:
         if publisher.is_alive():
             publisher.stop()
+
+
+# -- 3. the master file cut short while it is saved in place ---------------------------
+
+class Subscriber:
+    """A SUB socket on the master's updates for some nodes; ``latest()``
+    is {node: (seq, procs)} of what was heard last."""
+
+    def __init__(self, updates, nodes):
+        self.context = zmq.Context()
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        for node in nodes:
+            self.sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(node))
+        self.sub.connect(updates)
+        self.heard = []
+
+    def poll(self):
+        while self.sub.poll(0):
+            frames = self.sub.recv_multipart()
+            node = frames[0][:-1].decode()
+            update = protocol.decode_update(frames, node)
+            self.heard.append((node, update.seq, update.procs))
+        return self.heard
+
+    def latest(self):
+        return {node: (seq, procs) for node, seq, procs in self.poll()}
+
+    def close(self):
+        self.sub.close()
+        self.context.term()
+
+
+def test_master_file_cut_short_keeps_the_last_good_lists(tmp_path, marker):
+    """The master file rewritten in place (truncated, then written) and the
+    write cut short twice: empty, then half of it, for several heartbeats
+    each. The master logs it, keeps publishing the last good lists (same
+    sequences), the node's file is untouched; once the write is complete
+    the master publishes the new list, to that node only."""
+    a = process_doc(marker, "a", "/bin/sleep", "63100", user=USER)
+    b = process_doc(marker, "b", "/bin/sleep", "63101", user=USER)
+    master = Master(tmp_path, marker, {"node1": [a], "node2": [b]},
+                    heartbeat=0.2)
+    master.start()
+    sub = Subscriber(master.updates, ["node1", "node2"])
+    node = Node(tmp_path / "node1", marker)
+    node.write([])
+    node.write_client(master.stats, master.updates)
+    node.start_client()
+    try:
+        wait_for(lambda: read_json(node.config_path)["procs"] == [a],
+                 what="node1's list")
+        wait_for(lambda: sub.latest() == {"node1": (1, [a]),
+                                          "node2": (1, [b])},
+                 what="both lists published")
+        before = node.conf_bytes()
+        a2 = dict(a, args=["63102"])
+        new_text = json.dumps(dict(master.doc, nodes={"node1": [a2],
+                                                      "node2": [b]}))
+        with open(master.config_path, "r+") as handle:
+            for cut, part in (("empty", ""),
+                              ("half", new_text[:len(new_text) // 2])):
+                errors = master.log().count("invalid master file")
+                handle.seek(0)
+                handle.truncate()
+                handle.write(part)
+                handle.flush()
+                wait_for(lambda: master.log().count("invalid master file")
+                         > errors, what="the master to refuse the %s file"
+                         % cut)
+                heard = len(sub.poll())
+                wait_for(lambda: len(sub.poll()) >= heard + 6,
+                         what="three heartbeats")
+                assert {(n, s, p == ([a] if n == "node1" else [b]))
+                        for n, s, p in sub.heard[heard:]} == {
+                            ("node1", 1, True), ("node2", 1, True)}
+                assert master.daemon.poll() is None
+                assert node.conf_bytes() == before
+            handle.write(new_text[len(new_text) // 2:])
+        wait_for(lambda: read_json(node.config_path)["procs"] == [a2],
+                 what="the complete file's list at node1")
+        assert sub.latest() == {"node1": (2, [a2]), "node2": (1, [b])}
+        assert master.stop() == 0
+    finally:
+        sub.close()
+        node.close()
