@@ -43,6 +43,10 @@ SILENCE_CHECK_INTERVAL = 1.0
 MAX_UNKNOWN_NODES = 1024
 # Reports handled in one go before timers and signals get their turn.
 RECEIVE_BATCH = 1000
+# Anyone who reaches the stats socket can send junk as fast as the network
+# allows: a malformed report is logged, then at most one line this often
+# says how many more were dropped.
+DROPS_LOG_INTERVAL = 5.0
 
 
 class NodeLists:
@@ -125,6 +129,8 @@ class Master:
         self.pub = self.pull = None
         self._nodes_written = None
         self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
+        self._unlogged_drops = 0  # malformed reports not logged one by one
+        self._last_drop = None  # the reason of the last of them
 
     # -- life cycle --------------------------------------------------------
 
@@ -290,9 +296,29 @@ class Master:
         try:
             report = protocol.decode_report(frames)
         except ProtocolError as err:
-            self.log.warning("dropped a malformed report: %s", err)
+            self._dropped(err)
             return
         self.on_report(report)
+
+    def _dropped(self, err):
+        """Log a malformed report, unless one was logged within the last
+        DROPS_LOG_INTERVAL seconds: then count it, for one line at the end
+        of that interval."""
+        if self.loop.pending("drops") is None:
+            self.log.warning("dropped a malformed report: %s", err)
+            self.loop.call_later("drops", DROPS_LOG_INTERVAL, self._log_drops)
+            return
+        self._unlogged_drops += 1
+        self._last_drop = err
+
+    def _log_drops(self):
+        if not self._unlogged_drops:
+            return
+        self.log.warning("dropped %d more malformed reports in the last "
+                         "%.0f s (the last: %s)", self._unlogged_drops,
+                         DROPS_LOG_INTERVAL, self._last_drop)
+        self._unlogged_drops, self._last_drop = 0, None
+        self.loop.call_later("drops", DROPS_LOG_INTERVAL, self._log_drops)
 
     def on_report(self, report):
         now = self._clock()

@@ -20,7 +20,9 @@ import logging
 import os
 import pwd
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -618,3 +620,145 @@ def test_master_file_cut_short_keeps_the_last_good_lists(tmp_path, marker):
     finally:
         sub.close()
         node.close()
+
+
+# -- 11. the master's stats port flooded by a stranger -------------------------------------
+
+def vm_kib(pid, field):
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for pid %d" % (field, pid))
+
+
+def junk_messages(rng, count):
+    """``count`` messages a stranger may send: random frames, wrong kinds,
+    bodies that are not JSON or name another node, a wrong version."""
+    def body(**fields):
+        doc = {"v": 1, "node": "node1", "epoch": None, "seq": None,
+               "status": None}
+        doc.update(fields)
+        return json.dumps(doc).encode()
+    shapes = [
+        lambda: [rng.randbytes(rng.randint(0, 200))
+                 for _ in range(rng.randint(1, 5))],
+        lambda: [b"junk", b"node1\0", body()],
+        lambda: [b"status", b"node1", body()],
+        lambda: [b"status", b"node1\0", rng.randbytes(100)],
+        lambda: [b"hello", b"node1\0", body(node="node2")],
+        lambda: [b"status", b"node1\0", body(v=9)],
+        lambda: [b"status", b"\xff\0", body()],
+    ]
+    return [rng.choice(shapes)() for _ in range(count)]
+
+
+def flood(address, rng, connections=8, messages=2000, huge=2):
+    """A stranger at ``address`` (tcp://127.0.0.1:PORT): 30 raw TCP
+    connections sending random bytes (no ZeroMQ greeting), then
+    ``connections`` PUSH sockets sending ``messages`` junk messages each and
+    ``huge`` bodies of 5 MB (over the protocol's bound) and one of 9 MB
+    (over the socket's). Returns how many messages went out."""
+    host, port = address[len("tcp://"):].rsplit(":", 1)
+    for _ in range(30):
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            try:
+                raw.sendall(rng.randbytes(64 * 1024))
+            except OSError:
+                pass  # the master hung up on us: fine
+    context = zmq.Context()
+    sent = 0
+    try:
+        pushes = []
+        for _ in range(connections):
+            push = context.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 20000)  # all of it, within a bound
+            push.setsockopt(zmq.SNDTIMEO, 5000)
+            push.connect(address)
+            pushes.append(push)
+        big = [b"status", b"node1\0", b"x" * (5 * 1024 * 1024)]
+        for push in pushes:
+            for frames in junk_messages(rng, messages):
+                push.send_multipart(frames)
+                sent += 1
+            for _ in range(huge):
+                push.send_multipart(big)
+                sent += 1
+            push.send_multipart([b"status", b"node1\0",
+                                 b"x" * (9 * 1024 * 1024)])
+            sent += 1
+        for push in pushes:
+            push.close()
+    finally:
+        context.term()  # once every message is out (or the linger is over)
+    return sent
+
+
+DROPS_LINE = re.compile(r"dropped (a|\d+ more) malformed reports?")
+
+
+def drops_logged(log):
+    """How many malformed reports the master's log accounts for."""
+    return sum(1 if count == "a" else int(count.split()[0])
+               for count in DROPS_LINE.findall(log))
+
+
+@pytest.mark.timeout(120)
+def test_stats_port_flooded_by_a_stranger(tmp_path, marker):
+    """While a stranger floods the master's stats port (random bytes, junk
+    frames, wrong kinds, bodies over the bound, from many connections), the
+    master keeps publishing, answers a hello, keeps its RSS bounded and
+    logs the drops without a line per message."""
+    a = process_doc(marker, "a", "/bin/sleep", "63200", user=USER)
+    master = Master(tmp_path, marker, {"node1": [a]}, heartbeat=0.3)
+    master.start()
+    sub = Subscriber(master.updates, ["node1", "asker"])
+    context = zmq.Context()
+    asker = context.socket(zmq.PUSH)
+    asker.setsockopt(zmq.LINGER, 0)
+    asker.connect(master.stats)
+    try:
+        wait_for(lambda: "node1" in sub.latest(), what="the first heartbeat")
+        pid = master.daemon.pid
+        rss_before = vm_kib(pid, "VmRSS")
+        lines_before = master.log().count("\n")
+        seed = random.randrange(1 << 32)
+        connections = 8
+        flooding = threading.Thread(target=lambda: flood(
+            master.stats, random.Random(seed), connections), daemon=True)
+        flooding.start()
+        # In the middle of it: heartbeats go on, a hello from a node it
+        # never heard of is answered at once (its empty list).
+        heard = len(sub.poll())
+        wait_for(lambda: len(sub.poll()) > heard + 3, what="heartbeats "
+                 "during the flood")
+        asker.send_multipart(protocol.encode_report(
+            protocol.Report(protocol.KIND_HELLO, "asker")))
+        wait_for(lambda: sub.latest().get("asker") == (1, []), timeout=5,
+                 what="the answer to a hello")
+        flooding.join(60)
+        assert not flooding.is_alive()
+        # 30 raw connections, then per PUSH 2000 junk, 2 bodies over the
+        # protocol's bound (malformed) and one over the socket's (never
+        # delivered: the master hangs up).
+        malformed = connections * (2000 + 2)
+        wait_for(lambda: drops_logged(master.log()) >= malformed, timeout=15,
+                 what=lambda: "%d drops logged (%d are)"
+                 % (malformed, drops_logged(master.log())))
+        assert master.daemon.poll() is None
+        peak = vm_kib(pid, "VmHWM")
+        log = master.log()
+        added = log.count("\n") - lines_before
+        print("master RSS %d KiB before, peak %d KiB; %d log lines for %d "
+              "malformed reports (seed %d)" % (rss_before, peak, added,
+                                               malformed, seed))
+        # (Random bytes on a raw connection may even pass for ZeroMQ 1.0
+        # frames: more than the PUSH sockets' junk may be dropped.)
+        assert drops_logged(log) >= malformed
+        assert peak - rss_before < 64 * 1024
+        assert added < 50, log[-3000:]
+        assert master.stop() == 0
+    finally:
+        asker.close()
+        context.term()
+        sub.close()
