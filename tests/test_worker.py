@@ -313,8 +313,13 @@ def test_stop_escalates_to_sigkill(node):
     node.start()
     pid = node.wait_running("stubborn")
     node.write([])
+    stopping = node.wait_state("stubborn", "stopping")
     wait_for(lambda: not is_alive(pid), timeout=10, what="SIGKILL")
-    assert "SIGKILL" in node.log()
+    # It outlived its SIGTERM for stop_timeout, then SIGKILL ended it.
+    assert time.time() - stopping["since"] >= 0.5
+    assert "stubborn: still alive 0.5s after SIGTERM: SIGKILL" in node.log()
+    wait_for(lambda: "stubborn: stopped (killed by SIGKILL)" in node.log(),
+             what="the stop's end")
 
 
 def test_dependencies_start_in_order_and_stop_in_reverse(node):
