@@ -19,7 +19,7 @@ import os
 import signal
 import time
 
-from diprocd import adoption, kernel
+from diprocd import adoption, kernel, spawn
 from diprocd.config import load_worker_config
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, SpawnError
@@ -79,7 +79,13 @@ class Worker:
             self.log.info("no inotify: checking %s every %.2fs",
                           self.config.path, watch.poll_interval)
         loop.every_turn(self._turn)
-        self.ledger.open()
+        # A child records itself before its exec: wait for those a killed
+        # worker left in flight (a child stuck before exec for longer than
+        # EXEC_TIMEOUT would have been killed by that worker).
+        if not self.ledger.open(wait=spawn.EXEC_TIMEOUT):
+            self.log.warning("programs the last worker was starting still "
+                             "have not reached exec after %ds: those may "
+                             "be started twice", spawn.EXEC_TIMEOUT)
         self.log.info("dpd-workerd started, pid %d, %d processes in %s",
                       os.getpid(), len(self.config.procs), self.config.path)
         try:

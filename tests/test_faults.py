@@ -42,8 +42,9 @@ from diprocd.ledger import JournalSlot, journal_path
 from diprocd.spec import ProcessSpec
 from diprocd.worker import Worker
 from fakes import FakeClock, FakeOps
-from helpers import (Master, Node, endpoint, marked_env, process_doc,
-                     read_json, stop_daemon, wait_for, write_json)
+from helpers import (Master, Node, endpoint, marked_env, patched_python,
+                     process_doc, read_json, stop_daemon, wait_for,
+                     write_json)
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
 
@@ -762,3 +763,59 @@ def test_stats_port_flooded_by_a_stranger(tmp_path, marker):
         asker.close()
         context.term()
         sub.close()
+
+
+# -- 1 (continued). starts still in flight when the worker is killed ---------------------
+
+SLOW_JOURNAL = """
+import os, time
+from diprocd import spawn
+real_record = spawn._record
+def slow_record(journal, line):
+    # A loaded machine: the child reaches its journal line late.
+    open(os.path.join(%(folder)r, str(os.getpid())), "w").close()
+    time.sleep(1.5)
+    real_record(journal, line)
+spawn._record = slow_record
+"""
+
+
+def program_of(pid):
+    """The program ``pid`` runs (its argv[0]), or None."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read().split(b"\0")[0].decode()
+    except OSError:
+        return None
+
+
+def test_a_new_worker_waits_for_the_starts_a_killed_one_left_in_flight(
+        node, tmp_path):
+    """The children a worker forked go on alone when it is killed; on a
+    loaded machine (here: each child waits 1.5 s before its journal line)
+    they may journal themselves only after the next worker has read the
+    journal. That worker waits for them, so it adopts them instead of
+    starting each program a second time."""
+    count = 20
+    tags = ["%d" % (64000 + i) for i in range(count)]
+    node.write([sleeper(node, "f%d" % i, tag, user=USER)
+                for i, tag in enumerate(tags)])
+    in_flight = tmp_path / "in-flight"
+    in_flight.mkdir()
+    node.start(verbose=False, wait=False, wrapper=patched_python(
+        SLOW_JOURNAL % {"folder": str(in_flight)}))
+    wait_for(lambda: len(os.listdir(str(in_flight))) == count,
+             what="every start in flight")
+    node.stop(signal.SIGKILL)
+    assert not any(node.instances(tag) for tag in tags)  # none exec'd yet
+    node.start()
+    wait_for(lambda: running_count(node) == count, timeout=20,
+             what="all running")
+    children = [int(name) for name in os.listdir(str(in_flight))]
+    wait_for(lambda: all(not is_alive(pid) or program_of(pid) == "/bin/sleep"
+                         for pid in children), timeout=10,
+             what="the killed worker's children to reach exec")
+    for i, tag in enumerate(tags):
+        assert len(node.instances(tag)) == 1, "f%d runs %d times" % (
+            i, len(node.instances(tag)))
+    assert all(entry["adopted"] for entry in node.status().values())

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import requires_root
 from diprocd.kernel import cpu_ticks, is_alive
-from helpers import (Node, free_port, marked_env, run_command, wait_for,
-                     write_json)
+from helpers import (Node, free_port, marked_env, patched_python, run_command,
+                     wait_for, write_json)
 
 
 @pytest.fixture
@@ -31,16 +31,6 @@ def node(tmp_path, marker):
 
 def sleeper(node, name, **fields):
     return node.proc(name, "/bin/sleep", "1000%d" % (abs(hash(name)) % 1000), **fields)
-
-
-def patched_python(*lines):
-    """A wrapper for ``start_daemon``: this Python runs the command line it
-    is given (``python bin/dpd-workerd ARGS``) in-process, after ``lines``
-    of code (monkeypatches of diprocd)."""
-    code = "\n".join(lines + (
-        "import runpy, sys", "sys.argv = sys.argv[2:]",
-        "runpy.run_path(sys.argv[0], run_name='__main__')"))
-    return [sys.executable, "-c", code]
 
 
 def test_start_env_cwd_logs_pidfile(node, tmp_path):
