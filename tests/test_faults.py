@@ -376,12 +376,13 @@ def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def rss_kib(pid):
+def vm_kib(pid, field):
+    """A memory figure of ``/proc/PID/status`` (VmRSS, VmHWM...) in KiB."""
     with open("/proc/%d/status" % pid) as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
+    raise AssertionError("no %s for pid %d" % (field, pid))
 
 
 def all_given_up(node, names):
@@ -405,7 +406,7 @@ def test_thousands_of_crashing_programs_leak_no_fd_and_no_memory(node):
     node.write([])
     node.start(verbose=False)
     pid = node.daemon.pid
-    figures = [("empty", open_fds(pid), rss_kib(pid))]
+    figures = [("empty", open_fds(pid), vm_kib(pid, "VmRSS"))]
     for round_ in ("first", "second"):
         names = ["%s%d" % (round_, i) for i in range(count)]
         node.write([node.proc(name, "/bin/false", user=USER)
@@ -417,7 +418,7 @@ def test_thousands_of_crashing_programs_leak_no_fd_and_no_memory(node):
                                  if e.get("state") == "given-up"), count))
         assert all(entry["starts"] == P.START_LIMIT
                    for entry in node.status().values())
-        figures.append((round_, open_fds(pid), rss_kib(pid)))
+        figures.append((round_, open_fds(pid), vm_kib(pid, "VmRSS")))
     print("worker fds / RSS KiB: %s" % figures)
     (_, fds0, rss0), (_, fds1, rss1), (_, fds2, rss2) = figures
     assert fds1 == fds0 and fds2 == fds0, figures
@@ -626,14 +627,6 @@ def test_master_file_cut_short_keeps_the_last_good_lists(tmp_path, marker):
 
 
 # -- 11. the master's stats port flooded by a stranger -------------------------------------
-
-def vm_kib(pid, field):
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s for pid %d" % (field, pid))
-
 
 def junk_messages(rng, count):
     """``count`` messages a stranger may send: random frames, wrong kinds,
