@@ -758,8 +758,9 @@ def drops_logged(log):
 def test_stats_port_flooded_by_a_stranger(tmp_path, marker):
     """While a stranger floods the master's stats port (random bytes, junk
     frames, wrong kinds, bodies over the bound, from many connections), the
-    master keeps publishing, answers a hello, keeps its RSS bounded and
-    logs the drops without a line per message."""
+    master keeps publishing, answers a hello, keeps its RSS bounded (by
+    what is in flight at once; it keeps none of it) and logs the drops
+    without a line per message."""
     a = process_doc(marker, "a", "/bin/sleep", "63200", user=USER)
     master = Master(tmp_path, marker, {"node1": [a]}, heartbeat=0.3)
     master.start()
@@ -797,16 +798,19 @@ def test_stats_port_flooded_by_a_stranger(tmp_path, marker):
                  what=lambda: "%d drops logged (%d are)"
                  % (malformed, drops_logged(master.log())))
         assert master.daemon.poll() is None
-        peak = vm_kib(pid, "VmHWM")
+        peak, rss_after = vm_kib(pid, "VmHWM"), vm_kib(pid, "VmRSS")
         log = master.log()
         added = log.count("\n") - lines_before
-        print("master RSS %d KiB before, peak %d KiB; %d log lines for %d "
-              "malformed reports (seed %d)" % (rss_before, peak, added,
-                                               malformed, seed))
+        print("master RSS %d KiB before, peak %d KiB, %d KiB after; %d log "
+              "lines for %d malformed reports (seed %d)" % (
+                  rss_before, peak, rss_after, added, malformed, seed))
         # (Random bytes on a raw connection may even pass for ZeroMQ 1.0
         # frames: more than the PUSH sockets' junk may be dropped.)
         assert drops_logged(log) >= malformed
-        assert peak - rss_before < 64 * 1024
+        # At the peak, ZeroMQ may hold all 16 bodies of 5 MB at once (the
+        # master drains them as fast as it is given the CPU): twice that.
+        assert peak - rss_before < 160 * 1024
+        assert rss_after - rss_before < 32 * 1024  # and it keeps nothing
         assert added < 50, log[-3000:]
         assert master.stop() == 0
     finally:
