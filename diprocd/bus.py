@@ -69,15 +69,18 @@ def receive_all(sock, handle, limit):
 class Drops:
     """Messages dropped (malformed, foreign, invalid): counted, and logged
     without letting a flood fill the log: at most LOG_BURST lines per
-    LOG_WINDOW seconds, then one line saying how many more were dropped."""
+    LOG_WINDOW seconds, then, at the end of the window (``loop`` given) or
+    at the next drop, one line saying how many more were dropped."""
 
-    def __init__(self, log, clock, what):
+    def __init__(self, log, clock, what, loop=None):
         self.log = log
         self.clock = clock
         self.what = what
+        self.loop = loop
         self.count = 0
         self._logged = collections.deque()
         self._unlogged = 0
+        self._key = ("drops", what)
 
     def drop(self, why):
         self.count += 1
@@ -86,10 +89,17 @@ class Drops:
             self._logged.popleft()
         if len(self._logged) >= LOG_BURST:
             self._unlogged += 1
+            if self.loop is not None and self.loop.pending(self._key) is None:
+                self.loop.call_at(self._key, self._logged[0] + LOG_WINDOW,
+                                  self.summary)
             return
-        if self._unlogged:
-            self.log.warning("%d more %ss dropped without a log line (%d "
-                             "in all)", self._unlogged, self.what, self.count)
-            self._unlogged = 0
+        self.summary()
         self._logged.append(now)
         self.log.warning("dropped a %s: %s", self.what, why)
+
+    def summary(self):
+        """Say how many were dropped without a line of their own."""
+        if self._unlogged:
+            self.log.warning("dropped %d more %ss without a line each (%d "
+                             "in all)", self._unlogged, self.what, self.count)
+            self._unlogged = 0

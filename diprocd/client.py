@@ -32,7 +32,7 @@ from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.fileio import atomic_write
+from diprocd.fileio import atomic_write, remove_dead_writers_temps
 from diprocd.loop import Loop
 from diprocd.status import live_state
 
@@ -130,8 +130,8 @@ class Client:
         self._status_watch = None
         self._status_path = None
         self._last_status_sent = None
-        self.drops = bus.Drops(log, clock, "message")
         self.loop = Loop(bus.ZmqPoller(), clock=clock, log=log)
+        self.drops = bus.Drops(log, clock, "message", self.loop)
         self._context = None
         self.sub = self.push = self._monitor = None
 
@@ -146,6 +146,9 @@ class Client:
                                  signal.SIGINT: self._exit_signal,
                                  signal.SIGHUP: lambda _: self.reload()})
             self._connect()
+            for name in remove_dead_writers_temps(self.config.conf_file):
+                self.log.info("removed %s, half written by a client that "
+                              "was killed", name)
             self._watch_status(self.worker_file.read(quiet=True))
             loop.every_turn(self._hello_turn)
             loop.call_at("status", self._clock(), self._send_status)

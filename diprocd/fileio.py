@@ -1,6 +1,20 @@
-"""File helpers: the one atomic-write routine of diprocd."""
+"""File helpers: the one atomic-write routine of diprocd, and the removal
+of what it leaves when its process is killed in the middle of a write."""
 
 import os
+import string
+
+from diprocd import kernel
+
+# What follows the writer's pid in a temporary file's name: 6 random bytes.
+_TEMP_RANDOM_CHARS = 12
+
+
+def _temp_path(path):
+    """``.<name>.<pid>.<12 hex digits>.tmp`` beside ``path``."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, ".%s.%d.%s.tmp" % (
+        name, os.getpid(), os.urandom(_TEMP_RANDOM_CHARS // 2).hex()))
 
 
 def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
@@ -31,8 +45,7 @@ def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
             mode = 0o644
     # Our own unique name (not tempfile, whose imports every fork of the
     # worker would copy); O_EXCL refuses to reuse a stray file.
-    tmp = os.path.join(folder, ".%s.%d.%s.tmp" % (
-        os.path.basename(path), os.getpid(), os.urandom(6).hex()))
+    tmp = _temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                  0o600)
     try:
@@ -58,3 +71,31 @@ def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_dead_writers_temps(path):
+    """Remove the temporary files that ``atomic_write(path)`` left behind
+    when its process was killed in the middle of a write (a half-written
+    copy each): those whose writer's pid, in their name, is not alive.
+    Return the names removed."""
+    folder, name = os.path.split(os.path.realpath(path))
+    prefix, removed = "." + name + ".", []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid, _, random = entry[len(prefix):-len(".tmp")].partition(".")
+        if not (pid.isdigit() and len(random) == _TEMP_RANDOM_CHARS
+                and set(random) <= set(string.hexdigits)):
+            continue  # another file's temporary, or not one of ours
+        if kernel.is_alive(int(pid)):
+            continue  # its writer may still be at work
+        try:
+            os.unlink(os.path.join(folder, entry))
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed

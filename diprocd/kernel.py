@@ -62,16 +62,23 @@ def cpu_ticks(pid):
     return None if stat is None else stat.utime + stat.stime
 
 
-def rss_bytes(pid):
-    """Resident memory of ``pid`` (VmRSS), or None when it is gone."""
+def memory_bytes(pid, field="VmRSS"):
+    """A memory figure of ``pid`` from /proc/PID/status (VmRSS: resident,
+    VmHWM: its peak...) in bytes, or None when it is gone."""
+    key = field.encode("ascii") + b":"
     try:
         with open("/proc/%d/status" % pid, "rb") as handle:
             for line in handle:
-                if line.startswith(b"VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def rss_bytes(pid):
+    """Resident memory of ``pid`` (VmRSS), or None when it is gone."""
+    return memory_bytes(pid, "VmRSS")
 
 
 def boot_id():

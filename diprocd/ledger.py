@@ -27,11 +27,19 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
   full disk spoils only itself. The journal is emptied after every
   successful status write.
 
+  The worker holds an exclusive ``flock`` on its journal, through the open
+  file that each child shares until its exec. So the next worker, taking
+  that lock before it reads the journal, waits for the starts a killed
+  worker left in flight to journal themselves (``Ledger.open``), rather
+  than starting those programs a second time.
+
 ``recall`` merges both once, keeping only this boot's records.
 """
 
 import dataclasses
+import fcntl
 import os
+import time
 
 import simplejson as json
 
@@ -171,10 +179,23 @@ class Ledger:
         self.boot_id = boot_id
         self.journal_fd = None
 
-    def open(self):
+    def open(self, wait=0.0):
+        """Open the journal and lock it, waiting at most ``wait`` seconds
+        for the children of a killed worker that still hold it (they have
+        not reached exec yet: see the module docstring). Returns False when
+        some still do after that."""
         self.journal_fd = os.open(
             self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
             | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self.journal_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)  # before the loop runs: nothing to serve
 
     def close(self):
         if self.journal_fd is not None:

@@ -210,7 +210,7 @@ class Master:
         self.pub = self.pull = self.control = None
         self.steering = Steering(self)
         self._nodes_written = None
-        self.drops = bus.Drops(log, clock, "malformed report")
+        self.drops = bus.Drops(log, clock, "malformed report", self.loop)
         self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
 
     # -- life cycle --------------------------------------------------------

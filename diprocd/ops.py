@@ -64,6 +64,10 @@ class NodeOps(ProcessOps):
         self.pidwatch.unwatch(pid)
 
     def write_pid_file(self, spec, pid):
+        if not spec.pid_file:
+            return  # a process known only from an old record
+        if not os.path.islink(spec.pid_file) and read_pid(spec.pid_file) == pid:
+            return  # it says so already (an adopted process's, as a rule)
         try:
             os.makedirs(os.path.dirname(spec.pid_file), exist_ok=True)
             atomic_write(spec.pid_file, b"%d\n" % pid, mode=0o644, fsync=False,

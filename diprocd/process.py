@@ -283,7 +283,9 @@ class Process:
             self.ops.unwatch(old)
         if pid is not None:
             self.ops.watch(self, pid, "main")
-            if self.spec.write_pid and not self.adopted:
+            if self.spec.write_pid:
+                # Adopted ones too: the last worker may have been killed
+                # after the program's journal line, before its pid file.
                 self.ops.write_pid_file(self.spec, pid)
 
     def pending_launcher(self):

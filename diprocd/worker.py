@@ -19,7 +19,7 @@ import os
 import signal
 import time
 
-from diprocd import adoption, kernel
+from diprocd import adoption, kernel, spawn
 from diprocd.commands import WorkerCommands
 from diprocd.config import load_worker_config
 from diprocd.control import ControlServer, control_path
@@ -63,6 +63,7 @@ class Worker:
         self._schedule_dirty = True
         self._status_error = None
         self.control = None
+        self._config_present = True
 
     # --- life cycle ---------------------------------------------------------
     def run(self):
@@ -81,7 +82,13 @@ class Worker:
             self.log.info("no inotify: checking %s every %.2fs",
                           self.config.path, watch.poll_interval)
         loop.every_turn(self._turn)
-        self.ledger.open()
+        # A child records itself before its exec: wait for those a killed
+        # worker left in flight (a child stuck before exec for longer than
+        # EXEC_TIMEOUT would have been killed by that worker).
+        if not self.ledger.open(wait=spawn.EXEC_TIMEOUT):
+            self.log.warning("programs the last worker was starting still "
+                             "have not reached exec after %ds: those may "
+                             "be started twice", spawn.EXEC_TIMEOUT)
         self.log.info("dpd-workerd started, pid %d, %d processes in %s",
                       os.getpid(), len(self.config.procs), self.config.path)
         try:
@@ -158,6 +165,15 @@ class Worker:
     def reload(self, force):
         """Re-read CONFIG; an invalid file changes nothing. ``force`` (SIGHUP)
         also gives failed and given-up processes a new chance."""
+        present = os.path.exists(self.config.path)
+        if present != self._config_present:
+            self._config_present = present
+            if present:
+                self.log.info("%s is back", self.config.path)
+            else:
+                self.log.warning("%s is gone: every process keeps running as "
+                                 "it is; the file is applied when it comes "
+                                 "back", self.config.path)
         if not force and not self.config.on_disk_differs():
             return
         try:

@@ -6,14 +6,19 @@ from diprocd.process import ProcessOps
 
 
 class FakeClock:
+    """``now`` is the monotonic clock; the wall clock follows it, shifted by
+    ``wall_jump`` (set it to jump the wall clock alone, as an NTP step or
+    an operator's ``date -s`` does)."""
+
     def __init__(self):
         self.now = 1000.0
+        self.wall_jump = 0.0
 
     def monotonic(self):
         return self.now
 
     def time(self):
-        return 1.7e9 + self.now
+        return 1.7e9 + self.now + self.wall_jump
 
 
 class FakeOps(ProcessOps):

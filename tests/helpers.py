@@ -6,7 +6,9 @@
   its environment (``DPD_TEST_MARKER=<uuid>``, see ``marked_env``);
   ``kill_marked`` ends exactly those processes, found by pid through /proc,
   never by name. ``start_daemon`` and ``run_command`` run ``bin/<command>``
-  with the marker. Whether a pid is alive: ``diprocd.kernel.is_alive``.
+  with the marker; ``patched_python`` is a wrapper that monkeypatches
+  diprocd in the daemon's process first. Whether a pid is alive:
+  ``diprocd.kernel.is_alive``.
 - Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
   ``master_doc`` build the daemons' JSON with keyword overrides;
   ``write_json`` writes one as an editor would (atomic rename).
@@ -128,6 +130,16 @@ def start_daemon(command, marker, args, log_path, extra_env=None,
             env=marked_env(marker, extra_env), stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
+
+
+def patched_python(*lines):
+    """A wrapper for ``start_daemon``: this Python runs the command line it
+    is given (``python bin/dpd-workerd ARGS``) in-process, after ``lines``
+    of code (monkeypatches of diprocd)."""
+    code = "\n".join(lines + (
+        "import runpy, sys", "sys.argv = sys.argv[2:]",
+        "runpy.run_path(sys.argv[0], run_name='__main__')"))
+    return [sys.executable, "-c", code]
 
 
 def run_command(command, args, marker=None, timeout=30, **kwargs):

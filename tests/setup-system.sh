@@ -7,6 +7,9 @@ set -e
 need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v unshare >/dev/null 2>&1 || need="$need util-linux"
+# tests/test_faults.py jumps a worker's wall clock (libfaketime, the worker's
+# process only; its monotonic clock stays real).
+command -v faketime >/dev/null 2>&1 || need="$need faketime"
 # The init script tests run the daemons under Debian's python3 (as the .deb
 # does); the package test builds and lints the .deb.
 for pkg in python3-zmq python3-simplejson python3-daemon \

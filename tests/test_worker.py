@@ -17,8 +17,8 @@ import pytest
 
 from conftest import requires_root
 from diprocd.kernel import cpu_ticks, is_alive
-from helpers import (Node, free_port, marked_env, run_command, wait_for,
-                     write_json)
+from helpers import (Node, free_port, marked_env, patched_python, run_command,
+                     wait_for, write_json)
 
 
 @pytest.fixture
@@ -31,16 +31,6 @@ def node(tmp_path, marker):
 
 def sleeper(node, name, **fields):
     return node.proc(name, "/bin/sleep", "1000%d" % (abs(hash(name)) % 1000), **fields)
-
-
-def patched_python(*lines):
-    """A wrapper for ``start_daemon``: this Python runs the command line it
-    is given (``python bin/dpd-workerd ARGS``) in-process, after ``lines``
-    of code (monkeypatches of diprocd)."""
-    code = "\n".join(lines + (
-        "import runpy, sys", "sys.argv = sys.argv[2:]",
-        "runpy.run_path(sys.argv[0], run_name='__main__')"))
-    return [sys.executable, "-c", code]
 
 
 def test_start_env_cwd_logs_pidfile(node, tmp_path):
@@ -313,8 +303,13 @@ def test_stop_escalates_to_sigkill(node):
     node.start()
     pid = node.wait_running("stubborn")
     node.write([])
+    stopping = node.wait_state("stubborn", "stopping")
     wait_for(lambda: not is_alive(pid), timeout=10, what="SIGKILL")
-    assert "SIGKILL" in node.log()
+    # It outlived its SIGTERM for stop_timeout, then SIGKILL ended it.
+    assert time.time() - stopping["since"] >= 0.5
+    assert "stubborn: still alive 0.5s after SIGTERM: SIGKILL" in node.log()
+    wait_for(lambda: "stubborn: stopped (killed by SIGKILL)" in node.log(),
+             what="the stop's end")
 
 
 def test_dependencies_start_in_order_and_stop_in_reverse(node):
