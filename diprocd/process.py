@@ -321,6 +321,9 @@ class Process:
         if self.next_spec is not None and not self.removing:
             self.spec, self.next_spec = self.next_spec, None
             self.error = None
+            if self.held:  # the operator stopped it meanwhile: not yet
+                self.ops.stopped(self)
+                return
             self._set_state(WAITING)
         else:
             self.ops.stopped(self)
@@ -457,15 +460,17 @@ class Process:
         if self.state == WAITING:
             self._set_state(STOPPED)
         elif self.state not in (STOPPING, CANCELLING):
-            self.next_spec = None
             self.stop()
-        else:
-            self.next_spec = None
+        # Stopping already: a definition it was to restart with (next_spec)
+        # is kept, started once the operator's stop is over.
 
     def release(self):
         """``dpdctl start``: the operator's stop is over."""
         self.held = False
-        self.want()
+        if self.state in (STOPPING, CANCELLING):
+            self.next_spec = self.next_spec or self.spec  # start once stopped
+        else:
+            self.want()
 
     def restart_now(self):
         """``dpdctl restart``: stop, then start the same definition, now;
@@ -479,11 +484,15 @@ class Process:
             else:
                 self.next_spec = self.next_spec or self.spec
         else:
-            self.error = None
-            if self.state != WAITING:
-                if self.state != STOPPED:
-                    self._set_state(STOPPED)
-                self._set_state(WAITING)
+            self._wait_again()
+
+    def _wait_again(self):
+        """Not alive: wait to be started (again), whatever it was."""
+        self.error = None
+        if self.state != WAITING:
+            if self.state != STOPPED:
+                self._set_state(STOPPED)
+            self._set_state(WAITING)
 
     def replace(self, spec):
         """Run ``spec`` instead: restart with it, or just adopt it when the
@@ -495,11 +504,7 @@ class Process:
             self.stop()
         else:
             self.spec = spec
-            self.error = None
-            if self.state != WAITING:
-                if self.state != STOPPED:
-                    self._set_state(STOPPED)
-                self._set_state(WAITING)
+            self._wait_again()
 
     def retry(self):
         """SIGHUP: a given-up or failed process gets a fresh start limit."""

@@ -282,11 +282,14 @@ def _read_some(fd, deadline):
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
+        # Look before giving up: in a burst, a launch is collected after
+        # the ones before it, maybe past its own deadline, its report long
+        # there (a pid to kill, or the exec's end of file).
+        left = max(0.0, deadline - time.monotonic())
         if poller.poll(left * 1000):
             return os.read(fd, 4096)
+        if left == 0:
+            return None
 
 
 def _parse_report(report):

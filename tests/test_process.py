@@ -305,3 +305,28 @@ def test_an_operators_stop_holds_until_start_or_a_new_definition():
     proc.on_exit("killed by SIGTERM")
     proc.replace(ProcessSpec(name="p", run="/bin/sleep", pid_file="/run/p.pid"))
     assert proc.state == P.WAITING and not proc.held
+
+
+def test_start_during_the_operators_stop_starts_once_stopped():
+    proc, ops, clock = make(stop_timeout=3)
+    proc.want()
+    proc.start()
+    proc.hold()
+    assert proc.state == P.STOPPING
+    proc.release()  # before the stop ended
+    proc.on_exit("killed by SIGKILL")
+    assert proc.state == P.WAITING and not proc.held
+
+
+def test_a_stop_during_a_definition_change_keeps_the_new_definition():
+    proc, ops, clock = make()
+    proc.want()
+    proc.start()
+    new = ProcessSpec(name="p", run="/bin/sleep", pid_file="/run/p.pid")
+    proc.replace(new)
+    assert proc.state == P.STOPPING
+    proc.hold()
+    proc.on_exit("killed by SIGTERM")
+    assert proc.state == P.STOPPED and proc.held and proc.spec == new
+    proc.release()
+    assert proc.state == P.WAITING and proc.spec == new

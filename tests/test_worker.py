@@ -630,3 +630,23 @@ def test_a_daemon_removed_while_starting_is_stopped_across_a_worker_kill(node, t
     node.start()
     wait_for(lambda: "gone" not in node.status(), timeout=20, what="gone stopped")
     wait_for(lambda: node.instances("late_daemon") == [], what="no daemon left")
+
+
+def test_a_start_stuck_before_exec_fails_that_start_only(node, tmp_path):
+    """A program stuck before exec (its logs a FIFO nobody reads) is killed
+    at the exec timeout; the starts of the same burst, collected after it
+    and so past their own deadline, still count as started, once each."""
+    fifo = str(tmp_path / "stuck.fifo")
+    os.mkfifo(fifo)
+    node.write([node.proc("stuck", "/bin/sleep", "64001", logs=fifo,
+                          restart=False),
+                node.proc("after", "/bin/sleep", "64002")])
+    node.start(wait=False)  # the burst holds the loop until the timeout
+    wait_for(node.worker_up, timeout=20, what="the worker's status file")
+    entry = node.wait_state("stuck", "failed", timeout=20)
+    assert "did not reach exec" in entry["error"]
+    pid = node.wait_running("after")
+    assert node.state("after")["starts"] == 1
+    assert node.instances("64002") == [pid]
+    assert node.instances("64001") == []
+    node.stop()
