@@ -17,7 +17,9 @@ Every reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``
 naming what is wrong (an unknown process, no logs).
 """
 
+import errno
 import os
+import stat
 
 from diprocd.config import load_worker_config
 from diprocd.errors import ConfigError
@@ -45,11 +47,12 @@ class WorkerCommands:
 
     def _status(self, names, request):
         worker = self.worker
-        try:
-            load_worker_config(worker.config.path)
-            config_error = None
-        except ConfigError as err:
-            config_error = err.problems[0]
+        config_error = None
+        if worker.config.on_disk_differs():  # parsed only when it changed
+            try:
+                load_worker_config(worker.config.path)
+            except ConfigError as err:
+                config_error = err.problems[0]
         return {"ok": True, "worker_pid": os.getpid(),
                 "config": worker.config.path, "config_error": config_error,
                 "procs": {name: view_of(proc)
@@ -65,14 +68,14 @@ class WorkerCommands:
         return {"ok": True, "old_pids": old}
 
     def _stop(self, names, request):
-        for name in names:
-            self.worker.procs[name].hold()
-        self.worker.changed()
-        return {"ok": True}
+        return self._each(names, "hold")
 
     def _start(self, names, request):
+        return self._each(names, "release")
+
+    def _each(self, names, method):
         for name in names:
-            self.worker.procs[name].release()
+            getattr(self.worker.procs[name], method)()
         self.worker.changed()
         return {"ok": True}
 
@@ -86,11 +89,7 @@ class WorkerCommands:
             return _error('process "%s" has no "logs" (its output goes to '
                           "/dev/null)" % spec.name)
         try:
-            with open(spec.logs, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - TAIL_BYTES))
-                data = handle.read(TAIL_BYTES)
+            data, size = _read_tail(spec.logs)
         except OSError as err:
             return _error("%s: %s" % (spec.logs, err.strerror or err))
         lines = data.decode("utf-8", "replace").splitlines()
@@ -98,6 +97,21 @@ class WorkerCommands:
             lines = lines[1:]  # the first may be cut
         return {"ok": True, "logs": spec.logs,
                 "lines": lines[-request.get("lines", 20):]}
+
+
+def _read_tail(path):
+    """The last TAIL_BYTES of a regular file and its size. Opened without
+    blocking and refused unless regular: a FIFO as ``logs`` must not hold
+    the worker's loop."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        start = max(0, info.st_size - TAIL_BYTES)
+        return os.pread(fd, TAIL_BYTES, start), info.st_size
+    finally:
+        os.close(fd)
 
 
 def _error(message):

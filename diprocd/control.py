@@ -16,14 +16,18 @@ One request per connection, one JSON object on one line (at most
 
     {"ok": true, ...} or {"ok": false, "error": "one line"}
 
-The server never blocks the worker's loop: connections are non-blocking,
-read as their bytes come, and dropped after ``CLIENT_TIMEOUT`` seconds.
+The server does not hold the worker's loop: connections are non-blocking,
+read as their bytes come, dropped after ``CLIENT_TIMEOUT`` seconds, at most
+``MAX_CLIENTS`` at once; a reply the peer does not take within
+``SEND_TIMEOUT`` is cut off (the peer is root or the worker's own user).
 """
 
 import errno
 import os
+import select
 import socket
 import struct
+import time
 
 import simplejson as json
 
@@ -34,6 +38,8 @@ from diprocd.errors import ProtocolError
 VERSION = 1
 MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 5.0
+MAX_CLIENTS = 16
+SEND_TIMEOUT = 0.2
 COMMANDS = ("status", "restart", "stop", "start", "reload", "tail")
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
@@ -128,6 +134,11 @@ class ControlServer:
                 self.log.warning("control socket: refused uid %d", uid)
                 conn.close()
                 continue
+            if len(self._clients) >= MAX_CLIENTS:
+                self.log.warning("control socket: %d connections already: "
+                                 "one refused", MAX_CLIENTS)
+                conn.close()
+                continue
             fd = conn.fileno()
             self._clients[fd] = (conn, bytearray())
             self.loop.add_reader(fd, lambda fd=fd: self._read(fd))
@@ -150,13 +161,16 @@ class ControlServer:
             reply = self.handler(decode_request(line))
         except ProtocolError as err:
             reply = {"ok": False, "error": str(err)}
+        except Exception as err:  # a bug: answer, keep the loop going
+            self.log.exception("control socket: request failed")
+            reply = {"ok": False, "error": "internal error: %s" % err}
         try:
-            conn.setblocking(True)
-            conn.settimeout(1.0)
-            conn.sendall(json.dumps(reply).encode("utf-8") + b"\n")
+            _send_within(conn, json.dumps(reply).encode("utf-8") + b"\n",
+                         SEND_TIMEOUT)
         except OSError:
-            pass  # the peer went away: its loss
-        self._drop(fd)
+            pass  # the peer went away or took too long: its loss
+        finally:
+            self._drop(fd)
 
     def _drop(self, fd):
         entry = self._clients.pop(fd, None)
@@ -165,6 +179,22 @@ class ControlServer:
         self.loop.remove_reader(fd)
         self.loop.cancel(("control", fd))
         entry[0].close()
+
+
+def _send_within(conn, data, seconds):
+    """Send ``data`` on a non-blocking socket, giving up (OSError) after
+    ``seconds``: a peer that does not read cannot hold the loop."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLOUT)
+    deadline = time.monotonic() + seconds
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[conn.send(view):]
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise OSError(errno.ETIMEDOUT, "the peer does not read")
 
 
 def request(path, obj, timeout=10.0):

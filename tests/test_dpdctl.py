@@ -203,3 +203,20 @@ def test_a_user_other_than_root_and_the_workers_is_refused(tmp_path, marker):
         node.stop()
     finally:
         shutil.rmtree(folder)
+
+
+def test_tail_of_a_fifo_is_refused_without_holding_the_worker(tmp_path,
+                                                              marker):
+    """A FIFO without a writer where logs should be: an open for reading
+    would block the worker's loop for good."""
+    logs = str(tmp_path / "out.log")
+    node = Node(tmp_path, marker)
+    node.write([node.proc("piped", "/bin/sleep", "8115", logs=logs)])
+    node.start()
+    node.wait_running("piped")
+    os.unlink(logs)
+    os.mkfifo(logs)  # (the program keeps the old file open)
+    result = dpdctl(node, "tail", "piped")
+    assert result.returncode == 1 and "not a regular file" in result.stderr
+    assert dpdctl(node, "status").returncode == 0  # still serving
+    node.stop()
