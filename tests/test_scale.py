@@ -36,8 +36,11 @@ def test_3000_processes_20_killed_all_restarted_once(tmp_path, marker):
     tokens = ["%d" % (600000 + i) for i in range(COUNT)]
     node.write([node.proc("p%04d" % i, "/bin/sleep", token)
                 for i, token in enumerate(tokens)])
-    node.start(verbose=False)
+    # The first status is written once the whole burst of 3000 runs: give
+    # a loaded machine its time.
+    node.start(verbose=False, wait=False)
     try:
+        wait_for(node.worker_up, timeout=180, what="the worker's status")
         running = wait_for(lambda: len(node.running()) == COUNT
                            and node.running(), timeout=180,
                            what=lambda: "%d running of %d"
