@@ -101,6 +101,20 @@ def run_daemon(prog, args, loader, app_factory):
         for problem in err.problems:
             print("%s: error: %s" % (prog, problem), file=sys.stderr)
         return 1
+    # One daemon a CONFIG, whatever pid_file says: its pid file may be
+    # moving (a reload), or be stuck where the CONFIG no longer points.
+    config_lock = PidFile(config_lock_path(args.config))
+    try:
+        config_lock.acquire()
+    except AlreadyRunning as err:
+        print("%s: %s" % (prog, err))
+        return 0
+    except OSError as err:
+        print("%s: warning: cannot lock %s (%s): running without the "
+              "one-daemon-a-CONFIG guard" % (prog, config_lock.path,
+                                             err.strerror or err),
+              file=sys.stderr)
+        config_lock = None
     pid_file = PidFile(config.pid_file)
     try:
         pid_file.acquire()
@@ -111,10 +125,16 @@ def run_daemon(prog, args, loader, app_factory):
         print("%s: cannot open pid file %s: %s" % (prog, config.pid_file, err),
               file=sys.stderr)
         return 1
+    finally:
+        if config_lock is not None and pid_file.fd is None:
+            config_lock.release()
     try:
+        locks = [pid_file.fd] + ([config_lock.fd] if config_lock else [])
         if not args.foreground:
-            daemonize(preserve_fds=[pid_file.fd])
+            daemonize(preserve_fds=locks)
         pid_file.write_pid()
+        if config_lock is not None:
+            config_lock.write_pid()
         log = setup_logging(prog, args.foreground, args.verbose,
                             config.log_file)
         for warning in config.warnings:
@@ -126,6 +146,15 @@ def run_daemon(prog, args, loader, app_factory):
             return 1
     finally:
         pid_file.release()
+        if config_lock is not None:
+            config_lock.release()
+
+
+def config_lock_path(config_path):
+    """``/var/lib/diprocd/worker.json`` -> ``/var/lib/diprocd/.worker.json.lock``
+    (of the file a symlink points to: one lock for every path to it)."""
+    folder, name = os.path.split(os.path.realpath(config_path))
+    return os.path.join(folder, "." + name + ".lock")
 
 
 def _app(module, name):

@@ -25,6 +25,7 @@ import socket
 import simplejson as json
 
 from diprocd import jsonin, protocol
+from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
 
@@ -630,8 +631,7 @@ def load_master_config(path):
 def default_master_control(pid_file):
     """``/run/dpd-masterd.pid`` -> ``ipc:///run/dpd-masterd.control``: a
     socket file whose rights (0660) say who may steer the cluster."""
-    base, ext = os.path.splitext(pid_file)
-    return "ipc://" + (base if ext == ".pid" else pid_file) + ".control"
+    return "ipc://" + beside_pid_file(pid_file, ".control")
 
 
 def load_master_control(path):

@@ -37,6 +37,7 @@ from diprocd.errors import ConfigError, ProtocolError
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_MASTER_CONFIG = "/var/lib/diprocd/diprocd-master.json"
 MASTER_TIMEOUT = 8.0  # the master waits 5 s for a node's answer
+STATUS_TIMEOUT = 2.0  # the master's own answer
 RESTART_POLL = 0.01
 FLEET_HEADER = ("NODE", "LIVENESS") + status.PROCESS_HEADER
 
@@ -47,6 +48,10 @@ class Unreachable(Exception):
 
 class Usage(Exception):
     pass
+
+
+class Failed(Exception):
+    """The command reached its target and failed there (exit 1)."""
 
 
 def make_parser():
@@ -153,10 +158,12 @@ class MasterLink:
         try:
             sock.connect(self.endpoint)
             sock.send(json.dumps(body).encode("utf-8"))
-            if not sock.poll(MASTER_TIMEOUT * 1000):
+            # The master answers status itself; the rest waits for a node.
+            timeout = STATUS_TIMEOUT if cmd == "status" and node is None \
+                else MASTER_TIMEOUT
+            if not sock.poll(timeout * 1000):
                 raise Unreachable("cannot reach the master at %s: no answer "
-                                  "within %.0f s" % (self.endpoint,
-                                                     MASTER_TIMEOUT))
+                                  "within %.0f s" % (self.endpoint, timeout))
             data = sock.recv()
         except zmq.ZMQError as err:
             raise Unreachable("cannot reach the master at %s: %s"
@@ -206,7 +213,9 @@ def cmd_status(link, args, node, names):
             if reply.get("config_error"):
                 print("warning: CONFIG is invalid now (the worker keeps the "
                       "last good one): %s" % reply["config_error"])
-        return EXIT_OK if ok else EXIT_NOT_OK
+        # As dpd-workerd --status: an invalid CONFIG is not as desired.
+        return EXIT_OK if ok and not reply.get("config_error") \
+            else EXIT_NOT_OK
     nodes = reply["nodes"]
     unknown = [n for n in names if n not in nodes]
     if unknown:
@@ -235,7 +244,7 @@ def _procs_of(link, node):
     to that node (not the last report the master heard)."""
     reply = link.ask("status", node=node)
     if not reply["ok"]:
-        raise Unreachable(reply["error"])
+        raise Failed(reply["error"])
     return reply["procs"]
 
 
@@ -311,6 +320,8 @@ def main(argv=None):
         link = WorkerLink(args.worker) if args.worker else MasterLink(
             args.master or DEFAULT_MASTER_CONFIG)
         return VERBS[args.verb](link, args, node, names)
+    except Failed as err:
+        return fail(str(err))
     except Unreachable as err:
         print("dpdctl: %s" % err, file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -152,7 +152,7 @@ class Steering:
                                            'node "%s" is down (nothing heard '
                                            "for %.0f s)" % (node, quiet)})
         command_id = os.urandom(8).hex()
-        self.pending[command_id] = identity
+        self.pending[command_id] = (identity, node)
         relayed = {k: v for k, v in request.items() if k not in ("v", "node")}
         master.pub.send_multipart(protocol.encode_control(
             node, command_id, relayed))
@@ -160,15 +160,18 @@ class Steering:
                                lambda: self._expire(command_id, node))
 
     def on_reply(self, report):
-        identity = self.pending.pop(report.reply_id, None)
-        if identity is not None:
-            self.master.loop.cancel(("control", report.reply_id))
-            self._answer(identity, report.reply)
+        """A node's answer, taken only from the node the command went to."""
+        pending = self.pending.get(report.reply_id)
+        if pending is None or pending[1] != report.node:
+            return
+        del self.pending[report.reply_id]
+        self.master.loop.cancel(("control", report.reply_id))
+        self._answer(pending[0], report.reply)
 
     def _expire(self, command_id, node):
-        identity = self.pending.pop(command_id, None)
-        if identity is not None:
-            self._answer(identity, {"ok": False, "error": 'node "%s" did not '
+        pending = self.pending.pop(command_id, None)
+        if pending is not None:
+            self._answer(pending[0], {"ok": False, "error": 'node "%s" did not '
                                     "answer within %.0f s" % (
                                         node, CONTROL_TIMEOUT)})
 
@@ -187,6 +190,14 @@ class Steering:
     def _answer(self, identity, reply):
         self.master.control.send_multipart(
             [identity, b"", json.dumps(reply).encode("utf-8")])
+
+
+def _unlink_ipc(endpoint):
+    if endpoint and endpoint.startswith("ipc://"):
+        try:
+            os.unlink(endpoint[len("ipc://"):])
+        except OSError:
+            pass
 
 
 def nodes_file_path(pid_file):
@@ -247,6 +258,9 @@ class Master:
             for sock in (self.pub, self.pull, self.control):
                 if sock is not None:
                     sock.close(linger=0)
+            if self.control is not None:
+                # A stale socket file would make dpdctl wait for an answer.
+                _unlink_ipc(self.config.master_control)
             context.term()
 
     def _exit_signal(self, signum):
@@ -289,6 +303,8 @@ class Master:
                                      if attr == "pull" else self._on_control)
             if old is not None:
                 old.close(linger=0)
+                if attr == "control" and bound is not None:
+                    _unlink_ipc(bound.master_control)
 
     def _heartbeat(self):
         """Every list again, every ``heartbeat`` seconds: repairs whatever a
@@ -324,12 +340,15 @@ class Master:
             return False
         for warning in config.warnings:
             self.log.warning(warning)
-        if (config.master_updates, config.master_stats) != (
-                self.config.master_updates, self.config.master_stats):
+        if (config.master_updates, config.master_stats,
+                config.master_control) != (
+                self.config.master_updates, self.config.master_stats,
+                self.config.master_control):
             try:
                 self._bind(self.pub.context, config, self.config)
-                self.log.info("now publishing on %s, stats on %s",
-                              config.master_updates, config.master_stats)
+                self.log.info("now publishing on %s, stats on %s, control "
+                              "on %s", config.master_updates,
+                              config.master_stats, config.master_control)
             except Exception as err:  # zmq.ZMQError
                 self.log.error("cannot bind the new endpoints (%s): keeping "
                                "the last good configuration", err)

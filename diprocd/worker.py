@@ -189,8 +189,9 @@ class Worker:
         for warning in config.warnings:
             self.log.warning(warning)
         config = carry_over(self.config, config, self.pid_lock, self.log)
-        if config.pid_file != self.config.pid_file:
-            self._move_ledger(config.pid_file)
+        if config.pid_file != self.config.pid_file and not self._move_ledger(
+                config.pid_file):
+            config = self._keep_pid_file(config)
         self.config = config
         if force:
             self._retry_all()
@@ -333,20 +334,33 @@ class Worker:
             self.log.error("cannot write the status file beside the new pid "
                            "file %s: %s; the status stays at %s", pid_file,
                            err.strerror or err, old.status_path)
-            return
+            return False
         self.ledger = self.ops.ledger = new
         old.close()
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-            self.config = self.config.replace(pid_file=pid_file)
-            self._open_control()
         for path in (old.status_path, old.journal_path):
             try:
                 os.unlink(path)
             except OSError:
                 pass
         self.log.info("status file now %s", new.status_path)
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        self.config = self.config.replace(pid_file=pid_file)
+        self._open_control()
+        return True
+
+    def _keep_pid_file(self, config):
+        """The files could not follow the pid file: the lock goes back, so
+        that the pid file, the status and the journal stay together (the
+        next reload tries again)."""
+        try:
+            self.pid_lock.move(self.config.pid_file)
+        except Exception as err:  # AlreadyRunning, OSError: logged, kept
+            self.log.error("cannot take back the pid file %s: %s",
+                           self.config.pid_file, err)
+            return config
+        return config.replace(pid_file=self.config.pid_file)
 
     # --- status ----------------------------------------------------------------
     def _flush_status(self, force=False):

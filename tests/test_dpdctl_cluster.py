@@ -158,3 +158,5 @@ def test_errors_name_what_is_wrong(cluster, tmp_path):
     result = dpdctl(master, "status")
     assert result.returncode == 3
     assert default_master_control(master.pid_file) in result.stderr
+    # A clean exit removes the socket file: no wait for an answer.
+    assert "no such socket" in result.stderr

@@ -495,3 +495,19 @@ def test_client_check_command(tmp_path):
     write_json(path, client_doc(tmp_path, master_stats="nowhere"))
     result = run_command("dpd-clientd", ["--check", path])
     assert result.returncode == 1 and "master_stats" in result.stderr
+
+
+def test_a_reply_counts_only_from_the_node_the_command_went_to(tmp_path):
+    master, _ = make_master(tmp_path, {"node1": [PROC], "node2": []})
+    answered = []
+    master.steering._answer = lambda identity, reply: answered.append(
+        (identity, reply))
+    master.steering.pending["c1"] = (b"peer", "node1")
+    forged = protocol.Report(protocol.KIND_REPLY, "node2", reply_id="c1",
+                             reply={"ok": True, "old_pids": {}})
+    master.on_report(forged)
+    assert answered == [] and "c1" in master.steering.pending
+    genuine = protocol.Report(protocol.KIND_REPLY, "node1", reply_id="c1",
+                              reply={"ok": True})
+    master.on_report(genuine)
+    assert answered == [(b"peer", {"ok": True})]

@@ -111,6 +111,36 @@ def test_master_and_client_move_their_pid_file_on_reload(tmp_path, marker):
                                         + "-moved.nodes.json")
                  and not os.path.exists(nodes_file),
                  what="the nodes file moved with the master's pid file")
+        # Its default control socket follows too: dpdctl finds it from the
+        # file, as it reads it now.
+        result = run_command("dpdctl", ["--master", master.config_path,
+                                        "status", "node1"], marker)
+        assert result.returncode in (0, 1) and "node1" in result.stdout, \
+            result
     finally:
         node.close()
         master.stop()
+
+
+def test_a_pid_file_that_cannot_move_leaves_one_worker(tmp_path, marker):
+    """The new pid file cannot be made (a folder is in its place): the
+    worker keeps its pid file, status and journal together at the old
+    place, and a second dpd-workerd on the same CONFIG, once the new place
+    could be made, still finds the first one: one worker, one process."""
+    node = Node(tmp_path, marker)
+    node.write([node.proc("s", "/bin/sleep", "7303")])
+    node.start()
+    pid = node.wait_running("s")
+    blocker = tmp_path / "run" / "moved.pid"
+    blocker.mkdir()
+    move_pid_file(node.config_path, str(blocker))
+    wait_for(lambda: "cannot move the pid file" in node.log(),
+             what="the failed move logged")
+    assert read_json(node.status_path)["worker_pid"] == node.daemon.pid
+    assert int(open(node.pid_file).read()) == node.daemon.pid
+    blocker.rmdir()
+    second = run_command("dpd-workerd", [node.config_path], marker)
+    assert second.returncode == 0, second
+    assert "already running (pid %d)" % node.daemon.pid in second.stdout
+    assert node.instances("7303") == [pid]
+    node.stop()
