@@ -304,6 +304,9 @@ class Process:
         self._set_pid(None)
         self._set_state(STOPPED)
         if self.next_spec is not None and not self.removing:
+            # The stopped definition's pid file names a dead pid; the new
+            # one may have another (or none of the worker's writing).
+            self.ops.remove_pid_file(self.spec)
             self.spec, self.next_spec = self.next_spec, None
             self.error = None
             self._set_state(WAITING)

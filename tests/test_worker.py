@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import requires_root
+from diprocd.daemon import read_pid
 from diprocd.kernel import cpu_ticks, is_alive
 from helpers import (Node, free_port, marked_env, run_command, wait_for,
                      write_json)
@@ -635,3 +636,18 @@ def test_a_daemon_removed_while_starting_is_stopped_across_a_worker_kill(node, t
     node.start()
     wait_for(lambda: "gone" not in node.status(), timeout=20, what="gone stopped")
     wait_for(lambda: node.instances("late_daemon") == [], what="no daemon left")
+
+
+def test_a_definition_restarted_with_another_pid_file_leaves_no_old_one(node, tmp_path):
+    """Found by tests/chaos: the old pid file, naming the stopped pid, stayed."""
+    node.write([sleeper(node, "p")])
+    node.start()
+    pid = node.wait_running("p")
+    old_file, new_file = str(tmp_path / "run" / "p.pid"), str(tmp_path / "p.pid")
+    assert read_pid(old_file) == pid
+    node.write([sleeper(node, "p", pid_file=new_file)])
+    new_pid = wait_for(lambda: node.state("p").get("pid") not in (None, pid)
+                       and node.state("p")["state"] == "running"
+                       and node.state("p")["pid"], what="p restarted")
+    assert read_pid(new_file) == new_pid
+    assert not os.path.exists(old_file)
