@@ -87,7 +87,9 @@ class ProcessOps:
     def write_pid_file(self, spec, pid):
         raise NotImplementedError
 
-    def remove_pid_file(self, spec):
+    def remove_pid_file(self, spec, naming=None):
+        """Remove ``spec``'s pid file; with ``naming``, only while it names
+        that pid."""
         raise NotImplementedError
 
     def read_daemon_pid(self, spec, not_before=None):

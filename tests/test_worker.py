@@ -651,3 +651,20 @@ def test_a_definition_restarted_with_another_pid_file_leaves_no_old_one(node, tm
                        and node.state("p")["pid"], what="p restarted")
     assert read_pid(new_file) == new_pid
     assert not os.path.exists(old_file)
+
+
+def test_a_process_gone_while_the_worker_was_down_leaves_no_pid_file(node, tmp_path):
+    """Found by tests/chaos: a process that died while no worker ran, then
+    removed from CONFIG, kept its pid file (naming a dead pid) for good."""
+    node.write([sleeper(node, "gone"), sleeper(node, "kept")])
+    node.start()
+    pids = {name: node.wait_running(name) for name in ("gone", "kept")}
+    node.stop(signal.SIGKILL)
+    os.kill(pids["gone"], signal.SIGKILL)
+    wait_for(lambda: not is_alive(pids["gone"]), what="gone to die")
+    node.write([sleeper(node, "kept")])
+    node.start()
+    assert node.wait_running("kept") == pids["kept"]
+    assert "gone" not in node.status()
+    assert not os.path.exists(str(tmp_path / "run" / "gone.pid"))
+    assert read_pid(str(tmp_path / "run" / "kept.pid")) == pids["kept"]
