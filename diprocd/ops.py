@@ -64,6 +64,9 @@ class NodeOps(ProcessOps):
         self.pidwatch.unwatch(pid)
 
     def write_pid_file(self, spec, pid):
+        if read_pid(spec.pid_file) == pid and not os.path.islink(
+                spec.pid_file):
+            return  # adopted: the last worker wrote it
         try:
             os.makedirs(os.path.dirname(spec.pid_file), exist_ok=True)
             atomic_write(spec.pid_file, b"%d\n" % pid, mode=0o644, fsync=False,

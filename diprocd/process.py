@@ -272,7 +272,9 @@ class Process:
             self.ops.unwatch(old)
         if pid is not None:
             self.ops.watch(self, pid, "main")
-            if self.spec.write_pid and not self.adopted:
+            if self.spec.write_pid:
+                # Adopted too: a worker killed in a burst of starts had not
+                # written it yet.
                 self.ops.write_pid_file(self.spec, pid)
 
     def pending_launcher(self):

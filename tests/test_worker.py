@@ -429,6 +429,9 @@ def test_kill_9_during_a_burst_of_starts_leaves_no_duplicate(node):
              what="all running")
     for i in range(count):
         assert len(node.instances("%d" % (20000 + i))) == 1, "duplicate of b%d" % i
+    # Those the killed worker had no time to write a pid file for have one.
+    for name, entry in node.status().items():
+        assert read_pid(str(node.dir / "run" / (name + ".pid"))) == entry["pid"], name
 
 
 def test_revert_while_stopping_runs_the_reverted_definition(node):
@@ -668,3 +671,18 @@ def test_a_process_gone_while_the_worker_was_down_leaves_no_pid_file(node, tmp_p
     assert "gone" not in node.status()
     assert not os.path.exists(str(tmp_path / "run" / "gone.pid"))
     assert read_pid(str(tmp_path / "run" / "kept.pid")) == pids["kept"]
+
+
+def test_an_adopted_process_gets_its_pid_file(node, tmp_path):
+    """Found by tests/chaos: a worker killed in the middle of a burst of
+    starts has not written their pid files yet (it does once the burst
+    runs); the next worker adopted those processes and never wrote them.
+    Here the pid file is simply gone while no worker runs."""
+    node.write([sleeper(node, "p")])
+    node.start()
+    pid = node.wait_running("p")
+    node.stop(signal.SIGKILL)
+    os.unlink(str(tmp_path / "run" / "p.pid"))
+    node.start()
+    assert node.wait_running("p") == pid and node.state("p")["adopted"]
+    assert read_pid(str(tmp_path / "run" / "p.pid")) == pid
