@@ -1,7 +1,7 @@
 """The tests' one place for helpers.
 
 - Waiting: ``wait_for`` polls a condition until a deadline, never a bare
-  sleep.
+  sleep; ``holds_within`` says whether it held in time.
 - Processes: every process a test starts carries the test's own marker in
   its environment (``DPD_TEST_MARKER=<uuid>``, see ``marked_env``);
   ``kill_marked`` ends exactly those processes, found by pid through /proc,
@@ -55,6 +55,16 @@ def wait_for(condition, timeout=10.0, interval=0.01, what=None):
             raise AssertionError("timed out after %.1fs waiting for %s"
                                  % (timeout, what or condition))
         time.sleep(interval)
+
+
+def holds_within(condition, timeout, interval=0.01):
+    """True once ``condition()`` holds within ``timeout`` seconds, else
+    False: for a check that reports what it sees rather than fail."""
+    try:
+        wait_for(condition, timeout, interval)
+    except AssertionError:
+        return False
+    return True
 
 
 # -- processes -------------------------------------------------------------------

@@ -83,14 +83,16 @@ class Lists:
         rng = self.rng
         node = rng.choice(sorted(self.nodes))
         procs = self.nodes[node]
-        edit = rng.choices(("add", "remove", "change", "move", "reuse a name",
-                            "drop node", "unchanged"),
-                           (5, 3, 4, 1, 1, 0.4, 0.4))[0]
+        edit = rng.choices(("add", "add several", "remove", "change", "move",
+                            "reuse a name", "drop node", "unchanged"),
+                           (5, 1, 3, 4, 1, 1, 0.4, 0.4))[0]
         if procs is None:
             self.nodes[node] = {}
-            self.add(node)
+            for _ in range(rng.randint(1, 4)):
+                self.add(node)
             return "node back", node
-        if edit in ("add", "reuse a name") and len(procs) >= MAX_PROCS:
+        if edit in ("add", "add several", "reuse a name") \
+                and len(procs) >= MAX_PROCS:
             edit = "remove"
         if edit in ("remove", "change", "move") and not procs:
             edit = "add"
@@ -98,6 +100,9 @@ class Lists:
             edit = "add"
         if edit == "add":
             self.add(node)
+        elif edit == "add several":  # a burst of starts
+            for _ in range(min(rng.randint(2, 4), MAX_PROCS - len(procs))):
+                self.add(node)
         elif edit == "reuse a name":
             # Added again, another definition, maybe while the old one
             # still stops.

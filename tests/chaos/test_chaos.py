@@ -11,8 +11,9 @@ line of a daemon that runs; a killed daemon is run again by "cron" a few
 rounds later.
 
 Checked all along: no definition ever runs twice at once, no daemon runs
-twice, no daemon dies unless killed, and every cron run exits 0 with
-nothing on stderr (cron would mail it). Once the churn stops and cron has
+twice, no daemon dies unless killed, what a live worker reports running
+has the pid file it writes, and every cron run exits 0 with nothing on
+stderr (cron would mail it). Once the churn stops and cron has
 run every daemon: within 10 s every node runs exactly the last master
 file's processes, each once, with the pid its worker reports and its pid
 file names (short-lived ones given up or exited as their kind says),
@@ -37,9 +38,9 @@ import pytest
 
 from diprocd.daemon import read_locked_pid, read_pid
 from diprocd.kernel import is_alive, proc_stat
-from helpers import (Master, Node, marked_processes, read_json, read_text,
-                     rebindable_endpoints, run_command, wait_for,
-                     zombie_children)
+from helpers import (Master, Node, holds_within, marked_processes,
+                     read_json, read_text, rebindable_endpoints, run_command,
+                     wait_for, zombie_children)
 
 from .churn import RUNNING, Lists
 
@@ -295,6 +296,7 @@ class Chaos:
         self.figures = collections.Counter()
         self.findings = []
         self.trace = []  # what each round did, for a failure's report
+        self._reported = set()  # lasting problems, found once
 
     def up(self):
         return sorted(label for label, daemon in self.cluster.daemons.items()
@@ -315,11 +317,16 @@ class Chaos:
             self.change()
         elif event == "change and kill":
             # Kill a daemon while it takes the change in: mostly the
-            # worker of a node the change touched.
+            # worker of a node the change touched, once the change reached
+            # its file, when it starts and stops processes.
             node = rng.choice(self.change())
             label = rng.choice(("master", node + " client", node + " worker",
                                 node + " worker"))
-            self.pause(rng.uniform(0, 0.15))
+            if label.endswith("worker"):
+                self.reaches(node)
+                self.pause(rng.uniform(0, 0.02))
+            else:
+                self.pause(rng.uniform(0, 0.08))
             if label in self.up():
                 self.kill(label)
         elif event == "kill":
@@ -355,6 +362,14 @@ class Chaos:
         for edit, _ in edits:
             self.figures["edit: " + edit] += 1
         return [node for _, node in edits]
+
+    def reaches(self, node):
+        """Wait (a little) for the change to reach ``node``'s worker file;
+        its client may be down."""
+        procs = self.cluster.lists.document().get(node, [])
+        path = self.cluster.nodes[node].config_path
+        holds_within(lambda: read_json(path, default={}).get("procs") == procs,
+                     timeout=1, interval=0.002)
 
     def note(self, what):
         self.trace.append("%.3f round %d: %s" % (time.monotonic(), self.round,
@@ -397,6 +412,7 @@ class Chaos:
         """What must hold at any time: nothing twice, no daemon dead unless
         killed."""
         daemons = self.check_duplicates()[0]
+        self.check_pid_files()
         for label, daemon in sorted(self.cluster.daemons.items()):
             if len(daemons[label]) > 1 and not self.settles(daemon):
                 self.findings.append("round %d: %s runs twice: %s" % (
@@ -408,16 +424,41 @@ class Chaos:
                 daemon.pid = None
                 self.respawn_due.setdefault(label, self.round + 1)
 
+    def check_pid_files(self):
+        """What a running worker reports running has the pid file it
+        writes: the outside world (init scripts, monitoring) reads it.
+        (The status file and a pid file are not written at the same time:
+        a difference must last to count.)"""
+        def wrong():
+            found = []
+            for name, node in sorted(self.cluster.nodes.items()):
+                if self.cluster.daemons[name + " worker"].pid is None:
+                    continue
+                status = node.status_doc()
+                for proc, record in sorted(status.get("records", {}).items()):
+                    entry = status["procs"].get(proc, {})
+                    if entry.get("state") == RUNNING \
+                            and record.get("write_pid") \
+                            and read_pid(record["pid_file"]) != record["pid"]:
+                        found.append("%s: %s runs as %s (adopted: %s), its "
+                                     "pid file names %s" % (
+                                         name, proc, record["pid"],
+                                         entry.get("adopted"),
+                                         read_pid(record["pid_file"])))
+            return found
+        if wrong() and not holds_within(lambda: not wrong(), timeout=1):
+            for problem in wrong():
+                if problem not in self._reported:
+                    self._reported.add(problem)
+                    self.findings.append("round %d: %s" % (self.round,
+                                                           problem))
+
     @staticmethod
     def settles(daemon):
         """True when a daemon seen twice is soon seen once: a worker's fork
         on its way to exec a program has the worker's command line for a
         moment, and once the worker is killed, another parent."""
-        try:
-            wait_for(lambda: len(daemon.pids()) <= 1, timeout=2)
-        except AssertionError:
-            return False
-        return True
+        return holds_within(lambda: len(daemon.pids()) <= 1, timeout=2)
 
     def cron(self):
         """Cron runs every daemon (the churn stopped, or has not begun)."""
