@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv bench clean demo deb soak
+.PHONY: test venv bench clean demo deb soak chaos
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 test: venv
 	tests/setup-system.sh
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
+
+# The chaos suite, long (make test runs a short one): a master and three
+# nodes under config churn and kill -9s, see tests/chaos/test_chaos.py.
+# SEED= replays a schedule (default: a random one, printed), ROUNDS= is its
+# number of events.
+SEED ?=
+ROUNDS ?= 600
+chaos: venv
+	$(VPY) -m pytest $(PYTEST_ARGS) tests/chaos --chaos-rounds=$(ROUNDS) \
+	    $(if $(SEED),--seed=$(SEED))
 
 # A master and two nodes on loopback, in the foreground; Ctrl-C stops all.
 demo: venv

@@ -5,6 +5,7 @@ boot's only) into supervised Processes, each proven ours by the kernel
 start time of its pid (a recycled pid has another), so nothing is started
 twice and no stranger is ever signalled:
 
+- one whose pid is gone loses its pid file (which names that pid);
 - a running process whose definition is unchanged is adopted as it is;
 - one whose definition changed while the worker was down is adopted with
   its old stop settings, then restarted with the new definition;
@@ -30,6 +31,8 @@ def adopt(records, specs, ops, clock, log):
         if ops.start_ticks(record.pid) != record.ticks:
             log.info("%s: pid %d from the last run is gone or is another "
                      "program now: not adopted", name, record.pid)
+            # Else its pid file names that pid for good (a start rewrites it).
+            ops.remove_pid_file(record.stop_spec(name), naming=record.pid)
             continue
         spec = wanted.get(name)
         changed = spec is not None and record.fingerprint != spec.fingerprint()

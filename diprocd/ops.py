@@ -76,8 +76,9 @@ class NodeOps(ProcessOps):
             self.log.error("%s: cannot write pid file %s: %s", spec.name,
                            spec.pid_file, err.strerror or err)
 
-    def remove_pid_file(self, spec):
-        if spec.pid_file:
+    def remove_pid_file(self, spec, naming=None):
+        if spec.pid_file and (naming is None
+                              or read_pid(spec.pid_file) == naming):
             _unlink(spec.pid_file)
 
     def read_daemon_pid(self, spec, not_before=None):

@@ -87,7 +87,9 @@ class ProcessOps:
     def write_pid_file(self, spec, pid):
         raise NotImplementedError
 
-    def remove_pid_file(self, spec):
+    def remove_pid_file(self, spec, naming=None):
+        """Remove ``spec``'s pid file; with ``naming``, only while it names
+        that pid."""
         raise NotImplementedError
 
     def read_daemon_pid(self, spec, not_before=None):
@@ -319,6 +321,9 @@ class Process:
         self._set_pid(None)
         self._set_state(STOPPED)
         if self.next_spec is not None and not self.removing:
+            # The stopped definition's pid file names a dead pid; the new
+            # one may have another (or none of the worker's writing).
+            self.ops.remove_pid_file(self.spec)
             self.spec, self.next_spec = self.next_spec, None
             self.error = None
             if self.held:  # the operator stopped it meanwhile: not yet

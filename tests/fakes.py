@@ -76,7 +76,7 @@ class FakeOps(ProcessOps):
     def read_daemon_pid(self, spec, not_before=None):
         return (self.daemon_pid, 1) if self.daemon_pid else None
 
-    def remove_pid_file(self, spec):
+    def remove_pid_file(self, spec, naming=None):
         self.removed_pid_files.append(spec.pid_file)
 
     def stopped(self, proc):

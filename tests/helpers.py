@@ -1,14 +1,17 @@
 """The tests' one place for helpers.
 
 - Waiting: ``wait_for`` polls a condition until a deadline, never a bare
-  sleep.
+  sleep; ``holds_within`` says whether it held in time.
 - Processes: every process a test starts carries the test's own marker in
   its environment (``DPD_TEST_MARKER=<uuid>``, see ``marked_env``);
   ``kill_marked`` ends exactly those processes, found by pid through /proc,
-  never by name. ``start_daemon`` and ``run_command`` run ``bin/<command>``
-  with the marker; ``patched_python`` is a wrapper that monkeypatches
-  diprocd in the daemon's process first. Whether a pid is alive:
-  ``diprocd.kernel.is_alive``.
+  never by name; ``marked_processes`` gives their command lines and
+  ``zombie_children`` the zombies a daemon left unreaped. ``start_daemon``
+  and ``run_command`` run ``bin/<command>`` with the marker;
+  ``patched_python`` is a wrapper that monkeypatches diprocd in the
+  daemon's process first. Whether a pid is alive:
+  ``diprocd.kernel.is_alive``. ``rebindable_endpoints`` are ports for a
+  master that is killed and bound again.
 - Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
   ``master_doc`` build the daemons' JSON with keyword overrides;
   ``write_json`` writes one as an editor would (atomic rename).
@@ -19,6 +22,7 @@
 import json
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -26,7 +30,7 @@ import sys
 import time
 
 from diprocd.daemon import read_pid
-from diprocd.kernel import is_alive
+from diprocd.kernel import is_alive, proc_stat
 from diprocd.master import nodes_file_path
 from diprocd.ledger import read_document, status_path
 
@@ -55,6 +59,16 @@ def wait_for(condition, timeout=10.0, interval=0.01, what=None):
         time.sleep(interval)
 
 
+def holds_within(condition, timeout, interval=0.01):
+    """True once ``condition()`` holds within ``timeout`` seconds, else
+    False: for a check that reports what it sees rather than fail."""
+    try:
+        wait_for(condition, timeout, interval)
+    except AssertionError:
+        return False
+    return True
+
+
 # -- processes -------------------------------------------------------------------
 
 def free_port():
@@ -66,6 +80,27 @@ def free_port():
 def endpoint():
     """A ZeroMQ endpoint on a free loopback port."""
     return "tcp://127.0.0.1:%d" % free_port()
+
+
+def rebindable_endpoints(count):
+    """``count`` ZeroMQ endpoints on free loopback ports below the kernel's
+    ephemeral range, for a master that is killed and started again: while
+    it is down, its clients reconnect every 0.1 s, and a connection's own
+    port, taken from that range, may be the master's (even connected to
+    itself), which the new master then cannot bind."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+        first_ephemeral = int(handle.read().split()[0])
+    chooser = random.SystemRandom()
+    ports = set()
+    while len(ports) < count:
+        port = chooser.randrange(10000, first_ephemeral)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.add(port)
+    return ["tcp://127.0.0.1:%d" % port for port in sorted(ports)]
 
 
 def marked_pids(marker, var=MARKER_VAR):
@@ -83,6 +118,39 @@ def marked_pids(marker, var=MARKER_VAR):
         if needle in environ.split(b"\0") and is_alive(int(entry)):
             pids.append(int(entry))
     return pids
+
+
+def process_argv(pid):
+    """The command line of ``pid`` as a list of strings; None when it is
+    gone, [] for a zombie."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    return [arg.decode("utf-8", "replace") for arg in data.split(b"\0")[:-1]]
+
+
+def marked_processes(marker):
+    """{pid: argv} of the live processes carrying ``marker``."""
+    found = {}
+    for pid in marked_pids(marker):
+        argv = process_argv(pid)
+        if argv:
+            found[pid] = argv
+    return found
+
+
+def zombie_children(parents):
+    """[(pid, parent)] of the zombies whose parent is one of ``parents``."""
+    parents = set(parents)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat is not None and stat.state == "Z" and stat.ppid in parents:
+                found.append((stat.pid, stat.ppid))
+    return found
 
 
 def kill_marked(marker, timeout=10.0):
@@ -415,15 +483,8 @@ class Node:
 
     def instances(self, tag):
         """Live marked processes whose command line contains ``tag``."""
-        found = []
-        for pid in marked_pids(self.marker):
-            try:
-                with open("/proc/%d/cmdline" % pid, "rb") as handle:
-                    if tag.encode() in handle.read():
-                        found.append(pid)
-            except OSError:
-                pass
-        return found
+        return [pid for pid, argv in marked_processes(self.marker).items()
+                if tag in "\0".join(argv)]
 
     # -- the client ------------------------------------------------------------
 

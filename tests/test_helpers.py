@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import wait_for
+from helpers import holds_within, wait_for
 
 
 def test_wait_for_returns_the_true_value():
@@ -29,3 +29,8 @@ def test_wait_for_describes_the_state_at_the_timeout():
         wait_for(condition, timeout=0.05, interval=0.005, what=what)
     assert described == [len(polls)] and len(polls) > 1
     assert str(info.value).endswith("polled %d times" % len(polls))
+
+
+def test_holds_within_says_whether_the_condition_held_in_time():
+    assert holds_within(lambda: True, timeout=0.01) is True
+    assert holds_within(lambda: False, timeout=0.01) is False

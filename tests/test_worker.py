@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import requires_root
+from diprocd.daemon import read_pid
 from diprocd.kernel import cpu_ticks, is_alive
 from helpers import (Node, free_port, marked_env, patched_python, run_command,
                      wait_for, write_json)
@@ -423,6 +424,9 @@ def test_kill_9_during_a_burst_of_starts_leaves_no_duplicate(node):
              what="all running")
     for i in range(count):
         assert len(node.instances("%d" % (20000 + i))) == 1, "duplicate of b%d" % i
+    # Those the killed worker had no time to write a pid file for have one.
+    for name, entry in node.status().items():
+        assert read_pid(str(node.dir / "run" / (name + ".pid"))) == entry["pid"], name
 
 
 def test_revert_while_stopping_runs_the_reverted_definition(node):
@@ -650,3 +654,50 @@ def test_a_start_stuck_before_exec_fails_that_start_only(node, tmp_path):
     assert node.instances("64002") == [pid]
     assert node.instances("64001") == []
     node.stop()
+
+
+def test_a_definition_restarted_with_another_pid_file_leaves_no_old_one(node, tmp_path):
+    """Found by tests/chaos: the old pid file, naming the stopped pid, stayed."""
+    node.write([sleeper(node, "p")])
+    node.start()
+    pid = node.wait_running("p")
+    old_file, new_file = str(tmp_path / "run" / "p.pid"), str(tmp_path / "p.pid")
+    assert read_pid(old_file) == pid
+    node.write([sleeper(node, "p", pid_file=new_file)])
+    new_pid = wait_for(lambda: node.state("p").get("pid") not in (None, pid)
+                       and node.state("p")["state"] == "running"
+                       and node.state("p")["pid"], what="p restarted")
+    assert read_pid(new_file) == new_pid
+    assert not os.path.exists(old_file)
+
+
+def test_a_process_gone_while_the_worker_was_down_leaves_no_pid_file(node, tmp_path):
+    """Found by tests/chaos: a process that died while no worker ran, then
+    removed from CONFIG, kept its pid file (naming a dead pid) for good."""
+    node.write([sleeper(node, "gone"), sleeper(node, "kept")])
+    node.start()
+    pids = {name: node.wait_running(name) for name in ("gone", "kept")}
+    node.stop(signal.SIGKILL)
+    os.kill(pids["gone"], signal.SIGKILL)
+    wait_for(lambda: not is_alive(pids["gone"]), what="gone to die")
+    node.write([sleeper(node, "kept")])
+    node.start()
+    assert node.wait_running("kept") == pids["kept"]
+    assert "gone" not in node.status()
+    assert not os.path.exists(str(tmp_path / "run" / "gone.pid"))
+    assert read_pid(str(tmp_path / "run" / "kept.pid")) == pids["kept"]
+
+
+def test_an_adopted_process_gets_its_pid_file(node, tmp_path):
+    """Found by tests/chaos: a worker killed in the middle of a burst of
+    starts has not written their pid files yet (it does once the burst
+    runs); the next worker adopted those processes and never wrote them.
+    Here the pid file is simply gone while no worker runs."""
+    node.write([sleeper(node, "p")])
+    node.start()
+    pid = node.wait_running("p")
+    node.stop(signal.SIGKILL)
+    os.unlink(str(tmp_path / "run" / "p.pid"))
+    node.start()
+    assert node.wait_running("p") == pid and node.state("p")["adopted"]
+    assert read_pid(str(tmp_path / "run" / "p.pid")) == pid
