@@ -35,6 +35,7 @@ from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write, remove_dead_writers_temps
 from diprocd.loop import Loop
 from diprocd.status import live_state
+from diprocd.watch import file_signature
 
 # Before the master's first update tells us its heartbeat, assume this one.
 ASSUMED_HEARTBEAT = 3.0
@@ -70,6 +71,17 @@ class WorkerFile:
         self.path = path
         self.log = log
         self._error = None  # the failure last logged
+        self._pid_file = (object(), None)  # (file signature, its pid_file)
+
+    def pid_file(self):
+        """The worker's ``pid_file`` (absolute) or None; the file is read
+        again only when it changed (a stat, not a parse, per status sent)."""
+        signature = file_signature(self.path)
+        if signature != self._pid_file[0]:
+            value = (self.read(quiet=True) or {}).get("pid_file")
+            self._pid_file = (signature, value if isinstance(value, str)
+                              and os.path.isabs(value) else None)
+        return self._pid_file[1]
 
     def read(self, quiet=False):
         """The file's JSON object, or None (logged unless ``quiet``)."""
@@ -149,7 +161,7 @@ class Client:
             for name in remove_dead_writers_temps(self.config.conf_file):
                 self.log.info("removed %s, half written by a client that "
                               "was killed", name)
-            self._watch_status(self.worker_file.read(quiet=True))
+            self._watch_status(self.worker_file.pid_file())
             loop.every_turn(self._hello_turn)
             loop.call_at("status", self._clock(), self._send_status)
             loop.run()
@@ -227,7 +239,7 @@ class Client:
             self.pending = None
             self.loop.cancel("retry")
             self._connect()
-        self._watch_status(self.worker_file.read(quiet=True))
+        self._watch_status(self.worker_file.pid_file())
         self.loop.call_at("status", self._clock(), self._send_status)
         self.log.info("SIGHUP: configuration re-read")
         return True
@@ -266,10 +278,9 @@ class Client:
 
     # -- status flow-back -----------------------------------------------------
 
-    def _watch_status(self, worker_doc):
-        pid_file = (worker_doc or {}).get("pid_file")
-        path = ledger.status_path(pid_file) if isinstance(pid_file, str) \
-            and os.path.isabs(pid_file) else None
+    def _watch_status(self, pid_file):
+        """Watch the status file beside the worker's ``pid_file``."""
+        path = ledger.status_path(pid_file) if pid_file else None
         if path == self._status_path:
             return
         if self._status_watch:
@@ -292,7 +303,7 @@ class Client:
     def _send_status(self):
         now = self._clock()
         # The worker's files follow its CONFIG's pid_file: look again.
-        self._watch_status(self.worker_file.read(quiet=True))
+        self._watch_status(self.worker_file.pid_file())
         status = ledger.read_view(self._status_path) if self._status_path \
             else None
         if status is not None:
@@ -335,10 +346,8 @@ class Client:
                    reply=reply)
 
     def _control_path(self):
-        pid_file = (self.worker_file.read(quiet=True) or {}).get("pid_file")
-        if isinstance(pid_file, str) and os.path.isabs(pid_file):
-            return control.control_path(pid_file)
-        return None
+        pid_file = self.worker_file.pid_file()
+        return control.control_path(pid_file) if pid_file else None
 
     def _push(self, kind, status, reply_id=None, reply=None):
         zmq = bus.zmq_module()
@@ -387,7 +396,7 @@ class Client:
         if doc is None:
             self._retry_later(update)
             return False
-        self._watch_status(doc)
+        self._watch_status(self.worker_file.pid_file())
         problems, warnings = check_update_procs(update, doc,
                                                 self.config.conf_file)
         if problems:
