@@ -234,7 +234,12 @@ def _journal_line(journal):
 
 def _open_files(logs):
     null_fd = os.open("/dev/null", os.O_RDONLY)
-    log_fd = os.open(logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    # Non-blocking: a FIFO nobody reads fails at once (ENXIO, a start
+    # error) instead of holding this child, and with it the worker's
+    # inherited descriptors, its pid file lock among them, until killed.
+    log_fd = os.open(logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_NONBLOCK, 0o644)
+    os.set_blocking(log_fd, True)
     return null_fd, log_fd
 
 

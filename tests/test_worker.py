@@ -637,15 +637,23 @@ def test_a_daemon_removed_while_starting_is_stopped_across_a_worker_kill(node, t
 
 
 def test_a_start_stuck_before_exec_fails_that_start_only(node, tmp_path):
-    """A program stuck before exec (its logs a FIFO nobody reads) is killed
-    at the exec timeout; the starts of the same burst, collected after it
-    and so past their own deadline, still count as started, once each."""
-    fifo = str(tmp_path / "stuck.fifo")
-    os.mkfifo(fifo)
-    node.write([node.proc("stuck", "/bin/sleep", "64001", logs=fifo,
-                          restart=False),
+    """A program stuck before exec (here held in its child past the exec
+    timeout) is killed at that timeout; the starts of the same burst,
+    collected after it and so past their own deadline, still count as
+    started, once each."""
+    node.write([node.proc("stuck", "/bin/sleep", "64001", restart=False,
+                          logs=str(tmp_path / "stuck.log")),
                 node.proc("after", "/bin/sleep", "64002")])
-    node.start(wait=False)  # the burst holds the loop until the timeout
+    node.start(wait=False, wrapper=patched_python(
+        "import time",
+        "from diprocd import spawn",
+        "real_open_files = spawn._open_files",
+        "def held(logs):",
+        "    if logs.endswith('stuck.log'):",
+        "        time.sleep(spawn.EXEC_TIMEOUT + 5)",
+        "    return real_open_files(logs)",
+        "spawn._open_files = held"))
+    # The burst holds the loop until the timeout.
     wait_for(node.worker_up, timeout=20, what="the worker's status file")
     entry = node.wait_state("stuck", "failed", timeout=20)
     assert "did not reach exec" in entry["error"]
@@ -653,6 +661,19 @@ def test_a_start_stuck_before_exec_fails_that_start_only(node, tmp_path):
     assert node.state("after")["starts"] == 1
     assert node.instances("64002") == [pid]
     assert node.instances("64001") == []
+    node.stop()
+
+
+def test_logs_on_a_fifo_nobody_reads_is_a_start_error_at_once(node, tmp_path):
+    """Not a child stuck before exec (holding the worker's descriptors, its
+    pid file lock among them): an immediate, visible start error."""
+    fifo = str(tmp_path / "nobody-reads.fifo")
+    os.mkfifo(fifo)
+    node.write([node.proc("piped", "/bin/sleep", "64003", logs=fifo,
+                          restart=False)])
+    node.start()
+    entry = node.wait_state("piped", "failed", timeout=5)
+    assert entry["error"] == "logs: No such device or address", entry
     node.stop()
 
 
