@@ -101,10 +101,7 @@ def bench_restart(args, folder, marker):
     master = Master(os.path.join(folder, "restart"), marker, heartbeat=3,
                     nodes={"node1": [node.proc("p", "/bin/sleep", "99999")]})
     master.start()
-    node.write([])
-    node.start(verbose=False)
-    node.write_client(master.stats, master.updates, status_interval=5)
-    node.start_client()
+    node.join(master, verbose=False, status_interval=5)
     argv = command_argv("dpdctl", ["--master", master.config_path, "restart",
                                    "node1", "p"])
     env = marked_env(marker)

@@ -497,6 +497,15 @@ class Node:
         settings.update(overrides)
         write_json(self.client_config_path, client_doc(self.dir, **settings))
 
+    def join(self, master, verbose=True, **client_settings):
+        """A whole node of ``master``: an empty worker file, the worker
+        (up), then its client (a client started with its worker may
+        rewrite the file while the worker starts)."""
+        self.write([])
+        self.start(verbose=verbose)
+        self.write_client(master.stats, master.updates, **client_settings)
+        return self.start_client()
+
     def start_client(self, wrapper=None):
         """Start ``dpd-clientd -f -v`` on client.json."""
         self.client = start_daemon("dpd-clientd", self.marker,

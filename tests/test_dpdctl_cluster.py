@@ -30,11 +30,7 @@ def cluster(tmp_path, marker):
                            "node3": []})
     master.start()
     for node in (node1, node2):
-        node.write([])
-        node.start()
-        node.write_client(master.stats, master.updates,
-                          status_interval=INTERVAL)
-        node.start_client()
+        node.join(master, status_interval=INTERVAL)
     yield master, node1, node2
     for node in (node1, node2):
         node.close()

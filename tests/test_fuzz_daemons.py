@@ -73,10 +73,7 @@ def test_broken_master_files_change_nothing(tmp_path, marker):
     master = Master(tmp_path, marker, heartbeat=0.5,
                     nodes={"node1": [node.proc("keep", "/bin/sleep", "9102")]})
     master.start()
-    node.write([])
-    node.start()
-    node.write_client(master.stats, master.updates)
-    node.start_client()
+    node.join(master)
     try:
         pid = node.wait_running("keep", timeout=15)
         good = read_bytes(master.config_path)

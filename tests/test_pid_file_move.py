@@ -33,10 +33,7 @@ def test_the_master_follows_a_worker_whose_pid_file_moved(tmp_path, marker):
     master = Master(tmp_path, marker, heartbeat=1,
                     nodes={"node1": [node.proc("s", "/bin/sleep", "7301")]})
     master.start()
-    node.write([])
-    node.start()
-    node.write_client(master.stats, master.updates, status_interval=0.3)
-    node.start_client()
+    node.join(master, status_interval=0.3)
     try:
         view = lambda: master_view(master, "node1", "s")  # noqa: E731
         first = wait_for(lambda: view().get("state") == "running" and view(),
