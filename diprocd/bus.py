@@ -54,13 +54,15 @@ def socket(context, kind, receives=False):
     return sock
 
 
-def receive_all(sock, handle, limit):
+def receive_all(sock, handle, limit, copy=True):
     """Hand each waiting message (its frames) to ``handle``, at most
-    ``limit`` of them, so that timers and signals get their turn."""
+    ``limit`` of them, so that timers and signals get their turn.
+    ``copy=False``: zmq.Frame objects, which carry the sender's CURVE
+    identity (``frame.get("User-Id")``)."""
     zmq = zmq_module()
     for _ in range(limit):
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             return
         handle(frames)
@@ -72,8 +74,9 @@ class Drops:
     LOG_WINDOW seconds, then, at the end of the window (``loop`` given) or
     at the next drop, one line saying how many more were dropped."""
 
-    def __init__(self, log, clock, what, loop=None):
+    def __init__(self, log, clock, what, loop=None, verb="dropped"):
         self.log = log
+        self.verb = verb
         self.clock = clock
         self.what = what
         self.loop = loop
@@ -95,11 +98,12 @@ class Drops:
             return
         self.summary()
         self._logged.append(now)
-        self.log.warning("dropped a %s: %s", self.what, why)
+        self.log.warning("%s a %s: %s", self.verb, self.what, why)
 
     def summary(self):
         """Say how many were dropped without a line of their own."""
         if self._unlogged:
-            self.log.warning("dropped %d more %ss without a line each (%d "
-                             "in all)", self._unlogged, self.what, self.count)
+            self.log.warning("%s %d more %ss without a line each (%d "
+                             "in all)", self.verb, self._unlogged, self.what,
+                             self.count)
             self._unlogged = 0

@@ -27,7 +27,7 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, control, ledger, protocol
+from diprocd import bus, control, keys, ledger, protocol
 from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
 from diprocd.daemon import carry_over
@@ -45,6 +45,10 @@ SILENCE_HEARTBEATS = 2.5
 RETRY_INTERVAL = 1.0  # a failed write of the worker's file
 STATUS_MIN_GAP = 0.1  # at most this often on status file changes
 RELAY_TIMEOUT = 3.0  # the worker's answer to an operator's command
+# A master that refused our CURVE key: ZeroMQ does not retry, we do, from
+# this delay doubling up to the max (a key allowed later gets in).
+REFUSED_RETRY = 1.0
+REFUSED_RETRY_MAX = 30.0
 # Updates handled in one go before timers and signals get their turn.
 RECEIVE_BATCH = 100
 
@@ -146,6 +150,8 @@ class Client:
         self.drops = bus.Drops(log, clock, "message", self.loop)
         self._context = None
         self.sub = self.push = self._monitor = None
+        self._opener = None  # with CURVE: opens what the master sealed
+        self._refused_retry = REFUSED_RETRY
 
     # -- life cycle --------------------------------------------------------
 
@@ -179,27 +185,42 @@ class Client:
     def _connect(self):
         zmq = bus.zmq_module()
         self._close_sockets()
+        self.loop.cancel("reconnect")
+        curve = self.config.curve
         sub = bus.socket(self._context, zmq.SUB, receives=True)
         sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(self.config.node_name))
+        self._secure(sub)
         # A (re)connection to the master (it may have restarted with other
         # lists) is answered by a hello, not by waiting for its heartbeat.
-        self._monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = sub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         sub.connect(self.config.master_updates)
         push = bus.socket(self._context, zmq.PUSH)
         # Queue nothing for a master that is not connected: a hello or a
         # status is only worth sending fresh.
         push.setsockopt(zmq.IMMEDIATE, 1)
         push.setsockopt(zmq.SNDHWM, 16)
+        self._secure(push)
         push.connect(self.config.master_stats)
+        self._opener = None if curve is None else keys.Opener(
+            curve.pair.secret, curve.master_public)
         self.sub, self.push = sub, push
         self.loop.add_reader(sub, self._receive_updates)
         self.loop.add_reader(self._monitor, self._connected)
         self._last_heard = None
         self._hello_due = 0.0
         self._hello_backoff = HELLO_RETRY
-        self.log.info('node "%s": listening to %s, reporting to %s',
+        self.log.info('node "%s": listening to %s, reporting to %s%s',
                       self.config.node_name, self.config.master_updates,
-                      self.config.master_stats)
+                      self.config.master_stats,
+                      "" if curve is None else " (CURVE, master key %s)"
+                      % curve.master_key_file)
+
+    def _secure(self, sock):
+        curve = self.config.curve
+        if curve is not None:
+            keys.apply_to_socket(sock, bus.zmq_module(), curve.pair,
+                                 server_key=curve.master_public)
 
     def _close_sockets(self):
         if self.sub is not None:
@@ -213,10 +234,29 @@ class Client:
         self.sub = self.push = self._monitor = None
 
     def _connected(self):
+        from zmq.utils.monitor import recv_monitor_message
+        zmq = bus.zmq_module()
+        refused = False
         while self._monitor.poll(0):
-            self._monitor.recv_multipart()
+            event = recv_monitor_message(self._monitor)
+            refused = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        if refused:
+            return self._refused()
+        self._refused_retry = REFUSED_RETRY
         self._last_heard, self._hello_due = None, self._clock()
         self._hello_backoff = HELLO_RETRY
+
+    def _refused(self):
+        """The master refused our key: ZeroMQ gives up on that
+        connection; connect again later (the key may be allowed by then)."""
+        delay = self._refused_retry
+        level = self.log.warning if delay == REFUSED_RETRY else self.log.debug
+        level('the master at %s refused node "%s"\'s CURVE key (is %s.key in '
+              "its curve_clients_dir?): trying again in %.0f s",
+              self.config.master_updates, self.config.node_name,
+              self.config.node_name, delay)
+        self._refused_retry = min(delay * 2, REFUSED_RETRY_MAX)
+        self.loop.call_later("reconnect", delay, self._connect)
 
     def reload(self):
         try:
@@ -369,6 +409,12 @@ class Client:
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
+        if self._opener is not None and len(frames) == 3:
+            try:
+                frames = [frames[0], frames[1], self._opener.open(frames[2])]
+            except ProtocolError as err:
+                self.drops.drop(err)
+                return
         if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
             return self._relay(frames)
         try:

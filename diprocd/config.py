@@ -16,6 +16,7 @@ Every message names the file (and node), the process and the field.
 """
 
 import dataclasses
+import ipaddress
 import os
 import pwd
 import re
@@ -24,7 +25,7 @@ import socket
 
 import simplejson as json
 
-from diprocd import jsonin, protocol
+from diprocd import jsonin, keys, protocol
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
@@ -495,6 +496,12 @@ class MasterConfig(DaemonConfig):
     nodes: dict = None  # node name -> raw process list (validated JSON)
     heartbeat: float = DEFAULT_HEARTBEAT
     silent_after: float = DEFAULT_SILENT_AFTER
+    curve: keys.MasterCurve = None  # None: no CURVE
+
+    def exposure(self):
+        """What dpdctl status warns about (also among the warnings)."""
+        return exposure_warnings(
+            self.curve, (self.master_updates, self.master_stats))
 
 
 @dataclasses.dataclass
@@ -504,9 +511,11 @@ class ClientConfig(DaemonConfig):
     node_name: str = None  # resolved: "%H" replaced by this machine's hostname
     conf_file: str = None
     status_interval: float = DEFAULT_STATUS_INTERVAL
+    curve: keys.ClientCurve = None  # None: no CURVE
 
     def connection(self):
-        return (self.master_stats, self.master_updates, self.node_name)
+        return (self.master_stats, self.master_updates, self.node_name,
+                self.curve)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -525,7 +534,8 @@ def _nodes_object(value):
 COMMON_KEYS = {"pid_file": Key(absolute_path, required=True),
                "log_file": Key(absolute_path)}
 ENDPOINT_KEYS = {"master_stats": Key(endpoint, required=True),
-                 "master_updates": Key(endpoint, required=True)}
+                 "master_updates": Key(endpoint, required=True),
+                 "curve_secret_key": Key(absolute_path)}
 WORKER_KEYS = dict(COMMON_KEYS, procs=Key(None, required=True, default=[]))
 MASTER_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    master_control=Key(endpoint),
@@ -533,12 +543,15 @@ MASTER_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    heartbeat=Key(seconds(0.05, 86400),
                                  default=DEFAULT_HEARTBEAT),
                    silent_after=Key(seconds(0.1, 86400),
-                                    default=DEFAULT_SILENT_AFTER))
+                                    default=DEFAULT_SILENT_AFTER),
+                   curve_clients_dir=Key(absolute_path),
+                   curve_operators_dir=Key(absolute_path))
 CLIENT_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    node_name=Key(node_name, required=True),
                    conf_file=Key(absolute_path, required=True),
                    status_interval=Key(seconds(0.1, 86400),
-                                       default=DEFAULT_STATUS_INTERVAL))
+                                       default=DEFAULT_STATUS_INTERVAL),
+                   curve_master_key=Key(absolute_path))
 
 
 def _read_keys(path, table):
@@ -619,13 +632,66 @@ def load_master_config(path):
         if not node_problems:
             problems += _list_size_problems(node, procs, values["heartbeat"],
                                             where)
+    curve, curve_problems, curve_warnings = keys.master_curve(
+        path, values["curve_secret_key"], values["curve_clients_dir"],
+        values["curve_operators_dir"])
+    problems += curve_problems + _control_problems(path, values, curve)
+    warnings += curve_warnings
+    if curve is not None:
+        warnings += ['%s: node "%s" has no key in %s: its list is not sent '
+                     "(a key file %s.key lets it in)" % (
+                         path, node, curve.clients.folder, node)
+                     for node in sorted(values["nodes"])
+                     if node not in curve.clients.keys]
     if problems:
         raise ConfigError(problems)
+    warnings += exposure_warnings(curve, (values["master_updates"],
+                                          values["master_stats"]))
     return MasterConfig(path, values["pid_file"], values["log_file"], warnings,
                         values["data"], values["master_stats"],
                         values["master_updates"], values["master_control"],
                         values["nodes"], values["heartbeat"],
-                        values["silent_after"])
+                        values["silent_after"], curve)
+
+
+def _control_problems(path, values, curve):
+    """dpdctl's endpoint off this machine only with CURVE and operators."""
+    control = values["master_control"]
+    if not control or control.startswith("ipc://") or (
+            curve is not None and curve.operators is not None):
+        return []
+    return ['%s: key "master_control": %s reaches the network: it needs '
+            'CURVE with "curve_operators_dir" (the operators\' public keys), '
+            "or an ipc:// endpoint" % (path, control)]
+
+
+def is_local_endpoint(value):
+    """True for an endpoint nothing outside this machine can reach: ipc,
+    inproc, tcp on a loopback address (or the interface lo)."""
+    if value.startswith(("ipc://", "inproc://")):
+        return True
+    if not value.startswith("tcp://"):
+        return False
+    host = value[len("tcp://"):].rsplit(":", 1)[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name or "*": reachable from elsewhere
+
+
+def exposure_warnings(curve, endpoints):
+    """Say, without CURVE, which endpoints carry readable traffic."""
+    exposed = [e for e in endpoints if e and not is_local_endpoint(e)]
+    if curve is not None or not exposed:
+        return []
+    return ["without CURVE, traffic on %s is unauthenticated and readable by "
+            "anyone who can reach it (process lists, their env secrets, "
+            "status): set the curve_* keys, see README \"Securing a "
+            "cluster\"" % ", ".join(exposed)]
 
 
 def default_master_control(pid_file):
@@ -644,6 +710,16 @@ def load_master_control(path):
         raise ConfigError(problems)
     return values["master_control"] or default_master_control(
         values["pid_file"])
+
+
+def load_master_key_file(path):
+    """The master's "curve_secret_key" path from its CONFIG, the rest
+    unread (as dpdctl reads it), or None; raise ConfigError."""
+    values, problems, _ = _read_keys(path, {
+        "curve_secret_key": ENDPOINT_KEYS["curve_secret_key"]})
+    if problems:
+        raise ConfigError(problems)
+    return values["curve_secret_key"]
 
 
 def _list_size_problems(node, procs, heartbeat, where):
@@ -668,9 +744,14 @@ def load_client_config(path):
     if conf_file and not problems and not os.path.exists(conf_file):
         warnings.append('%s: key "conf_file": %s does not exist yet; copy the '
                         "empty worker example there" % (path, conf_file))
+    curve, curve_problems = keys.client_curve(
+        path, values["curve_secret_key"], values["curve_master_key"])
+    problems += curve_problems
     if problems:
         raise ConfigError(problems)
+    warnings += exposure_warnings(curve, (values["master_updates"],
+                                          values["master_stats"]))
     return ClientConfig(path, values["pid_file"], values["log_file"], warnings,
                         values["data"], values["master_stats"], values["master_updates"],
                         values["node_name"], conf_file,
-                        values["status_interval"])
+                        values["status_interval"], curve)

@@ -11,10 +11,18 @@ node.
     dpdctl --worker CONFIG reload
     dpdctl --worker CONFIG tail NAME [-n N]
 
+    dpdctl --connect tcp://HOST:PORT --key FILE --master-key FILE VERB ...
+    dpdctl keygen NAME [--dir DIR]
+
 With the master (default ``/var/lib/diprocd/diprocd-master.json``) it
 talks to the master's ``master_control`` endpoint, which answers status
 from what it heard and relays the rest to the node (its client asks its
 worker); with ``--worker`` it talks to one worker's control socket.
+A ``master_control`` endpoint over tcp takes CURVE only: ``--key`` is the
+operator's secret key file (its public key in the master's
+``curve_operators_dir``), ``--master-key`` the master's public key file
+(default: derived from the master file's ``curve_secret_key`` when it is
+readable, i.e. on the master). ``keygen`` writes a key pair.
 
 Exit codes: 0 done (status: every node up, in sync, every process as
 desired), 1 not as desired or the command failed (unknown node or process,
@@ -24,13 +32,16 @@ message names the endpoint).
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import simplejson as json
 
-from diprocd import __version__, fleet, jsonin, kernel, status
-from diprocd.config import load_master_control, load_pid_file
+from diprocd import __version__, fleet, jsonin, keys, kernel, status
+from diprocd.config import (load_master_control,
+                            load_master_key_file, load_pid_file)
 from diprocd.control import control_path, request
 from diprocd.errors import ConfigError, ProtocolError
 
@@ -67,6 +78,12 @@ def make_parser():
                        % DEFAULT_MASTER_CONFIG)
     where.add_argument("--worker", metavar="CONFIG",
                        help="one worker's CONFIG, without a master")
+    where.add_argument("--connect", metavar="ENDPOINT",
+                       help="the master's control endpoint (tcp: CURVE)")
+    parser.add_argument("--key", metavar="FILE",
+                        help="the operator's secret key file (CURVE)")
+    parser.add_argument("--master-key", metavar="FILE",
+                        help="the master's public key file (CURVE)")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     for verb, what in (("status", "the state of every node and process"),
@@ -84,6 +101,10 @@ def make_parser():
                              help="seconds to wait for the new process")
         if verb == "tail":
             sub.add_argument("-n", "--lines", type=int, default=20)
+    keygen = verbs.add_parser("keygen", help="write NAME.key (public) and "
+                              "NAME.key_secret (secret), CURVE key files")
+    keygen.add_argument("name", metavar="NAME")
+    keygen.add_argument("--dir", default=".", help="where (default: here)")
     return parser
 
 
@@ -133,11 +154,17 @@ class WorkerLink:
 
 
 class MasterLink:
-    """Requests to the master's control endpoint (a ZeroMQ REQ socket)."""
+    """Requests to the master's control endpoint (a ZeroMQ REQ socket);
+    over tcp a CURVE client with the operator's key."""
 
-    def __init__(self, config_path):
+    def __init__(self, config_path=None, endpoint=None, key_file=None,
+                 master_key_file=None):
         try:
-            self.endpoint = load_master_control(config_path)
+            self.endpoint = endpoint or load_master_control(config_path)
+            self.curve = None
+            if not self.endpoint.startswith("ipc://"):
+                self.curve = _operator_curve(config_path, key_file,
+                                             master_key_file)
         except ConfigError as err:
             raise Unreachable(err.problems[0])
         import zmq  # only dpdctl's master path needs it
@@ -156,6 +183,9 @@ class MasterLink:
         sock = context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         try:
+            if self.curve is not None:
+                keys.apply_to_socket(sock, zmq, self.curve[0],
+                                     server_key=self.curve[1])
             sock.connect(self.endpoint)
             sock.send(json.dumps(body).encode("utf-8"))
             # The master answers status itself; the rest waits for a node.
@@ -163,7 +193,11 @@ class MasterLink:
                 else MASTER_TIMEOUT
             if not sock.poll(timeout * 1000):
                 raise Unreachable("cannot reach the master at %s: no answer "
-                                  "within %.0f s" % (self.endpoint, timeout))
+                                  "within %.0f s%s" % (
+                                      self.endpoint, timeout,
+                                      self.curve and " (is this operator's "
+                                      "public key in the master's "
+                                      "curve_operators_dir?)" or ""))
             data = sock.recv()
         except zmq.ZMQError as err:
             raise Unreachable("cannot reach the master at %s: %s"
@@ -180,6 +214,57 @@ class MasterLink:
             raise Unreachable("%s: not a diprocd master's reply"
                               % self.endpoint)
         return reply
+
+
+def _operator_curve(config_path, key_file, master_key_file):
+    """(operator's KeyPair, master's public key) for a tcp endpoint."""
+    if not key_file:
+        raise ConfigError("the master's control endpoint is not ipc: it "
+                          "takes CURVE only; give --key (the operator's "
+                          "secret key file)")
+    pair = keys.read_key_file(key_file, "--key", secret=True)
+    if master_key_file:
+        return pair, keys.read_key_file(master_key_file, "--master-key").public
+    secret_file = config_path and load_master_key_file(config_path)
+    if not secret_file:
+        raise ConfigError("give --master-key (the master's public key file)")
+    return pair, keys.read_key_file(secret_file, "curve_secret_key",
+                                    secret=True).public
+
+
+def cmd_keygen(args):
+    """NAME.key (0644) and NAME.key_secret (0600) in --dir, written by
+    zmq.auth into a private folder there, then linked into place: link()
+    refuses an existing name, so nothing is ever overwritten."""
+    import zmq.auth  # only keygen and the master link need pyzmq
+    name = args.name
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        return fail("keygen: NAME must be a plain file name (a node's name)")
+    names = [name + keys.PUBLIC_SUFFIX, name + keys.SECRET_SUFFIX]
+    targets = [os.path.join(args.dir, n) for n in names]
+    taken = [t for t in targets if os.path.lexists(t)]
+    if taken:
+        return fail("keygen: %s already exists: not overwritten" % taken[0])
+    try:
+        scratch = tempfile.mkdtemp(prefix=".keygen-", dir=args.dir)
+    except OSError as err:
+        return fail("keygen: cannot write in %s: %s" % (args.dir, err.strerror))
+    done = []
+    try:
+        written = zmq.auth.create_certificates(scratch, name)
+        for path, target, mode in zip(written, targets, (0o644, 0o600)):
+            os.chmod(path, mode)
+            os.link(path, target)
+            done.append(target)
+    except OSError as err:
+        for target in done:
+            os.unlink(target)
+        return fail("keygen: %s: %s" % (err.filename, err.strerror))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for target in targets:
+        print(target)
+    return EXIT_OK
 
 
 def fleet_rows(nodes, now):
@@ -229,6 +314,8 @@ def cmd_status(link, args, node, names):
         print(json.dumps({"nodes": nodes}, indent=1, sort_keys=True))
     else:
         print(status.table(FLEET_HEADER, fleet_rows(nodes, time.time())))
+    for warning in reply.get("warnings") or ():
+        print("warning: %s" % warning, file=sys.stderr)
     return EXIT_OK if ok else EXIT_NOT_OK
 
 
@@ -310,6 +397,8 @@ VERBS = {"status": cmd_status, "restart": cmd_restart, "stop": cmd_simple,
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
+    if args.verb == "keygen":
+        return cmd_keygen(args)
     if getattr(args, "lines", 1) < 1 or getattr(args, "timeout", 1) <= 0:
         parser.error("-n and --timeout must be positive")
     try:
@@ -317,8 +406,15 @@ def main(argv=None):
     except Usage as err:
         parser.error(str(err))
     try:
-        link = WorkerLink(args.worker) if args.worker else MasterLink(
-            args.master or DEFAULT_MASTER_CONFIG)
+        if args.worker:
+            link = WorkerLink(args.worker)
+        elif args.connect:
+            link = MasterLink(endpoint=args.connect, key_file=args.key,
+                              master_key_file=args.master_key)
+        else:
+            link = MasterLink(args.master or DEFAULT_MASTER_CONFIG,
+                              key_file=args.key,
+                              master_key_file=args.master_key)
         return VERBS[args.verb](link, args, node, names)
     except Failed as err:
         return fail(str(err))

@@ -29,7 +29,7 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, control, fleet, protocol
+from diprocd import bus, control, fleet, gate, keys, protocol
 from diprocd.config import load_master_config
 from diprocd.daemon import beside_pid_file, carry_over
 from diprocd.errors import ConfigError, ProtocolError
@@ -152,10 +152,13 @@ class Steering:
                                            'node "%s" is down (nothing heard '
                                            "for %.0f s)" % (node, quiet)})
         command_id = os.urandom(8).hex()
-        self.pending[command_id] = (identity, node)
         relayed = {k: v for k, v in request.items() if k not in ("v", "node")}
-        master.pub.send_multipart(protocol.encode_control(
-            node, command_id, relayed))
+        if not master.send_to_node(node, protocol.encode_control(
+                node, command_id, relayed)):
+            return self._answer(identity, {"ok": False, "error":
+                                           'node "%s" has no CURVE key: '
+                                           "nothing is sent to it" % node})
+        self.pending[command_id] = (identity, node)
         master.loop.call_later(("control", command_id), CONTROL_TIMEOUT,
                                lambda: self._expire(command_id, node))
 
@@ -185,7 +188,8 @@ class Steering:
             name, master.seen.get(name), name in master.lists.configured, now,
             master.config.silent_after, master.lists.epoch,
             master.lists.seqs.get(name)) for name in sorted(self.known())}
-        return {"ok": True, "epoch": master.lists.epoch, "nodes": nodes}
+        return {"ok": True, "epoch": master.lists.epoch, "nodes": nodes,
+                "warnings": master.config.exposure()}
 
     def _answer(self, identity, reply):
         self.master.control.send_multipart(
@@ -198,6 +202,18 @@ def _unlink_ipc(endpoint):
             os.unlink(endpoint[len("ipc://"):])
         except OSError:
             pass
+
+
+def _own_key(config):
+    return None if config.curve is None else config.curve.pair
+
+
+def _check_sender(report, key_owner):
+    """With CURVE, a node's key reports for that node only."""
+    if key_owner != report.node:
+        raise ProtocolError('a report for node "%s" sent with %s' % (
+            report.node, 'the key of node "%s"' % key_owner if key_owner
+            else "a key no longer allowed"))
 
 
 def nodes_file_path(pid_file):
@@ -222,7 +238,9 @@ class Master:
         self.steering = Steering(self)
         self._nodes_written = None
         self.drops = bus.Drops(log, clock, "malformed report", self.loop)
-        self._encoded = {}  # node -> ((epoch, seq, heartbeat), frames)
+        self._encoded = {}  # node -> ((epoch, seq, heartbeat, key), frames)
+        self.gate = gate.Gate(lambda: self.config.curve, log, clock)
+        self._sealer = None
 
     # -- life cycle --------------------------------------------------------
 
@@ -231,6 +249,9 @@ class Master:
         loop = self.loop
         context = zmq.Context()
         try:
+            if self.config.curve is not None:
+                self.gate.start(context, loop)
+                self._sealer = keys.Sealer(self.config.curve.pair.secret)
             try:
                 self._bind(context, self.config)
             except zmq.ZMQError as err:
@@ -254,6 +275,7 @@ class Master:
             self.log.info("master down")
             return 0
         finally:
+            self.gate.close(loop)
             loop.close()
             for sock in (self.pub, self.pull, self.control):
                 if sock is not None:
@@ -285,6 +307,7 @@ class Master:
                     continue
                 sock = new[attr] = bus.socket(context, kind,
                                               receives=kind != zmq.PUB)
+                self._secure(sock, config, attr)
                 sock.bind(endpoint)
                 if endpoint.startswith("ipc://") and kind == zmq.ROUTER:
                     # Who may steer the cluster: the socket file's rights.
@@ -305,6 +328,18 @@ class Master:
                 old.close(linger=0)
                 if attr == "control" and bound is not None:
                     _unlink_ipc(bound.master_control)
+
+    def _secure(self, sock, config, attr):
+        """CURVE server on the nodes' sockets; on dpdctl's unless ipc
+        (there the socket file's rights say who may steer)."""
+        if config.curve is None:
+            return
+        if attr != "control":
+            keys.apply_to_socket(sock, bus.zmq_module(), config.curve.pair,
+                                 domain=gate.NODES)
+        elif not config.master_control.startswith("ipc://"):
+            keys.apply_to_socket(sock, bus.zmq_module(), config.curve.pair,
+                                 domain=gate.OPERATORS)
 
     def _heartbeat(self):
         """Every list again, every ``heartbeat`` seconds: repairs whatever a
@@ -340,6 +375,12 @@ class Master:
             return False
         for warning in config.warnings:
             self.log.warning(warning)
+        if _own_key(config) != _own_key(self.config):
+            self.log.error("%s: the master's CURVE key (curve_secret_key) "
+                           "changes only at a restart (every node must get "
+                           "the new public key): kept the last good "
+                           "configuration", why)
+            return False
         if (config.master_updates, config.master_stats,
                 config.master_control) != (
                 self.config.master_updates, self.config.master_stats,
@@ -378,14 +419,38 @@ class Master:
 
     # -- publishing ------------------------------------------------------------
 
+    def _node_key(self, node):
+        """With CURVE, the public key a node's messages are sealed to
+        (None: it has none, nothing is sent); without, b""."""
+        curve = self.config.curve
+        return b"" if curve is None else curve.clients.keys.get(node)
+
+    def _sealed(self, frames, node_key):
+        if node_key:
+            frames[2] = self._sealer.seal(node_key, frames[2])
+        return frames
+
+    def send_to_node(self, node, frames):
+        """Publish a message for ``node`` (sealed to its key with CURVE);
+        False when it has no key."""
+        node_key = self._node_key(node)
+        if node_key is None:
+            return False
+        self.pub.send_multipart(self._sealed(frames, node_key))
+        return True
+
     def publish(self, node):
-        # Encoded once per (sequence, heartbeat): the heartbeat republishes
-        # every node, and most lists never change.
-        key = (self.lists.epoch, self.lists.seqs[node], self.config.heartbeat)
+        # Encoded (and sealed) once per (sequence, heartbeat, key): the
+        # heartbeat republishes every node, and most lists never change.
+        node_key = self._node_key(node)
+        if node_key is None:
+            return
+        key = (self.lists.epoch, self.lists.seqs[node], self.config.heartbeat,
+               node_key)
         cached = self._encoded.get(node)
         if cached is None or cached[0] != key:
-            cached = (key, protocol.encode_update(
-                self.lists.update(node, self.config.heartbeat)))
+            cached = (key, self._sealed(protocol.encode_update(
+                self.lists.update(node, self.config.heartbeat)), node_key))
             self._encoded[node] = cached
         self.pub.send_multipart(cached[1], copy=False)
 
@@ -396,11 +461,16 @@ class Master:
     # -- reports from clients ------------------------------------------------------
 
     def _receive_reports(self):
-        bus.receive_all(self.pull, self.on_frames, RECEIVE_BATCH)
+        bus.receive_all(self.pull, self.on_frames, RECEIVE_BATCH,
+                        copy=self.config.curve is None)
 
     def on_frames(self, frames):
         try:
             report = protocol.decode_report(frames)
+            curve = self.config.curve
+            if curve is not None:
+                _check_sender(report, curve.clients.name_of(
+                    frames[0].get("User-Id")))
         except ProtocolError as err:
             self.drops.drop(err)
             return

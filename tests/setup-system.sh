@@ -10,9 +10,11 @@ command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 # tests/test_faults.py jumps a worker's wall clock (libfaketime, the worker's
 # process only; its monotonic clock stays real).
 command -v faketime >/dev/null 2>&1 || need="$need faketime"
+# tests/test_curve_capture.py captures loopback traffic.
+command -v tcpdump >/dev/null 2>&1 || need="$need tcpdump"
 # The init script tests run the daemons under Debian's python3 (as the .deb
 # does); the package test builds and lints the .deb.
-for pkg in python3-zmq python3-simplejson python3-daemon \
+for pkg in python3-zmq python3-simplejson python3-daemon python3-nacl \
            debhelper dh-python python3-all python3-setuptools fakeroot lintian \
            insserv logrotate; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
