@@ -28,6 +28,7 @@ reads no key, loads neither).
 import dataclasses
 import os
 import re
+import struct
 
 from diprocd.errors import ConfigError, ProtocolError
 
@@ -79,6 +80,13 @@ def read_key_file(path, what, secret=False):
                           "file (the secret one is NAME%s)" % (
                               what, path, SECRET_SUFFIX))
     pair = KeyPair(found[b"public-key"], found.get(b"secret-key"))
+    for key in (pair.public, pair.secret):
+        try:
+            key is None or raw(key)
+        except (ValueError, struct.error):
+            raise ConfigError("%s %s: %s is not a Z85 key (a group of five "
+                              "characters is past 2**32)" % (
+                                  what, path, key.decode("ascii")))
     if pair.secret is not None and public_of(pair.secret) != pair.public:
         raise ConfigError("%s %s: its public key does not belong to its "
                           "secret key" % (what, path))

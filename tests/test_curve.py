@@ -12,7 +12,7 @@ import simplejson as json
 import zmq
 
 from diprocd import ctl, keys, protocol
-from diprocd.errors import ProtocolError
+from diprocd.errors import ConfigError, ProtocolError
 from helpers import (Master, Node, holds_within, read_text, run_command,
                      wait_for, write_json)
 
@@ -348,3 +348,28 @@ def test_master_status_carries_the_warning(tmp_path, marker):
         assert "unauthenticated and readable" in read_text(master.log_path)
     finally:
         master.stop()
+
+
+def test_a_key_that_is_not_z85_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.key_secret"
+    path.write_text('curve\n    public-key = "%s"\n    secret-key = "%s"\n'
+                    % ("#" * 40, "#" * 40))
+    with pytest.raises(ConfigError, match="is not a Z85 key"):
+        keys.read_key_file(str(path), "key", secret=True)
+
+
+def test_the_masters_own_key_changes_only_at_a_restart(secured, tmp_path):
+    master, nodes, ring = secured
+    pid_a = nodes["node1"].wait_only_running(["a"])["a"]
+    _, other_secret = keygen(tmp_path / "other", "master")
+    master.write(curve_secret_key=other_secret, nodes=dict(
+        master.nodes, node1=master.nodes["node1"] + [
+            nodes["node1"].proc("a2", "/bin/sleep", "8305")]))
+    wait_for(lambda: "changes only at a restart" in master.log(),
+             what="the refused key change in the master's log")
+    # The whole change is refused (the last good configuration is kept):
+    # node1 keeps its list and its connection.
+    assert not holds_within(lambda: "a2" in nodes["node1"].running(), 1.5)
+    assert nodes["node1"].running() == {"a": pid_a}
+    master.write(curve_secret_key=ring.secret("master"))
+    nodes["node1"].wait_only_running(["a", "a2"])

@@ -11,12 +11,13 @@ in tests/corpus/.
 import logging
 import os
 
+import pytest
 import simplejson as json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diprocd import client as client_mod
-from diprocd import config, ledger, master as master_mod, protocol
+from diprocd import config, keys, ledger, master as master_mod, protocol
 from diprocd.errors import ConfigError, ProtocolError
 from helpers import free_port
 
@@ -280,3 +281,41 @@ def test_the_corpus_of_crashes_is_refused_cleanly():
             assert all(p.startswith(path) for p in err.problems), err.problems
         else:
             raise AssertionError("%s: accepted" % path)
+
+
+Z85 = st.text(alphabet="0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+              "RSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#", min_size=38, max_size=42)
+KEY_LINE = st.builds(lambda name, key, quote: '    %s = %s%s%s' % (
+    name, quote, key, quote), st.sampled_from(["public-key", "secret-key",
+                                               "secret", "public-key "]),
+    Z85, st.sampled_from(['"', "'", ""]))
+
+
+@FUZZ
+@given(lines=st.lists(KEY_LINE | st.text(max_size=60), max_size=6),
+       raw=st.binary(max_size=200), secret=st.booleans())
+def test_key_files_raise_only_config_error(tmp_path, lines, raw, secret):
+    path = str(tmp_path / "fuzz.key")
+    for data in ("\n".join(lines).encode("utf-8", "surrogatepass"), raw):
+        with open(path, "wb") as handle:
+            handle.write(data)
+        try:
+            pair = keys.read_key_file(path, "key", secret=secret)
+        except ConfigError as err:
+            assert err.problems and "fuzz.key" in err.problems[0]
+            continue
+        assert len(pair.public) == 40 and (not secret or pair.secret)
+
+
+OPENER = None
+
+
+@FUZZ
+@given(sealed=st.binary(max_size=200))
+def test_opening_junk_raises_only_protocol_error(sealed):
+    global OPENER
+    if OPENER is None:
+        import zmq
+        OPENER = keys.Opener(zmq.curve_keypair()[1], zmq.curve_keypair()[0])
+    with pytest.raises(ProtocolError):
+        OPENER.open(sealed)
