@@ -152,6 +152,7 @@ class Client:
         self.sub = self.push = self._monitor = None
         self._opener = None  # with CURVE: opens what the master sealed
         self._refused_retry = REFUSED_RETRY
+        self._handshake_failing = False
 
     # -- life cycle --------------------------------------------------------
 
@@ -193,7 +194,9 @@ class Client:
         # A (re)connection to the master (it may have restarted with other
         # lists) is answered by a hello, not by waiting for its heartbeat.
         self._monitor = sub.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         sub.connect(self.config.master_updates)
         push = bus.socket(self._context, zmq.PUSH)
         # Queue nothing for a master that is not connected: a hello or a
@@ -236,12 +239,22 @@ class Client:
     def _connected(self):
         from zmq.utils.monitor import recv_monitor_message
         zmq = bus.zmq_module()
-        refused = False
+        event = None
         while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
-            refused = event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        if refused:
+            event = recv_monitor_message(self._monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return self._refused()
+        if event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            # ZeroMQ retries by itself; say it once until one succeeds.
+            if not self._handshake_failing:
+                self.log.warning(
+                    "the handshake with the master at %s failed%s: retrying",
+                    self.config.master_updates,
+                    "" if self.config.curve is None else " (is %s the "
+                    "master's public key?)" % self.config.curve.master_key_file)
+            self._handshake_failing = True
+            return None
+        self._handshake_failing = False
         self._refused_retry = REFUSED_RETRY
         self._last_heard, self._hello_due = None, self._clock()
         self._hello_backoff = HELLO_RETRY

@@ -127,6 +127,9 @@ def test_a_client_given_a_wrong_master_key_gets_nothing(secured, tmp_path):
     node3.start_client()
     assert not holds_within(lambda: node3.running(), NOTHING_WITHIN)
     assert master_sees(master, "node3") is None
+    assert node3.client_log().count("the handshake with the master at %s "
+                                    "failed (is %s the master's public key?)"
+                                    % (master.updates, impostor_public)) == 1
 
 
 def test_a_key_added_then_removed_takes_effect_on_reload(secured):
