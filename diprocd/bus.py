@@ -68,6 +68,16 @@ def receive_all(sock, handle, limit, copy=True):
         handle(frames)
 
 
+def sender_id(frame):
+    """The CURVE identity (ZAP User-Id) a received frame came with, or
+    None."""
+    zmq = zmq_module()
+    try:
+        return frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None
+
+
 class Drops:
     """Messages dropped (malformed, foreign, invalid): counted, and logged
     without letting a flood fill the log: at most LOG_BURST lines per

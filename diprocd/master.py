@@ -470,7 +470,7 @@ class Master:
             curve = self.config.curve
             if curve is not None:
                 _check_sender(report, curve.clients.name_of(
-                    frames[0].get("User-Id")))
+                    bus.sender_id(frames[0])))
         except ProtocolError as err:
             self.drops.drop(err)
             return
