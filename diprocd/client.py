@@ -220,7 +220,8 @@ class Client:
 
     def reload(self):
         try:
-            config = load_client_config(self.config.path)
+            config = load_client_config(self.config.path,
+                                        self.config.owners)
         except ConfigError as err:
             self.log.error("SIGHUP: invalid client file, keeping the last "
                            "good configuration:")

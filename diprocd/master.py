@@ -331,7 +331,8 @@ class Master:
     def reload(self, why):
         """Re-read the master file; publish the nodes whose list changed."""
         try:
-            config = load_master_config(self.config.path)
+            config = load_master_config(self.config.path,
+                                        self.config.owners)
         except ConfigError as err:
             self.log.error("%s: invalid master file, keeping the last good "
                            "lists:", why)

@@ -177,7 +177,8 @@ class Worker:
         if not force and not self.config.on_disk_differs():
             return
         try:
-            config = load_worker_config(self.config.path)
+            config = load_worker_config(self.config.path,
+                                        self.config.owners)
         except ConfigError as err:
             for problem in err.problems:
                 self.log.error(problem)
