@@ -143,7 +143,8 @@ def run_daemon(prog, args, loader, app_factory):
         print("%s: %s" % (prog, err))
         return 0
     except OSError as err:
-        print("%s: cannot open pid file %s: %s" % (prog, config.pid_file, err),
+        print("%s: cannot open pid file %s: %s" % (prog, config.pid_file,
+                                                    err.strerror or err),
               file=sys.stderr)
         return 1
     finally:

@@ -479,6 +479,6 @@ class Master:
         self._nodes_written = self._clock()
         try:
             atomic_write(self.nodes_file, json.dumps(self.nodes_document()),
-                         fsync=False)
+                         mode=0o644, fsync=False, follow_symlinks=False)
         except OSError as err:
             self.log.warning("cannot write %s: %s", self.nodes_file, err)

@@ -1,20 +1,26 @@
 """File safety: the StrictModes-style checks of the files the daemons obey
 (``diprocd.trust``: one test a rule, with real daemons refusing at start or
-keeping their last good configuration while running)."""
+keeping their last good configuration while running) and the daemons'
+own files (fixed modes whatever the umask, never written through a planted
+symlink)."""
 
 import os
 import pwd
 import signal
+import stat
 
 import pytest
 
 from conftest import requires_root
 from diprocd import trust
+from diprocd.cli import config_lock_path
 from diprocd.config import (load_master_control, load_pid_file,
                             load_worker_config)
 from diprocd.errors import ConfigError
 from diprocd.kernel import is_alive
-from helpers import (Node, read_text, run_command, start_daemon,
+from diprocd.ledger import journal_path
+from diprocd.master import nodes_file_path
+from helpers import (Master, Node, read_text, run_command, start_daemon,
                      stop_daemon, valid_config, wait_for, worker_doc,
                      write_json)
 
@@ -41,6 +47,10 @@ def refused(command, path, marker, *flags):
     result = run_command(command, ["-f"] + list(flags) + [path], marker)
     assert result.returncode == 1, (result.stdout, result.stderr)
     return result.stderr
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.lstat(str(path)).st_mode)
 
 
 # -- the rules of trust.py, one test each --------------------------------------
@@ -207,3 +217,78 @@ def test_stopping_a_daemon_does_not_need_a_safe_config(tmp_path):
     assert load_pid_file(path) == str(tmp_path / "run" / "dpd-masterd.pid")
     assert load_master_control(path) == "ipc://%s" % (
         tmp_path / "run" / "dpd-masterd.control")
+
+
+# -- the daemons' own files ---------------------------------------------------------
+
+def plant_link(path, tmp_path):
+    """A symlink at ``path`` to a victim file (0600); return the victim."""
+    victim = tmp_path / "victim"
+    victim.write_text("SECRET\n")
+    os.chmod(str(victim), 0o600)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink(str(victim), path)
+    return victim
+
+
+def untouched(victim):
+    return victim.read_text() == "SECRET\n" and mode_of(victim) == 0o600
+
+
+@pytest.mark.parametrize("which", ["pid file", "journal"])
+def test_a_symlink_at_the_pid_file_or_journal_is_refused(node, tmp_path,
+                                                         which):
+    """Files held open and rewritten in place: a link there is an error."""
+    node.write([])
+    path = node.pid_file if which == "pid file" else journal_path(
+        node.pid_file)
+    victim = plant_link(path, tmp_path)
+    node.start(wait=False)
+    assert node.daemon.wait(timeout=20) == 1
+    assert "%s: it is a symbolic link (refused: never followed)" % (
+        path) in node.log()
+    assert untouched(victim) and os.path.islink(path)
+
+
+def test_a_symlink_at_the_status_file_is_replaced(node, tmp_path):
+    """A file replaced by rename: the rename replaces the link."""
+    node.write([])
+    victim = plant_link(node.status_path, tmp_path)
+    node.start()
+    assert not os.path.islink(node.status_path)
+    assert mode_of(node.status_path) == 0o644 and untouched(victim)
+
+
+def test_the_workers_own_files_have_fixed_modes_whatever_the_umask(node):
+    node.write([])
+    files = {node.pid_file: 0o644, journal_path(node.pid_file): 0o600,
+             config_lock_path(node.config_path): 0o644}
+    for path in files:
+        with open(path, "w"):
+            os.chmod(path, 0o666)
+    node.start(wrapper=["sh", "-c", 'umask 000 && exec "$@"', "sh"])
+    files[node.status_path] = 0o644
+    assert {path: mode_of(path) for path in files} == files
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file writable by others"])
+def test_the_masters_nodes_file_is_replaced_mode_0644(tmp_path, marker,
+                                                      planted):
+    (tmp_path / "master").mkdir()
+    master = Master(tmp_path / "master", marker, nodes={"node1": []})
+    path = nodes_file_path(master.pid_file)
+    if planted == "symlink":
+        victim = plant_link(path, tmp_path)
+    else:
+        write_json(path, {}, mode=0o666)
+    node = Node(tmp_path / "node1", marker)
+    try:
+        master.start()
+        node.join(master)
+        wait_for(lambda: "node1" in (master.view() or {}).get("nodes", {}),
+                 what=lambda: "the node in the nodes file: " + master.log())
+        assert not os.path.islink(path) and mode_of(path) == 0o644
+        assert planted != "symlink" or untouched(victim)
+    finally:
+        node.close()
+        master.stop()
