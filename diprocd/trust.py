@@ -1,5 +1,6 @@
 """Who is trusted to write a file: the StrictModes-style checks (those of
-sshd's StrictModes and of cron) on the files the daemons obey.
+sshd's StrictModes and of cron) on the files the daemons obey, and on the
+folders the worker opens programs' logs in as root.
 
 Whoever can write a worker's CONFIG runs any command as any user on the
 node; whoever can write a key file or a folder above it can swap it. So a
@@ -22,6 +23,10 @@ root can put a user in such a group. (sshd refuses those too; cron does not.)
 path (a key reader calls ``check_file(path, "secret key", secret=True)``);
 ``check_opened(fd, ...)`` checks a file the caller opened, by ``fstat`` of
 its descriptor, so the file checked is the file read.
+
+``root_controlled(folder)`` answers another question: can anyone but root
+change what ``folder`` names or holds (spawn.py opens a log as root only in
+such a folder)?
 """
 
 import os
@@ -119,3 +124,27 @@ def _users(uids):
     names = [_user(uid).split(" (")[0] for uid in sorted(uids)]
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 \
         else names[0]
+
+
+def root_controlled(folder):
+    """True when only root can change what ``folder`` holds or names: it,
+    every folder above it, as written and as its symlinks resolve, is
+    owned by root and writable by nobody else (or sticky, like /tmp), and
+    every symlink on the way is root's. No user lookup: the worker's
+    forked child calls it."""
+    lexical = os.path.abspath(folder)
+    real = os.path.realpath(lexical)
+    try:
+        for path in [lexical, real] + list(_ancestors(lexical)) + list(
+                _ancestors(real)):
+            if os.lstat(path).st_uid != 0 or not _root_only(os.stat(path)):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _root_only(info):
+    mode = stat.S_IMODE(info.st_mode)
+    return info.st_uid == 0 and (not mode & (stat.S_IWGRP | stat.S_IWOTH)
+                                 or mode & stat.S_ISVTX)

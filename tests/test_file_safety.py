@@ -1,8 +1,9 @@
 """File safety: the StrictModes-style checks of the files the daemons obey
 (``diprocd.trust``: one test a rule, with real daemons refusing at start or
-keeping their last good configuration while running) and the daemons'
-own files (fixed modes whatever the umask, never written through a planted
-symlink)."""
+keeping their last good configuration while running), the daemons' own
+files (fixed modes whatever the umask, never written through a planted
+symlink) and the programs' logs (opened with the program's user's rights,
+never through a link at their name, never in a folder made up)."""
 
 import os
 import pwd
@@ -51,6 +52,13 @@ def refused(command, path, marker, *flags):
 
 def mode_of(path):
     return stat.S_IMODE(os.lstat(str(path)).st_mode)
+
+
+def folder_of(path, owner=0):
+    """A new folder, owned by ``owner``, mode 0755."""
+    os.mkdir(str(path))
+    os.chown(str(path), owner, -1)
+    return path
 
 
 # -- the rules of trust.py, one test each --------------------------------------
@@ -292,3 +300,87 @@ def test_the_masters_nodes_file_is_replaced_mode_0644(tmp_path, marker,
     finally:
         node.close()
         master.stop()
+
+
+# -- logs ---------------------------------------------------------------------------
+
+@pytest.fixture
+def open_node(reachable_dir, marker):
+    """A node whose folder the programs' user (nobody) can reach."""
+    node = Node(reachable_dir, marker)
+    yield node
+    node.close()
+
+
+def talker(node, name, logs):
+    """Says one line, then sleeps; as nobody (a root worker's default);
+    started once."""
+    return node.proc(name, "/bin/sh", "-c", "echo hello; exec sleep 64105",
+                     logs=str(logs), restart=False)
+
+
+@requires_root
+def test_a_log_that_is_a_symlink_is_a_start_error(open_node,
+                                                  reachable_dir):
+    """nobody, who owns the folder of its log, links it to a root file."""
+    app = folder_of(reachable_dir / "app", NOBODY.pw_uid)
+    victim = reachable_dir / "victim"
+    victim.write_text("SECRET\n")
+    os.chmod(str(victim), 0o600)
+    logs = app / "app.log"
+    os.symlink(str(victim), str(logs))
+    os.lchown(str(logs), NOBODY.pw_uid, NOBODY.pw_gid)
+    open_node.write([talker(open_node, "p", logs)])
+    open_node.start()
+    entry = open_node.wait_state("p", "failed")
+    assert entry["error"] == ("logs: %s is a symbolic link (never followed)"
+                              % logs)
+    assert untouched(victim)
+
+
+@requires_root
+def test_a_symlink_on_the_way_to_a_log_does_not_redirect_roots_write(
+        open_node, reachable_dir):
+    """nobody's folder holds a link to a root folder: nobody may not write
+    there, and root does not do it for it."""
+    that = folder_of(reachable_dir / "that", NOBODY.pw_uid)
+    root_dir = folder_of(reachable_dir / "root-dir")
+    os.symlink(str(root_dir), str(that / "sub"))
+    os.lchown(str(that / "sub"), NOBODY.pw_uid, NOBODY.pw_gid)
+    logs = that / "sub" / "app.log"
+    open_node.write([talker(open_node, "p", logs)])
+    open_node.start()
+    entry = open_node.wait_state("p", "failed")
+    assert entry["error"] == ("logs: %s: permission denied to user nobody, "
+                              "and a folder on the way is not root's alone"
+                              % logs)
+    assert os.listdir(str(root_dir)) == []
+
+
+@requires_root
+def test_logs_in_a_root_folder_and_in_the_users_own_folder(open_node,
+                                                           reachable_dir):
+    """/var/log/app.log for a program running as nobody: opened as root
+    (only root controls that folder). In nobody's own folder: opened, so
+    created, with nobody's rights."""
+    var_log = folder_of(reachable_dir / "var-log")
+    own = folder_of(reachable_dir / "own", NOBODY.pw_uid)
+    open_node.write([talker(open_node, "root-folder", var_log / "app.log"),
+                     talker(open_node, "own-folder", own / "app.log")])
+    open_node.start()
+    for name, folder, owner in (("root-folder", var_log, 0),
+                                ("own-folder", own, NOBODY.pw_uid)):
+        open_node.wait_running(name)
+        wait_for(lambda: read_text(str(folder / "app.log"), "") == "hello\n",
+                 what="the line in %s" % folder)
+        assert os.stat(str(folder / "app.log")).st_uid == owner
+
+
+def test_a_missing_logs_folder_is_a_start_error_and_is_not_made(
+        open_node, reachable_dir):
+    logs = reachable_dir / "no" / "such" / "app.log"
+    open_node.write([talker(open_node, "p", logs)])
+    open_node.start()
+    entry = open_node.wait_state("p", "failed")
+    assert entry["error"] == "logs: folder %s does not exist" % logs.parent
+    assert not os.path.exists(str(reachable_dir / "no"))
