@@ -556,10 +556,10 @@ def _read_keys(path, table, owners=(), check=True):
     its keys against ``table``: returns the values (defaults for the
     missing optional ones; "data" and "owners" too), the problems and the
     warnings (unknown keys)."""
-    data = read_file_bytes(path, check, tuple(owners))
+    owners = tuple(owners)
+    data = read_file_bytes(path, check, owners)
     obj = parse_json_text(data, path)
-    values, problems, warnings = {"data": data, "owners": tuple(owners)}, \
-        [], []
+    values, problems, warnings = {"data": data, "owners": owners}, [], []
     for key, rule in table.items():
         if key not in obj:
             if rule.required:
