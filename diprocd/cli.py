@@ -7,10 +7,16 @@ error), take the pid file lock (a second instance prints "already running
 ``--pid-file`` and ``--pid`` answer the init scripts' two questions (where is
 the pid file, which pid runs) with LSB status codes, from CONFIG's
 "pid_file" alone: a daemon whose CONFIG was broken after it started can
-still be found, stopped and reported.
+still be found, stopped and reported (``trust``'s checks of CONFIG do not
+apply to them either: a daemon whose CONFIG became unsafe can be stopped).
+
+``dpd-workerd --config-owner USER`` trusts USER too to own CONFIG and its
+folders (``trust``): in the Debian package, dpd-clientd runs as the system
+user ``diprocd`` and writes the worker's CONFIG.
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -33,7 +39,16 @@ error; --pid: 0 running (pid printed), 3 not running (nothing printed);
 line on stderr)."""
 
 
-def make_parser(prog, description, status=False):
+def config_owner(value):
+    """--config-owner USER (a name or a uid) -> its uid; an unknown user is
+    a usage error."""
+    try:
+        return config_mod.lookup_user(value).pw_uid
+    except (KeyError, OverflowError, ValueError):
+        raise argparse.ArgumentTypeError('unknown user "%s"' % value)
+
+
+def make_parser(prog, description, worker=False):
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +59,7 @@ def make_parser(prog, description, status=False):
     query = parser.add_mutually_exclusive_group()
     query.add_argument("--check", action="store_true",
                        help="validate CONFIG, print every problem, exit 0/1")
-    if status:
+    if worker:
         query.add_argument("--status", action="store_true",
                            help="print the live state of every process; exit "
                                 "0 when all are as desired, 1 otherwise")
@@ -55,6 +70,12 @@ def make_parser(prog, description, status=False):
                        help="print the pid of the daemon running with CONFIG "
                             "(it holds its pid file's lock); exit 0, 3 when "
                             "it is not running, or 6")
+    parser.set_defaults(config_owner=None)
+    if worker:
+        parser.add_argument("--config-owner", metavar="USER",
+                            type=config_owner,
+                            help="trust USER too to own CONFIG and its "
+                                 "folders (the user dpd-clientd runs as)")
     parser.add_argument("--version", action="version",
                         version="%(prog)s " + __version__)
     parser.add_argument("config", metavar="CONFIG", help="the JSON file")
@@ -122,7 +143,8 @@ def run_daemon(prog, args, loader, app_factory):
         print("%s: %s" % (prog, err))
         return 0
     except OSError as err:
-        print("%s: cannot open pid file %s: %s" % (prog, config.pid_file, err),
+        print("%s: cannot open pid file %s: %s" % (prog, config.pid_file,
+                                                    err.strerror or err),
               file=sys.stderr)
         return 1
     finally:
@@ -167,7 +189,7 @@ def _app(module, name):
 
 
 # Each command: its description, its CONFIG loader, its daemon class, and
-# whether it has --status.
+# whether it is the worker (--status, --config-owner).
 COMMANDS = {
     "dpd-workerd": ("Supervise the processes defined in one JSON file.",
                     config_mod.load_worker_config,
@@ -183,16 +205,18 @@ COMMANDS = {
 
 def main(prog, argv=None):
     """The command line of ``prog`` (one of COMMANDS)."""
-    description, loader, app, has_status = COMMANDS[prog]
-    parser = make_parser(prog, description, status=has_status)
+    description, loader, app, is_worker = COMMANDS[prog]
+    parser = make_parser(prog, description, worker=is_worker)
     args = parser.parse_args(argv)
     if args.pid_file or args.pid:
         return answer_pid_query(prog, args)
+    owners = () if args.config_owner is None else (args.config_owner,)
+    loader = functools.partial(loader, owners=owners)
     if args.check:
         return check_config(loader, args.config)
-    if has_status and args.status:
+    if is_worker and args.status:
         from diprocd import status
-        return status.status_main(args.config)
+        return status.status_main(args.config, owners)
     return run_daemon(prog, args, loader, app)
 
 

@@ -14,8 +14,8 @@ subscribed to its own node's NUL-terminated name only, and a PUSH socket to
 - ignores an update older than what it applied within the same epoch;
 - rewrites ``conf_file`` only when the list differs from the file's
   ``procs``, atomically (``fileio.atomic_write``), keeping the file's other
-  keys and its mode; a failed write leaves the old file and is retried
-  every ``RETRY_INTERVAL`` seconds;
+  keys, mode 0600 (or the file's own where stricter); a failed write
+  leaves the old file and is retried every ``RETRY_INTERVAL`` seconds;
 - pushes a status heartbeat (node name, what it applied and the worker's
   status file) every ``status_interval`` seconds and at once when the
   worker's status file changes.
@@ -32,7 +32,8 @@ from diprocd.config import (load_client_config, read_json_file,
                             validate_worker_procs)
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.fileio import atomic_write, remove_dead_writers_temps
+from diprocd.fileio import (atomic_write, existing_mode,
+                            remove_dead_writers_temps)
 from diprocd.loop import Loop
 from diprocd.status import live_state
 from diprocd.watch import file_signature
@@ -68,8 +69,11 @@ def check_update_procs(update, worker_doc, conf_file):
 
 class WorkerFile:
     """The worker's CONFIG as the client keeps it: read, and replaced
-    atomically with a new list (its other keys and its mode kept). A
+    atomically with a new list (its other keys kept; mode ``MODE``, or the
+    file's own where it is stricter: it carries the processes' secrets). A
     failure is logged once, not at every retry, and so is the recovery."""
+
+    MODE = 0o600
 
     def __init__(self, path, log):
         self.path = path
@@ -101,7 +105,9 @@ class WorkerFile:
     def write(self, doc):
         """Replace the file with ``doc``; False (logged) when it cannot."""
         try:
-            atomic_write(self.path, json.dumps(doc, indent=2) + "\n")
+            mode = existing_mode(self.path, self.MODE) & self.MODE
+            atomic_write(self.path, json.dumps(doc, indent=2) + "\n",
+                         mode=mode)
         except OSError as err:
             self._failed("cannot write %s (old file kept, retried every %.0f "
                          "s): %s" % (self.path, RETRY_INTERVAL,
@@ -273,7 +279,8 @@ class Client:
 
     def reload(self):
         try:
-            config = load_client_config(self.config.path)
+            config = load_client_config(self.config.path,
+                                        self.config.owners)
         except ConfigError as err:
             self.log.error("SIGHUP: invalid client file, keeping the last "
                            "good configuration:")

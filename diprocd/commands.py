@@ -50,7 +50,7 @@ class WorkerCommands:
         config_error = None
         if worker.config.on_disk_differs():  # parsed only when it changed
             try:
-                load_worker_config(worker.config.path)
+                load_worker_config(worker.config.path, worker.config.owners)
             except ConfigError as err:
                 config_error = err.problems[0]
         return {"ok": True, "worker_pid": os.getpid(),

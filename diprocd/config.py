@@ -4,7 +4,8 @@ One module for the three daemons' files and for the process lists in them:
 
 - ``load_worker_config``, ``load_master_config``, ``load_client_config``
   read a file into a ``WorkerConfig``, ``MasterConfig`` or ``ClientConfig``
-  (one base, ``DaemonConfig``) or raise ConfigError with every problem;
+  (one base, ``DaemonConfig``) or raise ConfigError with every problem,
+  an unsafe file (``trust``: writable or owned by others) among them;
 - each file's top-level keys are checked from one table per file
   (``WORKER_KEYS``, ``MASTER_KEYS``, ``CLIENT_KEYS``), and a process's
   fields from one table (``PROC_FIELDS``), with the same small checks
@@ -25,7 +26,7 @@ import socket
 
 import simplejson as json
 
-from diprocd import jsonin, keys, protocol
+from diprocd import jsonin, keys, protocol, trust
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
@@ -55,10 +56,16 @@ def read_json_file(path):
     return parse_json_text(read_file_bytes(path), path)
 
 
-def read_file_bytes(path):
-    """The bytes of a config file (bounded), or raise ConfigError."""
+def read_file_bytes(path, check=False, owners=()):
+    """The bytes of a config file (bounded), or raise ConfigError. With
+    ``check``, a daemon's own CONFIG: refused unless the file read (its
+    fstat) passes ``trust``'s rules, ``owners`` (uids) trusted besides root
+    and the daemon's user."""
     try:
         with open(path, "rb") as handle:
+            if check:
+                trust.check_opened(handle.fileno(), path, "config",
+                                   owners=owners)
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise ConfigError("%s: cannot read: %s" % (path, err.strerror or err))
@@ -470,6 +477,9 @@ class DaemonConfig:
     # The bytes it was read from: a daemon compares them with the file once
     # it watches it, so a write made while it started is not missed.
     data: bytes = dataclasses.field(default=None, repr=False, compare=False)
+    # The uids trusted to own the file besides root and the daemon's user
+    # (dpd-workerd --config-owner): a re-read trusts the same.
+    owners: tuple = ()
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -554,13 +564,15 @@ CLIENT_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    curve_master_key=Key(absolute_path))
 
 
-def _read_keys(path, table):
-    """Read ``path`` and check its keys against ``table``: returns the
-    values (defaults for the missing optional ones), the problems and the
+def _read_keys(path, table, owners=(), check=True):
+    """Read ``path`` (checked by ``trust`` unless not ``check``) and check
+    its keys against ``table``: returns the values (defaults for the
+    missing optional ones; "data" and "owners" too), the problems and the
     warnings (unknown keys)."""
-    data = read_file_bytes(path)
+    owners = tuple(owners)
+    data = read_file_bytes(path, check, owners)
     obj = parse_json_text(data, path)
-    values, problems, warnings = {"data": data}, [], []
+    values, problems, warnings = {"data": data, "owners": owners}, [], []
     for key, rule in table.items():
         if key not in obj:
             if rule.required:
@@ -583,33 +595,44 @@ def _read_keys(path, table):
 
 def load_pid_file(path):
     """The "pid_file" of any daemon's CONFIG, checked as the loaders check
-    it, the rest unread (an operator must still be able to stop a daemon
-    whose CONFIG broke); raise ConfigError."""
+    it, the rest unread and the file's safety (``trust``) unchecked (an
+    operator must still be able to stop a daemon whose CONFIG broke or
+    became unsafe); raise ConfigError."""
     values, problems, _ = _read_keys(path, {"pid_file": COMMON_KEYS[
-        "pid_file"]})
+        "pid_file"]}, check=False)
     if problems:
         raise ConfigError(problems)
     return values["pid_file"]
 
 
-def load_worker_config(path):
-    """Read and validate a worker CONFIG; raise ConfigError with every
-    problem, or return a WorkerConfig (whose warnings the caller logs)."""
-    values, problems, warnings = _read_keys(path, WORKER_KEYS)
+def load_worker_config(path, owners=()):
+    """Read and validate a worker CONFIG (``owners``: uids trusted to own
+    it besides root and the worker's user, see ``trust``); raise
+    ConfigError with every problem, or return a WorkerConfig (whose
+    warnings the caller logs)."""
+    values, problems, warnings = _read_keys(path, WORKER_KEYS, owners)
     specs, proc_problems, proc_warnings = validate_worker_procs(
         values["procs"], path, values["pid_file"])
     problems += proc_problems
     warnings += proc_warnings
     if problems:
         raise ConfigError(problems)
-    return WorkerConfig(path, values["pid_file"], values["log_file"],
-                        warnings, values["data"], procs=tuple(specs))
+    return _config(WorkerConfig, path, dict(values, procs=tuple(specs)),
+                   warnings)
 
 
-def load_master_config(path):
-    """Read and validate the master CONFIG; raise ConfigError with every
-    problem (naming file, node, process and field) or return MasterConfig."""
-    values, problems, warnings = _read_keys(path, MASTER_KEYS)
+def _config(cls, path, values, warnings):
+    """A ``cls`` (a DaemonConfig) from ``_read_keys``' values."""
+    return cls(path=path, warnings=warnings, **{
+        field.name: values[field.name] for field in dataclasses.fields(cls)
+        if field.name in values})
+
+
+def load_master_config(path, owners=()):
+    """Read and validate the master CONFIG (``owners`` as for the worker's);
+    raise ConfigError with every problem (naming file, node, process and
+    field) or return MasterConfig."""
+    values, problems, warnings = _read_keys(path, MASTER_KEYS, owners)
     if values["master_control"] is None and values["pid_file"]:
         values["master_control"] = default_master_control(values["pid_file"])
     endpoints = [values[k] for k in ("master_stats", "master_updates",
@@ -647,11 +670,8 @@ def load_master_config(path):
         raise ConfigError(problems)
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
-    return MasterConfig(path, values["pid_file"], values["log_file"], warnings,
-                        values["data"], values["master_stats"],
-                        values["master_updates"], values["master_control"],
-                        values["nodes"], values["heartbeat"],
-                        values["silent_after"], curve)
+    values["curve"] = curve
+    return _config(MasterConfig, path, values, warnings)
 
 
 def _control_problems(path, values, curve):
@@ -701,11 +721,12 @@ def default_master_control(pid_file):
 
 
 def load_master_control(path):
-    """The master's control endpoint from its CONFIG, the rest unread (as
-    dpdctl reads it); raise ConfigError."""
+    """The master's control endpoint from its CONFIG, the rest unread and
+    the file's safety unchecked, as for ``load_pid_file`` (as dpdctl reads
+    it); raise ConfigError."""
     values, problems, _ = _read_keys(path, {
         "pid_file": COMMON_KEYS["pid_file"],
-        "master_control": MASTER_KEYS["master_control"]})
+        "master_control": MASTER_KEYS["master_control"]}, check=False)
     if problems:
         raise ConfigError(problems)
     return values["master_control"] or default_master_control(
@@ -732,10 +753,10 @@ def _list_size_problems(node, procs, heartbeat, where):
     return []
 
 
-def load_client_config(path):
-    """Read and validate the client CONFIG; raise ConfigError with every
-    problem or return a ClientConfig."""
-    values, problems, warnings = _read_keys(path, CLIENT_KEYS)
+def load_client_config(path, owners=()):
+    """Read and validate the client CONFIG (``owners`` as for the worker's);
+    raise ConfigError with every problem or return a ClientConfig."""
+    values, problems, warnings = _read_keys(path, CLIENT_KEYS, owners)
     conf_file = values["conf_file"]
     if conf_file and conf_file in (values["pid_file"], values["log_file"],
                                    os.path.abspath(path)):
@@ -751,7 +772,5 @@ def load_client_config(path):
         raise ConfigError(problems)
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
-    return ClientConfig(path, values["pid_file"], values["log_file"], warnings,
-                        values["data"], values["master_stats"], values["master_updates"],
-                        values["node_name"], conf_file,
-                        values["status_interval"], curve)
+    values["curve"] = curve
+    return _config(ClientConfig, path, values, warnings)

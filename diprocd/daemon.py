@@ -2,10 +2,12 @@
 
 The pid file is opened without truncation and locked with flock for the
 daemon's whole life: a second instance finds it locked and reports the pid
-inside. Only the lock holder truncates and writes it, and it unlinks it on a
-clean exit. ``read_locked_pid`` is the one reader of such a file: "is it
-running, and which pid" in one call, for the daemons, ``--status``, ``--pid``
-and through ``--pid`` the init scripts.
+inside. It is mode 0644 whatever the umask, and a symlink planted at its
+name is refused, never followed (``fileio.open_in_place``). Only the lock
+holder truncates and writes it, and it unlinks it on a clean exit.
+``read_locked_pid`` is the one reader of such a file: "is it running, and
+which pid" in one call, for the daemons, ``--status``, ``--pid`` and
+through ``--pid`` the init scripts.
 """
 
 import errno
@@ -16,6 +18,7 @@ import signal
 import sys
 
 from diprocd.errors import AlreadyRunning
+from diprocd.fileio import open_in_place
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
@@ -33,7 +36,7 @@ class PidFile:
         if folder:
             os.makedirs(folder, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_in_place(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:

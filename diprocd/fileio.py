@@ -1,7 +1,15 @@
-"""File helpers: the one atomic-write routine of diprocd, and the removal
-of what it leaves when its process is killed in the middle of a write."""
+"""File helpers: the one atomic-write routine of diprocd, the removal of
+what it leaves when its process is killed in the middle of a write, and the
+one way a daemon opens its own files in place (pid files, the journal).
 
+None of them leaves a file writable by others, whatever the umask: modes
+are set with fchmod. None writes through a symlink planted at the file's
+name: ``atomic_write(follow_symlinks=False)`` replaces the link,
+``open_in_place`` refuses it."""
+
+import errno
 import os
+import stat
 import string
 
 from diprocd import kernel
@@ -23,7 +31,11 @@ def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
     Writes a temporary file in the same folder, fsyncs it, renames it over
     ``path`` and fsyncs the folder, so a reader sees the old content or the
     new one, never a mix, even across a crash. ``mode`` defaults to the
-    existing file's mode (else 0644). On any error (disk full, permissions)
+    existing file's mode without group and others' write (else 0644). With
+    ``follow_symlinks`` a symlink at ``path`` is written through (the
+    target replaced: config management's links); without, the link itself
+    is replaced (a daemon's own files, in a folder others may write). On
+    any error (disk full, permissions)
     the temporary file is removed, the old file is left intact and the
     OSError propagates. ``fsync=False`` skips both fsyncs, for files that
     need atomicity but not durability (status files).
@@ -39,10 +51,7 @@ def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
         path = os.path.abspath(path)
     folder = os.path.dirname(path)
     if mode is None:
-        try:
-            mode = os.stat(path).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o644
+        mode = existing_mode(path, 0o644) & ~(stat.S_IWGRP | stat.S_IWOTH)
     # Our own unique name (not tempfile, whose imports every fork of the
     # worker would copy); O_EXCL refuses to reuse a stray file.
     tmp = _temp_path(path)
@@ -71,6 +80,35 @@ def atomic_write(path, data, mode=None, fsync=True, follow_symlinks=True):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def existing_mode(path, default):
+    """The permission bits of the file at ``path``, or ``default`` when
+    there is none."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return default
+
+
+def open_in_place(path, flags, mode):
+    """``os.open(path, flags, mode)`` of a daemon's own file that it keeps
+    and rewrites in place (pid file, journal): never through a symlink at
+    ``path`` (refused: OSError ELOOP saying so), and with ``mode`` whatever
+    the umask or an earlier mode."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(errno.ELOOP, "it is a symbolic link (refused: "
+                          "never followed)")
+        raise
+    try:
+        os.fchmod(fd, mode)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def remove_dead_writers_temps(path):

@@ -30,6 +30,7 @@ import os
 import re
 import struct
 
+from diprocd import trust
 from diprocd.errors import ConfigError, ProtocolError
 
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -50,7 +51,11 @@ class KeyPair:
 
 
 def _check_safe(path, what, secret):
-    """Hook for the file-safety rules (trust.check_file)."""
+    """The file-safety rules (``trust``): a key file or folder someone else
+    could write is refused; a secret key readable by others too."""
+    trust.check_file(path, what + (" secret key file" if secret else
+                                   " key file" if path.endswith(
+                                       PUBLIC_SUFFIX) else ""), secret)
 
 
 def read_key_file(path, what, secret=False):

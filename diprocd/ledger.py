@@ -34,6 +34,10 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
   than starting those programs a second time.
 
 ``recall`` merges both once, keeping only this boot's records.
+
+The status file is mode 0644 (the client, maybe another user, reads it),
+the journal 0600, whatever the umask; a symlink planted at the status
+file's name is replaced, one at the journal's refused (``fileio``).
 """
 
 import dataclasses
@@ -46,7 +50,7 @@ import simplejson as json
 from diprocd import jsonin
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError
-from diprocd.fileio import atomic_write
+from diprocd.fileio import atomic_write, open_in_place
 from diprocd.spec import ProcessSpec
 
 STATUS_VERSION = 2
@@ -184,9 +188,8 @@ class Ledger:
         for the children of a killed worker that still hold it (they have
         not reached exec yet: see the module docstring). Returns False when
         some still do after that."""
-        self.journal_fd = os.open(
-            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-            | os.O_CLOEXEC, 0o644)
+        self.journal_fd = open_in_place(
+            self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -228,7 +231,7 @@ class Ledger:
                      for name, proc in sorted(procs.items()) if proc.held},
         }
         atomic_write(self.status_path, json.dumps(document, indent=1),
-                     mode=0o644, fsync=False)
+                     mode=0o644, fsync=False, follow_symlinks=False)
         if self.journal_fd is not None:
             os.ftruncate(self.journal_fd, 0)
 

@@ -366,7 +366,8 @@ class Master:
     def reload(self, why):
         """Re-read the master file; publish the nodes whose list changed."""
         try:
-            config = load_master_config(self.config.path)
+            config = load_master_config(self.config.path,
+                                        self.config.owners)
         except ConfigError as err:
             self.log.error("%s: invalid master file, keeping the last good "
                            "lists:", why)
@@ -548,6 +549,6 @@ class Master:
         self._nodes_written = self._clock()
         try:
             atomic_write(self.nodes_file, json.dumps(self.nodes_document()),
-                         fsync=False)
+                         mode=0o644, fsync=False, follow_symlinks=False)
         except OSError as err:
             self.log.warning("cannot write %s: %s", self.nodes_file, err)

@@ -31,11 +31,6 @@ class NodeOps(ProcessOps):
                 # The daemon's pid file from an earlier run would be
                 # mistaken for the new one.
                 _unlink(spec.pid_file)
-            if spec.logs != "/dev/null":
-                try:
-                    os.makedirs(os.path.dirname(spec.logs), exist_ok=True)
-                except OSError:
-                    pass  # the open in the child reports the real problem
             return spawn.launch(spec, self.ledger.slot(spec),
                                 self.program_nofile)
         except OSError as err:  # pid file, pipes, fork...: one start fails

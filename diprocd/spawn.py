@@ -13,8 +13,13 @@ survives the worker:
       SIGPIPE and SIGXFSZ; a program must not inherit that);
    b. ``_journal_line``: its pid and kernel start time, read while /proc is
       still the host's (it may not exist inside the chroot);
-   c. ``_open_files``: ``/dev/null`` and the ``logs`` file (append, create),
-      while it still sees the host's filesystem with the worker's rights;
+   c. ``_open_files``: ``/dev/null`` and the ``logs`` file (append, create,
+      non-blocking), while it still sees the host's filesystem: with the
+      target user's rights (``_open_as``), so a link that user planted
+      cannot send root's writes where the user could not write itself;
+      as root only where the user is refused and only root controls the
+      folder (``trust.root_controlled``: /var/log). A symlink as its last
+      component and a missing folder are start errors (nothing created);
    d. ``_own_group``: ``setpgid(0, 0)``, so a stop signal reaches the whole
       group and nothing else;
    e. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
@@ -46,7 +51,7 @@ import select
 import signal
 import time
 
-from diprocd import kernel
+from diprocd import kernel, trust
 from diprocd.config import lookup_user
 from diprocd.errors import SpawnError
 
@@ -184,7 +189,7 @@ def _final_child(plan, report_fd):
         step = "journal"
         line = _journal_line(plan.journal)
         step = "logs"
-        null_fd, log_fd = _open_files(spec.logs)
+        null_fd, log_fd = _open_files(spec.logs, plan.user, plan.groups)
         step = "setpgid"
         _own_group()
         if spec.chroot:
@@ -232,15 +237,58 @@ def _journal_line(journal):
     return journal.line(pid, kernel.start_ticks(pid))
 
 
-def _open_files(logs):
+# Non-blocking: a FIFO nobody reads fails at once (ENXIO, a start error)
+# instead of holding this child, and with it the worker's inherited
+# descriptors, its pid file lock among them, until killed.
+LOG_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+             | os.O_NOFOLLOW)
+
+
+def _open_files(logs, user, groups):
     null_fd = os.open("/dev/null", os.O_RDONLY)
-    # Non-blocking: a FIFO nobody reads fails at once (ENXIO, a start
-    # error) instead of holding this child, and with it the worker's
-    # inherited descriptors, its pid file lock among them, until killed.
-    log_fd = os.open(logs, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                     | os.O_NONBLOCK, 0o644)
+    try:
+        if groups is None or user.pw_uid == 0:  # the worker's own rights
+            log_fd = os.open(logs, LOG_FLAGS, 0o644)
+        else:
+            log_fd = _open_as(logs, user, groups)
+    except OSError as err:
+        raise _log_error(logs, err)
     os.set_blocking(log_fd, True)
     return null_fd, log_fd
+
+
+def _open_as(logs, user, groups):
+    """Open ``logs`` with ``user``'s rights (groups, then gid, then uid,
+    effective only, and back to root), or as root where the user may not
+    but nobody but root controls the folder."""
+    uid, gid, root_groups = os.geteuid(), os.getegid(), os.getgroups()
+    os.setgroups(groups)
+    os.setegid(user.pw_gid)
+    os.seteuid(user.pw_uid)
+    try:
+        return os.open(logs, LOG_FLAGS, 0o644)
+    except PermissionError:
+        pass
+    finally:
+        os.seteuid(uid)
+        os.setegid(gid)
+        os.setgroups(root_groups)
+    if not trust.root_controlled(os.path.dirname(logs)):
+        raise OSError(errno.EACCES, "%s: permission denied to user %s, and "
+                      "a folder on the way is not root's alone"
+                      % (logs, user.pw_name))
+    return os.open(logs, LOG_FLAGS, 0o644)
+
+
+def _log_error(logs, err):
+    """What the report says of a failed open of ``logs``."""
+    folder = os.path.dirname(logs)
+    if err.errno == errno.ELOOP and os.path.islink(logs):
+        return OSError(err.errno, "%s is a symbolic link (never followed)"
+                       % logs)
+    if err.errno == errno.ENOENT and not os.path.isdir(folder):
+        return OSError(err.errno, "folder %s does not exist" % folder)
+    return err
 
 
 def _own_group():

@@ -95,13 +95,14 @@ def render(procs, now):
     return table(PROCESS_HEADER, rows), all(row[0] for row in rows)
 
 
-def status_main(config_path):
+def status_main(config_path, owners=()):
     """``dpd-workerd --status CONFIG``: print the table; 0 when the worker
     runs and every process is as desired, else 1. An invalid CONFIG (that
     is when this is needed) still shows the running worker's state, from
-    the pid file the CONFIG names, with its problems."""
+    the pid file the CONFIG names, with its problems. ``owners``: as the
+    worker's --config-owner."""
     try:
-        load_worker_config(config_path)
+        load_worker_config(config_path, owners)
         problems = []
     except ConfigError as err:
         problems = err.problems

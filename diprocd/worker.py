@@ -85,7 +85,14 @@ class Worker:
         # A child records itself before its exec: wait for those a killed
         # worker left in flight (a child stuck before exec for longer than
         # EXEC_TIMEOUT would have been killed by that worker).
-        if not self.ledger.open(wait=spawn.EXEC_TIMEOUT):
+        try:
+            complete = self.ledger.open(wait=spawn.EXEC_TIMEOUT)
+        except OSError as err:  # a symlink planted there, a read-only disk
+            self.log.error("cannot open the journal %s: %s",
+                           self.ledger.journal_path, err.strerror or err)
+            loop.close()
+            return 1
+        if not complete:
             self.log.warning("programs the last worker was starting still "
                              "have not reached exec after %ds: those may "
                              "be started twice", spawn.EXEC_TIMEOUT)
@@ -177,7 +184,8 @@ class Worker:
         if not force and not self.config.on_disk_differs():
             return
         try:
-            config = load_worker_config(self.config.path)
+            config = load_worker_config(self.config.path,
+                                        self.config.owners)
         except ConfigError as err:
             for problem in err.problems:
                 self.log.error(problem)

@@ -1,5 +1,8 @@
 import os
+import pathlib
+import shutil
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -20,3 +23,13 @@ def marker():
 
 requires_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (setuid, chroot, namespaces)")
+
+
+@pytest.fixture
+def reachable_dir():
+    """A folder every user can reach (0755, under /tmp; pytest's tmp_path
+    is below a 0700 folder): for what a process running as nobody opens."""
+    folder = tempfile.mkdtemp(prefix="dpd-test-")
+    os.chmod(folder, 0o755)
+    yield pathlib.Path(folder)
+    shutil.rmtree(folder)

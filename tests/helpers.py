@@ -13,7 +13,8 @@
   ``diprocd.kernel.is_alive``. ``rebindable_endpoints`` are ports for a
   master that is killed and bound again.
 - Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
-  ``master_doc`` build the daemons' JSON with keyword overrides;
+  ``master_doc`` build the daemons' JSON with keyword overrides,
+  ``valid_config`` a CONFIG any of the three commands starts with;
   ``write_json`` writes one as an editor would (atomic rename).
 - Daemons: ``Node`` is one node's folder, its dpd-workerd and (in the
   distributed tests) its dpd-clientd; ``Master`` is one dpd-masterd.
@@ -226,11 +227,14 @@ def stop_daemon(daemon, signum=signal.SIGTERM, timeout=10):
 
 # -- files ------------------------------------------------------------------------
 
-def write_json(path, obj):
-    """Atomic rename, as a careful editor would do."""
+def write_json(path, obj, mode=None):
+    """Atomic rename, as a careful editor would do; with ``mode``, the new
+    file has it before it takes the name (nobody sees it otherwise)."""
     tmp = str(path) + ".tmp-test"
     with open(tmp, "w") as handle:
         json.dump(obj, handle, indent=1)
+    if mode is not None:
+        os.chmod(tmp, mode)
     os.rename(tmp, str(path))
 
 
@@ -305,6 +309,26 @@ def master_doc(folder, nodes, **overrides):
            "master_stats": endpoint(), "master_updates": endpoint(),
            "nodes": nodes}
     doc.update(overrides)
+    return doc
+
+
+def valid_config(command, folder):
+    """A CONFIG ``command`` starts with: files in ``folder``, free loopback
+    ports, no process to supervise (a client's worker file written)."""
+    doc = {"pid_file": os.path.join(str(folder), "run", command + ".pid"),
+           "log_file": os.path.join(str(folder), command + ".log")}
+    if command == "dpd-workerd":
+        doc["procs"] = []
+    else:
+        doc["master_stats"] = "tcp://127.0.0.1:%d" % free_port()
+        doc["master_updates"] = "tcp://127.0.0.1:%d" % free_port()
+    if command == "dpd-masterd":
+        doc["nodes"] = {"node1": []}
+    if command == "dpd-clientd":
+        doc["node_name"] = "node1"
+        doc["conf_file"] = os.path.join(str(folder), "worker.json")
+        write_json(doc["conf_file"], {
+            "pid_file": os.path.join(str(folder), "w.pid"), "procs": []})
     return doc
 
 

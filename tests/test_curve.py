@@ -357,6 +357,7 @@ def test_a_key_that_is_not_z85_is_a_config_error(tmp_path):
     path = tmp_path / "bad.key_secret"
     path.write_text('curve\n    public-key = "%s"\n    secret-key = "%s"\n'
                     % ("#" * 40, "#" * 40))
+    path.chmod(0o600)
     with pytest.raises(ConfigError, match="is not a Z85 key"):
         keys.read_key_file(str(path), "key", secret=True)
 
@@ -376,3 +377,26 @@ def test_the_masters_own_key_changes_only_at_a_restart(secured, tmp_path):
     assert nodes["node1"].running() == {"a": pid_a}
     master.write(curve_secret_key=ring.secret("master"))
     nodes["node1"].wait_only_running(["a", "a2"])
+
+
+@pytest.mark.parametrize("case", ["secret readable by others",
+                                  "key writable by group",
+                                  "folder writable by others"])
+def test_unsafe_key_files_are_refused(tmp_path, case):
+    public, secret = keygen(tmp_path / "k", "node1")
+    folder = tmp_path / "clients"
+    folder.mkdir()
+    shutil.copy(public, folder)
+    if case == "secret readable by others":
+        os.chmod(secret, 0o604)
+        with pytest.raises(ConfigError, match="readable by others"):
+            keys.read_key_file(secret, '"curve_secret_key"', secret=True)
+    elif case == "key writable by group":
+        os.chmod(str(folder / "node1.key"), 0o664)
+        ring, warnings = keys.read_keyring(str(folder), "clients")
+        assert ring.keys == {}  # that one node is refused, with why
+        assert "writable by group" in warnings[0]
+    else:
+        os.chmod(str(folder), 0o777)
+        with pytest.raises(ConfigError, match="writable by others"):
+            keys.read_keyring(str(folder), "clients")

@@ -2,12 +2,10 @@
 control socket."""
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 
 import simplejson as json
 
@@ -178,31 +176,28 @@ def test_the_control_socket_is_0600_and_refuses_strangers(tmp_path, marker):
 
 
 @requires_root
-def test_a_user_other_than_root_and_the_workers_is_refused(tmp_path, marker):
+def test_a_user_other_than_root_and_the_workers_is_refused(reachable_dir,
+                                                          marker):
     """Even through a socket file anyone may open, the worker checks the
     peer's uid (SO_PEERCRED): nobody is refused, and it is logged."""
-    folder = tempfile.mkdtemp(prefix="dpdctl-test-")  # reachable by nobody
-    try:
-        os.chmod(folder, 0o755)
-        node = started_node(folder, marker, ("a", "/bin/sleep", "8114"))
-        node.wait_running("a")
-        path = control.control_path(node.pid_file)
-        os.chmod(path, 0o666)
-        code = ("import os, sys; sys.path.insert(0, %r)\n"
-                "from diprocd import control\n"
-                "os.setuid(65534)\n"
-                "try:\n    control.request(%r, {'cmd': 'status'}, timeout=5)\n"
-                "except Exception as err:\n"
-                "    print('refused', type(err).__name__, err)\n"
-                "else:\n    print('served')" % (ROOT, path))
-        result = subprocess.run([sys.executable, "-c", code],
-                                capture_output=True, text=True, timeout=30)
-        assert result.stdout.startswith("refused"), result
-        wait_for(lambda: "refused uid 65534" in node.log(),
-                 what="the refusal in the worker's log")
-        node.stop()
-    finally:
-        shutil.rmtree(folder)
+    node = started_node(str(reachable_dir), marker,
+                        ("a", "/bin/sleep", "8114"))
+    node.wait_running("a")
+    path = control.control_path(node.pid_file)
+    os.chmod(path, 0o666)
+    code = ("import os, sys; sys.path.insert(0, %r)\n"
+            "from diprocd import control\n"
+            "os.setuid(65534)\n"
+            "try:\n    control.request(%r, {'cmd': 'status'}, timeout=5)\n"
+            "except Exception as err:\n"
+            "    print('refused', type(err).__name__, err)\n"
+            "else:\n    print('served')" % (ROOT, path))
+    result = subprocess.run([sys.executable, "-c", code],
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.startswith("refused"), result
+    wait_for(lambda: "refused uid 65534" in node.log(),
+             what="the refusal in the worker's log")
+    node.stop()
 
 
 def test_tail_of_a_fifo_is_refused_without_holding_the_worker(tmp_path,

@@ -307,7 +307,8 @@ def frames(seq, procs, epoch="e1", node="node1"):
     return protocol.encode_update(protocol.Update(node, epoch, seq, procs, 1))
 
 
-def test_client_rewrites_keeping_other_keys_and_mode(node):
+def test_client_rewrites_keeping_other_keys_mode_0600(node):
+    """It carries the processes' secrets: 0600 (the file was 0640)."""
     client, conf = node
     client.on_frames(frames(1, [PROC]))
     doc = json.load(open(conf))
@@ -315,8 +316,16 @@ def test_client_rewrites_keeping_other_keys_and_mode(node):
     assert {k: doc[k] for k in WORKER if k != "procs"} == {
         k: v for k, v in WORKER.items() if k != "procs"}
     assert list(doc) == list(WORKER)  # key order kept too
-    assert stat.S_IMODE(os.stat(conf).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(conf).st_mode) == 0o600
     assert (client.applied_epoch, client.applied_seq) == ("e1", 1)
+
+
+def test_client_keeps_a_stricter_mode_of_the_worker_file(node):
+    client, conf = node
+    os.chmod(conf, 0o400)
+    client.on_frames(frames(1, [PROC]))
+    assert json.load(open(conf))["procs"] == [PROC]
+    assert stat.S_IMODE(os.stat(conf).st_mode) == 0o400
 
 
 def test_client_does_not_rewrite_an_equal_list(node):

@@ -10,7 +10,7 @@ import pytest
 
 from diprocd.daemon import read_locked_pid
 from diprocd.kernel import is_alive
-from helpers import (free_port, run_command, start_daemon, wait_for,
+from helpers import (run_command, start_daemon, valid_config, wait_for,
                      write_json)
 
 COMMANDS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
@@ -32,26 +32,6 @@ def test_read_locked_pid(tmp_path):
         assert read_locked_pid(path) is None
     finally:
         os.close(holder)
-
-
-def valid_config(command, tmp_path):
-    """A CONFIG ``command`` starts with: files in tmp_path, free loopback
-    ports, no process to supervise."""
-    doc = {"pid_file": str(tmp_path / "run" / (command + ".pid")),
-           "log_file": str(tmp_path / (command + ".log"))}
-    if command == "dpd-workerd":
-        doc["procs"] = []
-    else:
-        doc["master_stats"] = "tcp://127.0.0.1:%d" % free_port()
-        doc["master_updates"] = "tcp://127.0.0.1:%d" % free_port()
-    if command == "dpd-masterd":
-        doc["nodes"] = {"node1": []}
-    if command == "dpd-clientd":
-        doc["node_name"] = "node1"
-        doc["conf_file"] = str(tmp_path / "worker.json")
-        write_json(doc["conf_file"], {"pid_file": str(tmp_path / "w.pid"),
-                                      "procs": []})
-    return doc
 
 
 def query(command, option, config, marker):

@@ -648,10 +648,10 @@ def test_a_start_stuck_before_exec_fails_that_start_only(node, tmp_path):
         "import time",
         "from diprocd import spawn",
         "real_open_files = spawn._open_files",
-        "def held(logs):",
+        "def held(logs, *user):",
         "    if logs.endswith('stuck.log'):",
         "        time.sleep(spawn.EXEC_TIMEOUT + 5)",
-        "    return real_open_files(logs)",
+        "    return real_open_files(logs, *user)",
         "spawn._open_files = held"))
     # The burst holds the loop until the timeout.
     wait_for(node.worker_up, timeout=20, what="the worker's status file")
