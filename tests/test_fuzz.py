@@ -299,6 +299,7 @@ def test_key_files_raise_only_config_error(tmp_path, lines, raw, secret):
     for data in ("\n".join(lines).encode("utf-8", "surrogatepass"), raw):
         with open(path, "wb") as handle:
             handle.write(data)
+        os.chmod(path, 0o600)  # safe: the parser is what is fuzzed
         try:
             pair = keys.read_key_file(path, "key", secret=secret)
         except ConfigError as err:
