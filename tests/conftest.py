@@ -1,5 +1,8 @@
 import os
+import pathlib
+import shutil
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -20,3 +23,13 @@ def marker():
 
 requires_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root (setuid, chroot, namespaces)")
+
+
+@pytest.fixture
+def shared_tmp():
+    """A fresh folder (0755) that processes running as other users can
+    reach, unlike ``tmp_path`` (pytest makes /tmp/pytest-of-root 0700)."""
+    folder = tempfile.mkdtemp(prefix="dpd-test-")
+    os.chmod(folder, 0o755)
+    yield pathlib.Path(folder)
+    shutil.rmtree(folder)

@@ -9,7 +9,8 @@
   ``zombie_children`` the zombies a daemon left unreaped. ``start_daemon``
   and ``run_command`` run ``bin/<command>`` with the marker;
   ``patched_python`` is a wrapper that monkeypatches diprocd in the
-  daemon's process first. Whether a pid is alive:
+  daemon's process first; ``config_owner_flags`` are the worker's options
+  to trust another owner of its CONFIG. Whether a pid is alive:
   ``diprocd.kernel.is_alive``. ``rebindable_endpoints`` are ports for a
   master that is killed and bound again.
 - Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
@@ -19,6 +20,7 @@
   distributed tests) its dpd-clientd; ``Master`` is one dpd-masterd.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -215,6 +217,15 @@ def run_command(command, args, marker=None, timeout=30, **kwargs):
     return subprocess.run(
         command_argv(command, args), env=marked_env(marker or "none"),
         capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def config_owner_flags(user):
+    """``["--config-owner", user]`` when this tree's dpd-workerd refuses a
+    CONFIG owned by another user than root unless told to trust that user
+    (the file-safety rules), else [] (a worker that reads any CONFIG)."""
+    usage = run_command("dpd-workerd", ["--help"]).stdout
+    return ["--config-owner", user] if "--config-owner" in usage else []
 
 
 def stop_daemon(daemon, signum=signal.SIGTERM, timeout=10):

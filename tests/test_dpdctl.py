@@ -2,19 +2,18 @@
 control socket."""
 
 import os
-import shutil
+import pwd
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 
 import simplejson as json
 
 from conftest import requires_root
 from diprocd import control
 from diprocd.kernel import is_alive
-from helpers import ROOT, Node, run_command, wait_for
+from helpers import ROOT, Node, config_owner_flags, run_command, wait_for
 
 
 def dpdctl(node, *args):
@@ -177,32 +176,65 @@ def test_the_control_socket_is_0600_and_refuses_strangers(tmp_path, marker):
     node.stop()
 
 
+def request_as(uid, path):
+    """A status request to the control socket at ``path`` from a process
+    running as ``uid``: "served", or "refused" and why."""
+    code = ("import os, sys; sys.path.insert(0, %r)\n"
+            "from diprocd import control\n"
+            "os.setuid(%d)\n"
+            "try:\n    reply = control.request(%r, {'cmd': 'status'}, timeout=5)\n"
+            "except Exception as err:\n"
+            "    print('refused', type(err).__name__, err)\n"
+            "else:\n    print('served' if reply['ok'] else 'refused', reply)"
+            % (ROOT, uid, path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result
+    return result.stdout
+
+
 @requires_root
-def test_a_user_other_than_root_and_the_workers_is_refused(tmp_path, marker):
+def test_a_user_other_than_root_and_the_workers_is_refused(shared_tmp, marker):
     """Even through a socket file anyone may open, the worker checks the
     peer's uid (SO_PEERCRED): nobody is refused, and it is logged."""
-    folder = tempfile.mkdtemp(prefix="dpdctl-test-")  # reachable by nobody
-    try:
-        os.chmod(folder, 0o755)
-        node = started_node(folder, marker, ("a", "/bin/sleep", "8114"))
-        node.wait_running("a")
-        path = control.control_path(node.pid_file)
-        os.chmod(path, 0o666)
-        code = ("import os, sys; sys.path.insert(0, %r)\n"
-                "from diprocd import control\n"
-                "os.setuid(65534)\n"
-                "try:\n    control.request(%r, {'cmd': 'status'}, timeout=5)\n"
-                "except Exception as err:\n"
-                "    print('refused', type(err).__name__, err)\n"
-                "else:\n    print('served')" % (ROOT, path))
-        result = subprocess.run([sys.executable, "-c", code],
-                                capture_output=True, text=True, timeout=30)
-        assert result.stdout.startswith("refused"), result
-        wait_for(lambda: "refused uid 65534" in node.log(),
-                 what="the refusal in the worker's log")
-        node.stop()
-    finally:
-        shutil.rmtree(folder)
+    node = started_node(shared_tmp, marker, ("a", "/bin/sleep", "8114"))
+    node.wait_running("a")
+    path = control.control_path(node.pid_file)
+    os.chmod(path, 0o666)
+    assert request_as(65534, path).startswith("refused")
+    wait_for(lambda: "refused uid 65534" in node.log(),
+             what="the refusal in the worker's log")
+    node.stop()
+
+
+@requires_root
+def test_the_owner_of_the_workers_config_is_served(shared_tmp, marker):
+    """The user who owns the worker's CONFIG (the client's, which relays the
+    operator's commands) is served and owns the socket file, 0600; a third
+    user is refused; once CONFIG is root's again, so is the socket."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    daemon = pwd.getpwnam("daemon").pw_uid  # in every Debian's base-passwd
+    node = Node(shared_tmp, marker)
+    node.write([node.proc("a", "/bin/sleep", "8116")])
+    os.chown(node.config_path, nobody, -1)
+    node.start(*config_owner_flags("nobody"))
+    node.wait_running("a")
+    path = control.control_path(node.pid_file)
+    info = os.stat(path)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody, 0o600)
+    assert request_as(nobody, path).startswith("served"), node.log()
+    # Even through a socket file anyone may open: the uid is checked.
+    os.chmod(path, 0o666)
+    assert request_as(daemon, path).startswith("refused")
+    wait_for(lambda: "refused uid %d" % daemon in node.log(),
+             what="the refusal in the worker's log")
+    os.chmod(path, 0o600)
+    os.chown(node.config_path, 0, -1)
+    node.daemon.send_signal(signal.SIGHUP)  # a chown alone is not a change
+    wait_for(lambda: os.stat(path).st_uid == 0, what="the socket back to root")
+    assert request_as(nobody, path).startswith("refused")
+    assert dpdctl(node, "status").returncode == 0  # root still served
+    node.stop()
 
 
 def test_tail_of_a_fifo_is_refused_without_holding_the_worker(tmp_path,
