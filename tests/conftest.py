@@ -26,9 +26,9 @@ requires_root = pytest.mark.skipif(
 
 
 @pytest.fixture
-def shared_tmp():
-    """A fresh folder (0755) that processes running as other users can
-    reach, unlike ``tmp_path`` (pytest makes /tmp/pytest-of-root 0700)."""
+def reachable_dir():
+    """A folder every user can reach (0755, under /tmp; pytest's tmp_path
+    is below a 0700 folder): for what a process running as nobody opens."""
     folder = tempfile.mkdtemp(prefix="dpd-test-")
     os.chmod(folder, 0o755)
     yield pathlib.Path(folder)

@@ -194,10 +194,11 @@ def request_as(uid, path):
 
 
 @requires_root
-def test_a_user_other_than_root_and_the_workers_is_refused(shared_tmp, marker):
+def test_a_user_other_than_root_and_the_workers_is_refused(reachable_dir,
+                                                          marker):
     """Even through a socket file anyone may open, the worker checks the
     peer's uid (SO_PEERCRED): nobody is refused, and it is logged."""
-    node = started_node(shared_tmp, marker, ("a", "/bin/sleep", "8114"))
+    node = started_node(reachable_dir, marker, ("a", "/bin/sleep", "8114"))
     node.wait_running("a")
     path = control.control_path(node.pid_file)
     os.chmod(path, 0o666)
@@ -208,13 +209,13 @@ def test_a_user_other_than_root_and_the_workers_is_refused(shared_tmp, marker):
 
 
 @requires_root
-def test_the_owner_of_the_workers_config_is_served(shared_tmp, marker):
+def test_the_owner_of_the_workers_config_is_served(reachable_dir, marker):
     """The user who owns the worker's CONFIG (the client's, which relays the
     operator's commands) is served and owns the socket file, 0600; a third
     user is refused; once CONFIG is root's again, so is the socket."""
     nobody = pwd.getpwnam("nobody").pw_uid
     daemon = pwd.getpwnam("daemon").pw_uid  # in every Debian's base-passwd
-    node = Node(shared_tmp, marker)
+    node = Node(reachable_dir, marker)
     node.write([node.proc("a", "/bin/sleep", "8116")])
     os.chown(node.config_path, nobody, -1)
     node.start(*config_owner_flags("nobody"))

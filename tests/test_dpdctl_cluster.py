@@ -173,19 +173,19 @@ def as_user(name):
 
 @requires_root
 @pytest.mark.timeout(60)
-def test_a_client_running_as_nobody(shared_tmp, marker):
+def test_a_client_running_as_nobody(reachable_dir, marker):
     """The client needs no root: run as nobody, with its pid file and the
     worker's file in folders nobody owns (its own CONFIG root's), it writes
     its node's list into the worker's file, which the root worker applies,
     and relays dpdctl's commands to the worker (which serves the owner of
     its CONFIG: the file is nobody's once the client rewrote it)."""
     nobody = pwd.getpwnam("nobody")
-    node = Node(shared_tmp / "node1", marker, "node1")
+    node = Node(reachable_dir / "node1", marker, "node1")
     for folder in ("worker", "client-run"):
         os.mkdir(str(node.dir / folder), 0o750)
         os.chown(str(node.dir / folder), nobody.pw_uid, nobody.pw_gid)
     node.config_path = str(node.dir / "worker" / "worker.json")
-    master = Master(shared_tmp, marker, heartbeat=0.5,
+    master = Master(reachable_dir, marker, heartbeat=0.5,
                     nodes={"node1": [node.proc("a", "/bin/sleep", "8204")]})
     master.start()
     try:
