@@ -5,7 +5,13 @@ imports no messaging library.
 
 A Unix stream socket beside the worker's pid file
 (``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.control``), mode 0600; a
-peer is served only when its uid (SO_PEERCRED) is root or the worker's own.
+peer is served only when its uid (SO_PEERCRED) is root, the worker's own, or
+the owner of the worker's CONFIG (``serve_config_owner``), to whom a root
+worker gives the socket file (still 0600) so that it can connect. That
+owner is the user the client runs as (in the Debian package, ``diprocd``),
+which relays the master's commands here. It grants nothing new: whoever can
+write the worker's CONFIG can already run any command as any user on the
+node through it, and stop, restart or start any process by editing it.
 One request per connection, one JSON object on one line (at most
 ``MAX_REQUEST`` bytes), then one JSON reply line::
 
@@ -19,13 +25,14 @@ One request per connection, one JSON object on one line (at most
 The server does not hold the worker's loop: connections are non-blocking,
 read as their bytes come, dropped after ``CLIENT_TIMEOUT`` seconds, at most
 ``MAX_CLIENTS`` at once; a reply the peer does not take within
-``SEND_TIMEOUT`` is cut off (the peer is root or the worker's own user).
+``SEND_TIMEOUT`` is cut off (the peer is one of the trusted users above).
 """
 
 import errno
 import os
 import select
 import socket
+import stat
 import struct
 import time
 
@@ -83,6 +90,7 @@ class ControlServer:
         self.handler = handler
         self.log = log
         self.sock = None
+        self.config_owner = None  # a uid served besides root and our own
         self._clients = {}  # fd -> (socket, bytearray)
 
     def open(self):
@@ -104,7 +112,34 @@ class ControlServer:
             os.umask(old_umask)
         sock.listen(16)
         self.sock = sock
+        if self.config_owner is not None:
+            self._give_socket_file()
         self.loop.add_reader(sock.fileno(), self._accept)
+
+    def serve_config_owner(self, uid):
+        """Serve ``uid``, the owner of the worker's CONFIG, too (see the
+        module's docstring), instead of the owner given last; as root, make
+        the socket file its (mode 0600 kept), or root's again."""
+        owner = None if uid in (0, os.geteuid()) else uid
+        if owner != self.config_owner:
+            self.config_owner = owner
+            if self.sock is not None:
+                self._give_socket_file()
+
+    def _give_socket_file(self):
+        """The socket file to the CONFIG owner (else root), as root; one
+        that cannot be given is logged: the file's rights refuse that user."""
+        if os.geteuid() != 0:
+            return
+        owner = self.config_owner or 0
+        try:
+            # Never through a link planted in place of the socket file.
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise OSError(errno.EEXIST, "no longer our socket")
+            os.chown(self.path, owner, -1, follow_symlinks=False)
+        except OSError as err:
+            self.log.warning("control socket %s: cannot give it to uid %d: "
+                             "%s", self.path, owner, err.strerror or err)
 
     def close(self):
         for fd in list(self._clients):
@@ -130,7 +165,7 @@ class ControlServer:
                 return
             conn.setblocking(False)
             uid = peer_uid(conn)
-            if uid not in (0, os.geteuid()):
+            if uid not in (0, os.geteuid(), self.config_owner):
                 self.log.warning("control socket: refused uid %d", uid)
                 conn.close()
                 continue

@@ -143,6 +143,21 @@ class Worker:
                              err.strerror or err)
             return
         self.control = control
+        self._serve_config_owner()
+
+    def _serve_config_owner(self):
+        """The control socket serves the owner of CONFIG too: the user its
+        client runs as, which relays the operator's commands (whoever can
+        write CONFIG commands this worker anyway: control.py). Looked up
+        after each good load of CONFIG: a chown alone counts from the next
+        change of the file, or SIGHUP."""
+        if self.control is None:
+            return
+        try:
+            owner = os.stat(self.config.path).st_uid
+        except OSError:
+            return  # gone meanwhile: the owner served stays until it is back
+        self.control.serve_config_owner(owner)
 
     def _restore_holds(self, holds):
         """Processes the operator stopped stay stopped across a worker
@@ -201,6 +216,7 @@ class Worker:
                 config.pid_file):
             config = self._keep_pid_file(config)
         self.config = config
+        self._serve_config_owner()
         if force:
             self._retry_all()
         self.apply(config.procs)

@@ -13,12 +13,18 @@
 # the kernel has since reused cannot fake. The daemon daemonizes itself and
 # exits 0 at once when already running, so start-stop-daemon runs it
 # without --background.
+#
+# dpd-clientd runs as the package's system user diprocd (debian/postinst
+# makes it) when that user owns the folder of WORKER_CONFIG, the file the
+# client rewrites; then dpd-workerd trusts that user to own its CONFIG
+# (--config-owner). Otherwise (no such user, or an install from before it,
+# whose worker file is in root's /var/lib/diprocd) both run as root.
 
 PATH=/sbin:/usr/sbin:/bin:/usr/bin
 
 # The defaults, written here only: /etc/default/diprocd overrides them.
 DAEMON_DIR=/usr/bin
-WORKER_CONFIG=/var/lib/diprocd/diprocd-worker.json
+WORKER_CONFIG=/var/lib/diprocd/worker/diprocd-worker.json
 CLIENT_CONFIG=/var/lib/diprocd/diprocd-client.json
 MASTER_CONFIG=/var/lib/diprocd/diprocd-master.json
 WORKER_OPTS=
@@ -27,13 +33,58 @@ MASTER_OPTS=
 START_TIMEOUT=10
 STOP_TIMEOUT=30
 
+packaged_worker_config=$WORKER_CONFIG
+
 [ -r /etc/default/diprocd ] && . /etc/default/diprocd
+
+# Before the system user, the worker's file was in /var/lib/diprocd itself:
+# an install from then keeps it there while it has none at the new default.
+if [ "$WORKER_CONFIG" = "$packaged_worker_config" ] &&
+        [ ! -e "$WORKER_CONFIG" ] && [ -e /var/lib/diprocd/diprocd-worker.json ]; then
+    WORKER_CONFIG=/var/lib/diprocd/diprocd-worker.json
+fi
 
 DAEMON=$DAEMON_DIR/$NAME
 eval "CONFIG=\${$CONFIG_VAR} OPTS=\${$OPTS_VAR}"
 
 # Package removed but not purged.
 [ -x "$DAEMON" ] || exit 0
+
+# The client's user (see the top), or empty: root. run_as and chuid run the
+# client as that user, from the cron line's respawn and from start.
+client_user=diprocd
+if ! id -u "$client_user" >/dev/null 2>&1 ||
+        [ "$(stat -c %U -- "${WORKER_CONFIG%/*}" 2>/dev/null)" != "$client_user" ]; then
+    client_user=
+fi
+run_as=
+chuid=
+if [ -n "$client_user" ]; then
+    case "$NAME" in
+        dpd-workerd)
+            OPTS="--config-owner $client_user $OPTS"
+            ;;
+        dpd-clientd)
+            run_as="setpriv --reuid=$client_user --regid=$client_user --init-groups --"
+            chuid="--chuid $client_user:$client_user"
+            ;;
+    esac
+fi
+
+# What the client needs from root before it runs as its user: /run/diprocd
+# for its pid file (/run is a tmpfs), and the lock it holds beside its
+# CONFIG, in root's folder (".NAME.lock", see dpd-clientd(8)): made once,
+# then given to it, never through a link.
+prepare_client_user() {
+    install -d -o "$client_user" -g "$client_user" -m 0755 /run/diprocd
+    [ -e "$CONFIG" ] || return 0
+    config=$(readlink -f -- "$CONFIG")
+    lock=${config%/*}/.${config##*/}.lock
+    if [ ! -e "$lock" ] && [ ! -L "$lock" ]; then
+        install -m 0644 -o "$client_user" -g "$client_user" /dev/null "$lock"
+    fi
+    chown -h "$client_user:$client_user" -- "$lock"
+}
 
 case "$1" in
     # What cron/$NAME.cron runs every minute: start the daemon unless it
@@ -44,8 +95,9 @@ case "$1" in
     # generated unit of a script without a pidfile header has
     # RemainAfterExit=yes) and do nothing.
     respawn)
+        [ -z "$run_as" ] || prepare_client_user
         # shellcheck disable=SC2086
-        exec "$DAEMON" $OPTS "$CONFIG" >/dev/null
+        exec $run_as "$DAEMON" $OPTS "$CONFIG" >/dev/null
         ;;
     start|stop|status|restart|force-reload|reload) ;;
     *)
@@ -79,8 +131,9 @@ do_start() {
     # Nobody holds the lock: a pid file left by a killed daemon. Remove it so
     # start-stop-daemon does not take a reused pid for our daemon.
     rm -f "$PIDFILE"
+    [ -z "$run_as" ] || prepare_client_user
     # shellcheck disable=SC2086
-    start-stop-daemon --start --quiet --pidfile "$PIDFILE" \
+    start-stop-daemon --start --quiet --pidfile "$PIDFILE" $chuid \
         --startas "$DAEMON" -- $OPTS "$CONFIG" || return 1
     wait_started
 }

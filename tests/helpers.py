@@ -20,6 +20,7 @@
   distributed tests) its dpd-clientd; ``Master`` is one dpd-masterd.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -218,6 +219,7 @@ def run_command(command, args, marker=None, timeout=30, **kwargs):
         capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
 def stop_daemon(daemon, signum=signal.SIGTERM, timeout=10):
     """Signal a daemon we started (if it still runs); return its exit code."""
     if daemon.poll() is None:

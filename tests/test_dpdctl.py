@@ -2,6 +2,7 @@
 control socket."""
 
 import os
+import pwd
 import signal
 import stat
 import subprocess
@@ -175,28 +176,65 @@ def test_the_control_socket_is_0600_and_refuses_strangers(tmp_path, marker):
     node.stop()
 
 
+def request_as(uid, path):
+    """A status request to the control socket at ``path`` from a process
+    running as ``uid``: "served", or "refused" and why."""
+    code = ("import os, sys; sys.path.insert(0, %r)\n"
+            "from diprocd import control\n"
+            "os.setuid(%d)\n"
+            "try:\n    reply = control.request(%r, {'cmd': 'status'}, timeout=5)\n"
+            "except Exception as err:\n"
+            "    print('refused', type(err).__name__, err)\n"
+            "else:\n    print('served' if reply['ok'] else 'refused', reply)"
+            % (ROOT, uid, path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result
+    return result.stdout
+
+
 @requires_root
 def test_a_user_other_than_root_and_the_workers_is_refused(reachable_dir,
                                                           marker):
     """Even through a socket file anyone may open, the worker checks the
     peer's uid (SO_PEERCRED): nobody is refused, and it is logged."""
-    node = started_node(str(reachable_dir), marker,
-                        ("a", "/bin/sleep", "8114"))
+    node = started_node(reachable_dir, marker, ("a", "/bin/sleep", "8114"))
     node.wait_running("a")
     path = control.control_path(node.pid_file)
     os.chmod(path, 0o666)
-    code = ("import os, sys; sys.path.insert(0, %r)\n"
-            "from diprocd import control\n"
-            "os.setuid(65534)\n"
-            "try:\n    control.request(%r, {'cmd': 'status'}, timeout=5)\n"
-            "except Exception as err:\n"
-            "    print('refused', type(err).__name__, err)\n"
-            "else:\n    print('served')" % (ROOT, path))
-    result = subprocess.run([sys.executable, "-c", code],
-                            capture_output=True, text=True, timeout=30)
-    assert result.stdout.startswith("refused"), result
+    assert request_as(65534, path).startswith("refused")
     wait_for(lambda: "refused uid 65534" in node.log(),
              what="the refusal in the worker's log")
+    node.stop()
+
+
+@requires_root
+def test_the_owner_of_the_workers_config_is_served(reachable_dir, marker):
+    """The user who owns the worker's CONFIG (the client's, which relays the
+    operator's commands) is served and owns the socket file, 0600; a third
+    user is refused; once CONFIG is root's again, so is the socket."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    daemon = pwd.getpwnam("daemon").pw_uid  # in every Debian's base-passwd
+    node = Node(reachable_dir, marker)
+    node.write([node.proc("a", "/bin/sleep", "8116")])
+    os.chown(node.config_path, nobody, -1)
+    node.start("--config-owner", "nobody")
+    node.wait_running("a")
+    path = control.control_path(node.pid_file)
+    info = os.stat(path)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody, 0o600)
+    assert request_as(nobody, path).startswith("served"), node.log()
+    # Even through a socket file anyone may open: the uid is checked.
+    os.chmod(path, 0o666)
+    assert request_as(daemon, path).startswith("refused")
+    wait_for(lambda: "refused uid %d" % daemon in node.log(),
+             what="the refusal in the worker's log")
+    os.chmod(path, 0o600)
+    os.chown(node.config_path, 0, -1)
+    node.daemon.send_signal(signal.SIGHUP)  # a chown alone is not a change
+    wait_for(lambda: os.stat(path).st_uid == 0, what="the socket back to root")
+    assert request_as(nobody, path).startswith("refused")
+    assert dpdctl(node, "status").returncode == 0  # root still served
     node.stop()
 
 

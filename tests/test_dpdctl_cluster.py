@@ -2,15 +2,20 @@
 worker) on loopback, and a third node in the master file that never
 connects."""
 
+import os
+import pwd
 import signal
 
 import pytest
 import simplejson as json
 
+from conftest import requires_root
 from diprocd import fleet
 from diprocd.config import default_master_control
+from diprocd.daemon import read_pid
 from diprocd.kernel import is_alive
-from helpers import Master, Node, run_command, wait_for
+from helpers import (Master, Node, read_json, run_command,
+                     wait_for)
 
 SILENT_AFTER = 3.0
 INTERVAL = 0.3
@@ -156,3 +161,55 @@ def test_errors_name_what_is_wrong(cluster, tmp_path):
     assert default_master_control(master.pid_file) in result.stderr
     # A clean exit removes the socket file: no wait for an answer.
     assert "no such socket" in result.stderr
+
+
+def as_user(name):
+    """A ``start_daemon`` wrapper: the command runs as ``name`` (its uid, its
+    group, no other group), as the init script runs the client."""
+    user = pwd.getpwnam(name)
+    return ["setpriv", "--reuid=%d" % user.pw_uid, "--regid=%d" % user.pw_gid,
+            "--clear-groups", "--"]
+
+
+@requires_root
+@pytest.mark.timeout(60)
+def test_a_client_running_as_nobody(reachable_dir, marker):
+    """The client needs no root: run as nobody, with its pid file and the
+    worker's file in folders nobody owns (its own CONFIG root's), it writes
+    its node's list into the worker's file, which the root worker applies,
+    and relays dpdctl's commands to the worker (which serves the owner of
+    its CONFIG: the file is nobody's once the client rewrote it)."""
+    nobody = pwd.getpwnam("nobody")
+    node = Node(reachable_dir / "node1", marker, "node1")
+    for folder in ("worker", "client-run"):
+        os.mkdir(str(node.dir / folder), 0o750)
+        os.chown(str(node.dir / folder), nobody.pw_uid, nobody.pw_gid)
+    node.config_path = str(node.dir / "worker" / "worker.json")
+    master = Master(reachable_dir, marker, heartbeat=0.5,
+                    nodes={"node1": [node.proc("a", "/bin/sleep", "8204")]})
+    master.start()
+    try:
+        node.write([])
+        node.start("--config-owner", "nobody")
+        node.write_client(master.stats, master.updates, status_interval=INTERVAL,
+                          pid_file=str(node.dir / "client-run" / "client.pid"))
+        client = node.start_client(wrapper=as_user("nobody"))
+        pid = node.wait_running("a")
+        assert os.stat(node.config_path).st_uid == nobody.pw_uid
+        assert read_json(node.config_path)["procs"] == master.nodes["node1"]
+        wait_for(lambda: read_pid(str(node.dir / "client-run" / "client.pid"))
+                 == client.pid, what="the client's pid file")
+        with open("/proc/%d/status" % client.pid) as handle:
+            uids = [line.split()[1:] for line in handle
+                    if line.startswith("Uid:")][0]
+        assert uids == [str(nobody.pw_uid)] * 4
+        nodes = wait_fleet(master, lambda n: running_pid(n, "node1", "a"),
+                           "node1's status through the client")
+        assert running_pid(nodes, "node1", "a") == pid
+        result = dpdctl(master, "restart", "node1", "a")
+        assert result.returncode == 0, (result, node.log(), node.client_log())
+        assert not is_alive(pid)
+        assert "refused uid" not in node.log()
+    finally:
+        node.close()
+        master.stop()

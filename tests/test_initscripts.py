@@ -6,12 +6,15 @@ own folders, so the host is untouched: /etc/default/diprocd points the
 scripts at the checkout's bin/ (DAEMON_DIR) and at configs made from the
 shipped examples, and DIPROCD_LIB at the checkout's lib/, where the body the
 three scripts source lives; the checkout's init.d/ is /etc/init.d, where the
-cron lines find the scripts. A holder process keeps the namespace alive;
-every command enters it with nsenter. Every process carries the test's
-marker.
+cron lines find the scripts. Where a test needs the package's system user
+diprocd, /etc/passwd and /etc/group are copies that have it. A holder
+process keeps the namespace alive; every command enters it with nsenter.
+Every process carries the test's marker.
 """
 
+import grp
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -22,8 +25,9 @@ import pytest
 from conftest import requires_root
 from diprocd.daemon import read_locked_pid, read_pid
 from diprocd.kernel import is_alive
-from helpers import (BIN, MARKER_VAR, ROOT, free_port, marked_env,
-                     marked_pids, read_json, wait_for, write_json)
+from helpers import (BIN, MARKER_VAR, ROOT, Master,
+                     free_port, marked_env, marked_pids, process_argv,
+                     process_doc, read_json, read_text, wait_for, write_json)
 
 DAEMONS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
 EXAMPLE = {"dpd-workerd": "diprocd-worker.example.json",
@@ -31,6 +35,14 @@ EXAMPLE = {"dpd-workerd": "diprocd-worker.example.json",
            "dpd-masterd": "diprocd-master.example.json"}
 CONFIG_VAR = {"dpd-workerd": "WORKER_CONFIG", "dpd-clientd": "CLIENT_CONFIG",
               "dpd-masterd": "MASTER_CONFIG"}
+# Where the defaults (lib/init.sh) put each CONFIG; the worker's file in the
+# folder of the package's system user diprocd.
+DEFAULT_CONFIG = {"dpd-workerd": "/var/lib/diprocd/worker/diprocd-worker.json",
+                  "dpd-clientd": "/var/lib/diprocd/diprocd-client.json",
+                  "dpd-masterd": "/var/lib/diprocd/diprocd-master.json"}
+# Where it was before that user: an install from then keeps working.
+OLD_WORKER_CONFIG = "/var/lib/diprocd/diprocd-worker.json"
+CLIENT_USER = "diprocd"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -65,9 +77,12 @@ class Namespace:
 
     MOUNTS = {"etc-default": "/etc/default", "var-lib": "/var/lib",
               "var-log": "/var/log", "run": "/var/run"}
+    ALIASES = {"/run": "/var/run"}  # /var/run is a link to /run
     INIT_D = os.path.join(ROOT, "init.d")
 
-    def __init__(self, tmp_path, marker):
+    def __init__(self, tmp_path, marker, client_user=False):
+        """``client_user``: the package's system user diprocd exists, and
+        owns the folders its postinst gives it (``self.client_uid``)."""
         self.tmp = tmp_path
         self.marker = marker
         for name in self.MOUNTS:
@@ -75,11 +90,16 @@ class Namespace:
         # /etc/default keeps the host's files (init-functions may read some).
         shutil.copytree("/etc/default", tmp_path / "etc-default",
                         dirs_exist_ok=True, symlinks=True)
-        (tmp_path / "var-lib" / "diprocd").mkdir()
+        for folder in ("var-lib/diprocd/worker", "var-log/diprocd/client"):
+            (tmp_path / folder).mkdir(parents=True)
+        files = {}
+        self.client_uid = None
+        if client_user:
+            files = self._add_client_user()
         script = "set -e\n" + "".join(
             "mount --bind %s %s\n" % (tmp_path / name, target)
-            for name, target in self.MOUNTS.items()) + (
-            "mount --bind %s /etc/init.d\n" % self.INIT_D) + (
+            for name, target in list(self.MOUNTS.items()) + list(files.items())
+        ) + ("mount --bind %s /etc/init.d\n" % self.INIT_D) + (
             "echo ready\nexec sleep 3600\n")
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -90,8 +110,33 @@ class Namespace:
             raise AssertionError("namespace setup failed: %s"
                                  % self.holder.stderr.read())
 
+    def _add_client_user(self):
+        """Copies of /etc/passwd and /etc/group with the system user and
+        group diprocd (a free uid below 1000), as the postinst makes them;
+        its folders its own. Returns {copy: the file it covers}."""
+        taken = {entry.pw_uid for entry in pwd.getpwall()} | {
+            entry.gr_gid for entry in grp.getgrall()}
+        uid = max(set(range(100, 1000)) - taken)
+        files = {}
+        for name, line in (("passwd", "%s:x:%d:%d::/var/lib/diprocd:"
+                            "/usr/sbin/nologin\n" % (CLIENT_USER, uid, uid)),
+                           ("group", "%s:x:%d:\n" % (CLIENT_USER, uid))):
+            copy = self.tmp / ("etc-" + name)
+            shutil.copy("/etc/" + name, copy)
+            with open(copy, "a") as handle:
+                handle.write(line)
+            files[copy] = "/etc/" + name
+        os.chown(self.tmp / "var-lib/diprocd/worker", uid, uid)
+        os.chmod(self.tmp / "var-lib/diprocd/worker", 0o750)
+        os.chown(self.tmp / "var-log/diprocd/client", uid, uid)
+        self.client_uid = uid
+        return files
+
     def host(self, path):
         """The host path of ``path`` as seen inside the namespace."""
+        for alias, target in self.ALIASES.items():
+            if path == alias or path.startswith(alias + "/"):
+                path = target + path[len(alias):]
         for name, target in self.MOUNTS.items():
             if path == target or path.startswith(target + "/"):
                 return str(self.tmp / name) + path[len(target):]
@@ -123,24 +168,33 @@ def namespace(tmp_path, marker):
     ns.close()
 
 
+@pytest.fixture
+def user_namespace(tmp_path, marker):
+    """A namespace where the package's system user diprocd exists."""
+    ns = Namespace(tmp_path, marker, client_user=True)
+    yield ns
+    ns.close()
+
+
 def write_defaults(ns):
     """The shipped /etc/default/diprocd, with DAEMON_DIR at the checkout."""
     # install_config puts each CONFIG where the defaults say.
     with open(os.path.join(ROOT, "lib", "init.sh")) as handle:
         defaults = handle.read()
     for daemon in DAEMONS:
-        assert "\n%s=/var/lib/diprocd/%s\n" % (
-            CONFIG_VAR[daemon], EXAMPLE[daemon].replace(".example", "")) in defaults
+        assert "\n%s=%s\n" % (CONFIG_VAR[daemon], DEFAULT_CONFIG[daemon]) \
+            in defaults
     with open(os.path.join(ROOT, "init.d", "diprocd")) as handle:
         shipped = handle.read()
     with open(ns.host("/etc/default/diprocd"), "w") as handle:
         handle.write(shipped + "\nDAEMON_DIR=%s\n" % BIN)
 
 
-def install_config(ns, daemon):
-    """Copy the shipped example where the defaults say, as the README
-    tells a user to; loopback free ports; the marker in supervised processes'
-    environment (the worker gives them a clean one)."""
+def install_config(ns, daemon, path=None, **settings):
+    """Copy the shipped example where the defaults say (or to ``path``), as
+    the README tells a user to, with ``settings``; loopback free ports; the
+    marker in supervised processes' environment (the worker gives them a
+    clean one)."""
     config = read_json(os.path.join(ROOT, "examples", EXAMPLE[daemon]))
     if daemon == "dpd-workerd":
         for proc in config["procs"]:
@@ -149,12 +203,12 @@ def install_config(ns, daemon):
         stats, updates = free_port(), free_port()
         config["master_stats"] = "tcp://127.0.0.1:%d" % stats
         config["master_updates"] = "tcp://127.0.0.1:%d" % updates
+    config.update(settings)
     if daemon == "dpd-clientd":
         config["node_name"] = "node1"
         write_json(ns.host(config["conf_file"]), read_json(
             os.path.join(ROOT, "examples", "diprocd-emptyworker.example.json")))
-    path = "/var/lib/diprocd/" + EXAMPLE[daemon].replace(".example", "")
-    write_json(ns.host(path), config)
+    write_json(ns.host(path or DEFAULT_CONFIG[daemon]), config)
     return config
 
 
@@ -174,6 +228,15 @@ def daemon_pids(ns, daemon):
         if any(arg.endswith(b"/bin/" + daemon.encode()) for arg in argv[:2]):
             pids.append(pid)
     return pids
+
+
+def process_uid(pid):
+    """The real uid of ``pid`` (all four are checked equal)."""
+    with open("/proc/%d/status" % pid) as handle:
+        uids = [line.split()[1:] for line in handle
+                if line.startswith("Uid:")][0]
+    assert len(set(uids)) == 1, uids
+    return int(uids[0])
 
 
 def skip_unless_daemon_exists(daemon):
@@ -260,7 +323,7 @@ def test_worker_example_runs_its_processes(namespace):
              and "foo" in open(ns.host("/var/log/diprocd/echo.worker.1.log")).read(),
              timeout=10, what="echo's output in its log")
     result = ns.run([os.path.join(BIN, "dpd-workerd"), "--status",
-                     "/var/lib/diprocd/diprocd-worker.json"],
+                     DEFAULT_CONFIG["dpd-workerd"]],
                     env=dict(ns.env(), PATH="/usr/bin:/bin"))
     assert "sleep.worker.1" in result.stdout, result
     assert init_script(ns, "dpd-workerd", "stop").returncode == 0
@@ -301,7 +364,7 @@ def test_status_and_stop_after_config_broke(namespace):
     ns = namespace
     write_defaults(ns)
     config = install_config(ns, "dpd-workerd")
-    config_path = ns.host("/var/lib/diprocd/diprocd-worker.json")
+    config_path = ns.host(DEFAULT_CONFIG["dpd-workerd"])
     write_json(config_path, dict(config, procs=[]))  # nothing left running
     pid_file = ns.host(config["pid_file"])
     assert init_script(ns, "dpd-workerd", "start").returncode == 0
@@ -322,7 +385,7 @@ def test_config_without_a_pid_file(namespace):
     start 6, each saying why in the daemon's words."""
     ns = namespace
     write_defaults(ns)
-    with open(ns.host("/var/lib/diprocd/diprocd-worker.json"), "w") as handle:
+    with open(ns.host(DEFAULT_CONFIG["dpd-workerd"]), "w") as handle:
         handle.write('{"procs": []}')
     for action, code in (("status", 4), ("stop", 1), ("start", 6)):
         result = init_script(ns, "dpd-workerd", action)
@@ -386,15 +449,20 @@ def test_cron_line_mails_errors(namespace):
     result = ns.run(["/bin/sh", "-c", cron_command("dpd-workerd")],
                     env=cron_env(ns))
     assert result.returncode != 0 and result.stdout == "", result
-    assert "/var/lib/diprocd/diprocd-worker.json" in result.stderr, result
+    assert DEFAULT_CONFIG["dpd-workerd"] in result.stderr, result
     assert daemon_pids(ns, "dpd-workerd") == []
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("daemon", DAEMONS)
-def test_cron_line_respawns_exactly_one(namespace, daemon):
+@pytest.mark.parametrize("daemon,client_user", [
+    (daemon, False) for daemon in DAEMONS] + [("dpd-clientd", True)],
+    ids=list(DAEMONS) + ["dpd-clientd-as-diprocd"])
+def test_cron_line_respawns_exactly_one(request, daemon, client_user):
+    """``client_user``: the package's user exists and owns the worker's
+    folder: the line, run by root, starts dpd-clientd as that user."""
     skip_unless_daemon_exists(daemon)
-    ns = namespace
+    ns = request.getfixturevalue("user_namespace" if client_user
+                                 else "namespace")
     write_defaults(ns)
     config = install_config(ns, daemon)
     pid_file = ns.host(config["pid_file"])
@@ -403,10 +471,12 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
     for _ in range(2):
         result = ns.run(command, env=cron_env(ns))
         assert result.returncode == 0, result
-        assert result.stdout == "", "cron would mail: %r" % result.stdout
+        assert result.stdout == result.stderr == "", "cron would mail: %r" % (
+            result.stdout + result.stderr)
     pid = wait_for(lambda: read_locked_pid(pid_file), timeout=10, what="pid file")
     wait_for(lambda: daemon_pids(ns, daemon) == [pid], timeout=10,
              what="exactly one %s" % daemon)
+    assert process_uid(pid) == (ns.client_uid if client_user else 0)
 
     # The daemon dies hard (its pid file stays): the next run starts one.
     os.kill(pid, signal.SIGKILL)
@@ -418,5 +488,112 @@ def test_cron_line_respawns_exactly_one(namespace, daemon):
                        what="a new daemon")
     wait_for(lambda: daemon_pids(ns, daemon) == [new_pid], timeout=10,
              what="exactly one %s" % daemon)
+    assert process_uid(new_pid) == process_uid(pid)
     assert init_script(ns, daemon, "stop").returncode == 0
     assert daemon_pids(ns, daemon) == []
+
+
+# --- the package's system user, diprocd ---------------------------------------
+
+def run_as_client_user(ns, *command):
+    return ns.run(["setpriv", "--reuid=" + CLIENT_USER, "--regid=" + CLIENT_USER,
+                   "--init-groups", "--"] + list(command))
+
+
+@pytest.mark.timeout(180)
+def test_client_runs_as_the_system_user(user_namespace, tmp_path, marker):
+    """With the package's user diprocd owning the worker's folder, the init
+    script runs dpd-clientd as diprocd: its pid file (in /run/diprocd, which
+    the script makes), its log and the worker's file it rewrites with the
+    list of a real master are its own; it cannot write its own CONFIG or
+    that folder; status, start again and stop work as for root."""
+    skip_unless_daemon_exists("dpd-clientd")
+    ns = user_namespace
+    write_defaults(ns)
+    (tmp_path / "master").mkdir()
+    master = Master(tmp_path / "master", marker, heartbeat=0.5, nodes={
+        "node1": [process_doc(marker, "a", "/bin/sleep", "8301")]})
+    master.start()
+    try:
+        config = install_config(ns, "dpd-clientd",
+                                master_stats=master.stats,
+                                master_updates=master.updates)
+        assert config["pid_file"].startswith("/run/diprocd/")
+        result = init_script(ns, "dpd-clientd", "start")
+        assert result.returncode == 0 and "warning" not in result.stderr, result
+        pid_file = ns.host(config["pid_file"])
+        pid = read_locked_pid(pid_file)
+        assert pid and process_uid(pid) == ns.client_uid
+        assert daemon_pids(ns, "dpd-clientd") == [pid]
+        worker_file = ns.host(config["conf_file"])
+        wait_for(lambda: read_json(worker_file)["procs"] == master.nodes["node1"],
+                 what="the master's list in the worker's file")
+        log = ns.host(config["log_file"])
+        wait_for(lambda: "wrote" in read_text(log, default=""),
+                 what="the client's log")
+        for path in (pid_file, os.path.dirname(pid_file), worker_file, log):
+            assert os.stat(path).st_uid == ns.client_uid, path
+        for path in (DEFAULT_CONFIG["dpd-clientd"], "/var/lib/diprocd"):
+            result = run_as_client_user(ns, "test", "-w", path)
+            assert result.returncode == 1, (path, result)
+
+        result = init_script(ns, "dpd-clientd", "status")
+        assert result.returncode == 0 and str(pid) in result.stdout, result
+        result = init_script(ns, "dpd-clientd", "start")
+        assert "already running" in result.stdout, result
+        assert daemon_pids(ns, "dpd-clientd") == [pid]
+        result = init_script(ns, "dpd-clientd", "stop")
+        assert result.returncode == 0, result
+        assert not is_alive(pid) and not os.path.exists(pid_file)
+        assert init_script(ns, "dpd-clientd", "status").returncode == 3
+    finally:
+        master.stop()
+
+
+@pytest.mark.timeout(180)
+def test_an_install_from_before_the_system_user_keeps_working(user_namespace):
+    """The worker's file where the package put it before its user (with
+    the client's pid file in /var/run): the init scripts find it there and
+    run both daemons as root, as then, though the user now exists."""
+    skip_unless_daemon_exists("dpd-clientd")
+    ns = user_namespace
+    write_defaults(ns)
+    old_pid_file = "/var/run/dpd-clientd.pid"
+    config = install_config(ns, "dpd-clientd", pid_file=old_pid_file,
+                            log_file="/var/log/diprocd/dpd-clientd.log",
+                            conf_file=OLD_WORKER_CONFIG)
+    worker = install_config(ns, "dpd-workerd", path=OLD_WORKER_CONFIG,
+                            procs=[])
+    assert not os.path.exists(ns.host(DEFAULT_CONFIG["dpd-workerd"]))
+    for daemon, doc in (("dpd-workerd", worker), ("dpd-clientd", config)):
+        result = init_script(ns, daemon, "start")
+        assert result.returncode == 0, result
+        pid = read_locked_pid(ns.host(doc["pid_file"]))
+        assert pid and process_uid(pid) == 0
+        assert daemon_pids(ns, daemon) == [pid]
+        assert init_script(ns, daemon, "status").returncode == 0
+    for daemon in ("dpd-clientd", "dpd-workerd"):
+        assert init_script(ns, daemon, "stop").returncode == 0
+        assert daemon_pids(ns, daemon) == []
+
+
+@pytest.mark.timeout(180)
+def test_worker_trusts_the_client_user(user_namespace):
+    """With the package's user, the init script tells dpd-workerd to trust
+    it to own its CONFIG (--config-owner diprocd, the file-safety rules),
+    and the worker runs a file that user wrote, in its folder."""
+    skip_unless_daemon_exists("dpd-workerd")
+    ns = user_namespace
+    write_defaults(ns)
+    config = install_config(ns, "dpd-workerd")
+    worker_file = ns.host(DEFAULT_CONFIG["dpd-workerd"])
+    os.chown(worker_file, ns.client_uid, ns.client_uid)
+    os.chmod(worker_file, 0o600)
+    result = init_script(ns, "dpd-workerd", "start")
+    assert result.returncode == 0, result
+    pid = read_locked_pid(ns.host(config["pid_file"]))
+    assert pid and process_uid(pid) == 0
+    assert process_argv(pid)[2:4] == ["--config-owner", CLIENT_USER]
+    wait_for(lambda: read_pid(ns.host("/var/run/sleep.worker.1.pid")),
+             timeout=10, what="sleep.worker.1's pid file")
+    assert init_script(ns, "dpd-workerd", "stop").returncode == 0

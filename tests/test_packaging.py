@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import requires_root
 from helpers import ROOT, run_command
 
 DAEMON_OF_EXAMPLE = {
@@ -199,6 +200,8 @@ def test_deb_file_list(built_deb):
     expected = [
         "etc/default/diprocd", "etc/logrotate.d/diprocd",
         "var/lib/diprocd", "var/log/diprocd",
+        # The folders of the system user diprocd (the postinst's chown).
+        "var/lib/diprocd/worker", "var/log/diprocd/client",
         "usr/lib/python3/dist-packages/diprocd/cli.py",
         "usr/lib/diprocd/init.sh",
         "usr/share/doc/diprocd/copyright",
@@ -237,7 +240,8 @@ def test_deb_file_list(built_deb):
 def test_deb_depends_and_no_start_on_install(built_deb):
     depends = [d.strip().split()[0] for d in
                deb_field(built_deb["deb"], "Depends").split(",")]
-    for package in ("python3-zmq", "python3-simplejson", "python3-daemon"):
+    for package in ("python3-zmq", "python3-simplejson", "python3-daemon",
+                    "adduser"):
         assert package in depends
     assert deb_field(built_deb["deb"], "Architecture") == "all"
     # Neither enabled nor started on install: the administrator runs
@@ -246,9 +250,80 @@ def test_deb_depends_and_no_start_on_install(built_deb):
     postinst = open(postinst_path).read() if os.path.exists(postinst_path) else ""
     for word in ("invoke-rc.d", "update-rc.d", "systemctl", "start-stop-daemon"):
         assert word not in postinst, postinst
+    # It makes the system user dpd-clientd runs as (test_deb_postinst_*).
+    assert re.search(r"\n\s*adduser --system --group --no-create-home "
+                     r"--home /var/lib/diprocd\s+--quiet diprocd\n",
+                     postinst.replace("\\\n", " "))
+    # The packaged init body runs the client as that user, from start and
+    # from the cron lines' respawn, and has the worker trust it.
+    with open(os.path.join(built_deb["root"], "usr/lib/diprocd/init.sh")) as handle:
+        body = handle.read()
+    for line in ('chuid="--chuid $client_user:$client_user"',
+                 'run_as="setpriv --reuid=$client_user --regid=$client_user',
+                 'OPTS="--config-owner $client_user $OPTS"',
+                 "start-stop-daemon --start --quiet --pidfile \"$PIDFILE\" $chuid",
+                 'exec $run_as "$DAEMON" $OPTS "$CONFIG" >/dev/null'):
+        assert line in body, line
     with open(os.path.join(built_deb["control"], "postrm")) as handle:
         postrm = handle.read()
     assert 'update-rc.d "$name" remove' in postrm  # links go on purge
+
+
+@pytest.mark.timeout(900)
+@requires_root
+@pytest.mark.skipif(not (shutil.which("unshare") and shutil.which("adduser")),
+                    reason="needs unshare (util-linux) and adduser")
+def test_deb_postinst_makes_the_user_and_its_folders(built_deb, tmp_path):
+    """The packaged postinst, run twice (install, then upgrade) in a private
+    mount namespace whose /etc is an overlay of the host's (the host's
+    users untouched) and whose /var/lib, /var/log hold what the .deb
+    unpacks: one system user and group diprocd, home /var/lib/diprocd, no
+    login; the worker's folder diprocd's, 0750, and the client's log
+    folder too, unless dpkg-statoverride says otherwise."""
+    for folder in ("etc-upper", "etc-work", "var-lib/diprocd/worker",
+                   "var-log/diprocd/client", "var-lib/dpkg"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "var-lib/dpkg/statoverride").write_text(
+        "root adm 0750 /var/log/diprocd/client\n")
+    postinst = os.path.join(built_deb["control"], "postinst")
+    script = (
+        "set -e\n"
+        "mount -t overlay overlay -o lowerdir=/etc,upperdir={t}/etc-upper,"
+        "workdir={t}/etc-work /etc\n"
+        "mount --bind {t}/var-lib /var/lib\n"
+        "mount --bind {t}/var-log /var/log\n"
+        # dh_python3's part byte-compiles what dpkg lists of the package,
+        # which is not installed here: not this test's business.
+        "for tool in /usr/bin/py3compile /usr/bin/pypy3compile; do\n"
+        "    [ ! -e $tool ] || mount --bind /bin/true $tool\n"
+        "done\n"
+        "sh {p} configure ''\n"
+        "getent passwd diprocd\n"
+        "sh {p} configure 0.1.0\n"
+        "getent passwd diprocd\n"
+        "getent group diprocd\n"
+        "stat -c '%U:%G %a %n' /var/lib/diprocd/worker /var/log/diprocd/client\n"
+    ).format(t=tmp_path, p=postinst)
+    with open("/etc/passwd") as handle:
+        host_users = handle.read()
+    try:
+        result = subprocess.run(["unshare", "--mount", "--propagation",
+                                 "private", "sh", "-c", script],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(str(tmp_path / "etc-upper"))  # copies of /etc/shadow
+    assert result.returncode == 0, result
+    first, again, group, worker, client = result.stdout.splitlines()
+    assert first == again  # the upgrade keeps the user as it is
+    name, _, uid, gid, _, home, shell = first.split(":")
+    assert (name, home, shell) == ("diprocd", "/var/lib/diprocd",
+                                   "/usr/sbin/nologin")
+    assert 0 < int(uid) < 1000  # a system user
+    assert group.split(":")[:3] == ["diprocd", "x", gid]
+    assert worker == "diprocd:diprocd 750 /var/lib/diprocd/worker"
+    assert client == "root:root 755 /var/log/diprocd/client"  # overridden
+    with open("/etc/passwd") as handle:
+        assert handle.read() == host_users
 
 
 @pytest.mark.timeout(900)
