@@ -520,3 +520,37 @@ def test_a_reply_counts_only_from_the_node_the_command_went_to(tmp_path):
                               reply={"ok": True})
     master.on_report(genuine)
     assert answered == [(b"peer", {"ok": True})]
+
+
+def test_behind_a_backlog_the_client_applies_only_the_newest_list(node):
+    """Fifty lists queued on a real SUB socket: each is checked, one is
+    applied (a write each would hold the loop from signals for seconds
+    with big lists), and it is the newest."""
+    import zmq
+    client, conf = node
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    sub = context.socket(zmq.SUB)
+    try:
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        sub.setsockopt(zmq.SUBSCRIBE, protocol.topic("node1"))
+        sub.connect("tcp://127.0.0.1:%d" % port)
+        # The slow joiner: publish a first list until one arrives.
+        wait_for(lambda: pub.send_multipart(frames(1, [])) or sub.poll(50),
+                 what="the subscription to reach the publisher")
+        lists = [[dict(PROC, name="p%d" % seq)] for seq in range(2, 52)]
+        for seq, procs in enumerate(lists, start=2):
+            pub.send_multipart(frames(seq, procs))
+        client.sub = sub
+        applied = []
+        real_apply = client.apply
+        client.apply = lambda update: applied.append(update.seq) or \
+            real_apply(update)
+        wait_for(lambda: client._receive_updates() or client.applied_seq == 51,
+                 what="the newest list applied")
+    finally:
+        sub.close(linger=0)
+        pub.close(linger=0)
+        context.term()
+    assert json.load(open(conf))["procs"] == lists[-1]
+    assert applied[-1] == 51 and len(applied) <= 3, applied
