@@ -425,44 +425,38 @@ class Client:
     # -- updates ---------------------------------------------------------------
 
     def _receive_updates(self):
-        """The waiting messages: each checked, but only the newest list
-        applied. A list is the whole of the node's processes, so a newer
-        one supersedes what is queued before it; applying each in turn
-        (validation, a write and an fsync each) could keep the loop from
-        signals and timers for seconds behind a backlog."""
+        """The waiting messages, but of the lists only the newest: a list is
+        the whole of the node's processes, so it supersedes those queued
+        before it, and checking and applying each in turn (a 4000-process
+        list: a validation, a write and an fsync) could hold the loop from
+        signals and timers for seconds behind a backlog. Commands are
+        relayed each, in order."""
         newest = []
 
         def take(frames):
-            update = self.take(frames)
-            if update is not None:
-                newest[:] = [update]
+            if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
+                self.on_frames(frames)
+            else:
+                newest[:] = [frames]
         bus.receive_all(self.sub, take, RECEIVE_BATCH)
         if newest:
-            self.apply(newest[0])
+            self.on_frames(newest[0])
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
-        update = self.take(frames)
-        if update is not None:
-            self.apply(update)
-
-    def take(self, frames):
-        """Check one message: relay a command, drop what is malformed or
-        stale; return the update to apply, or None."""
         if self._opener is not None and len(frames) == 3:
             try:
                 frames = [frames[0], frames[1], self._opener.open(frames[2])]
             except ProtocolError as err:
                 self.drops.drop(err)
-                return None
+                return
         if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
-            self._relay(frames)
-            return None
+            return self._relay(frames)
         try:
             update = protocol.decode_update(frames, self.config.node_name)
         except ProtocolError as err:
             self.drops.drop(err)
-            return None
+            return
         now = self._clock()
         if self._last_heard is None:
             self.log.info("heard the master (epoch %s)", update.epoch)
@@ -474,8 +468,8 @@ class Client:
                              update.epoch, update.seq):
             self.log.debug("ignored stale %r (applied seq %s)", update,
                            self.applied_seq)
-            return None
-        return update
+            return
+        self.apply(update)
 
     def apply(self, update):
         """Make ``conf_file`` hold ``update``'s list; True when it does."""

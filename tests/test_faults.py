@@ -14,7 +14,6 @@ them all); waits are conditions with deadlines.
 
 import ast
 import inspect
-import itertools
 import json
 import logging
 import os
@@ -163,9 +162,13 @@ def test_a_new_worker_waits_for_the_starts_a_killed_one_left_in_flight(
 # -- 2. the client killed while it rewrites the worker's file -----------------
 
 class Publisher(threading.Thread):
-    """A fake master's PUB socket sending ``lists`` for node1 in turn, as
-    fast as the client takes them, each with an epoch of its own (a client
-    always takes another epoch), until ``stop()``."""
+    """A fake master's PUB socket sending, every 5 ms, one of ``lists``
+    for node1, the next every SLICE seconds, each with an epoch of its own
+    (a client always takes another epoch), until ``stop()``. (A client
+    behind takes the newest list queued: a new one every slice means a
+    write at nearly every turn of its loop.)"""
+
+    SLICE = 0.1
 
     def __init__(self, updates, lists):
         super().__init__(daemon=True)
@@ -180,10 +183,10 @@ class Publisher(threading.Thread):
 
     def run(self):
         try:
-            for frames in itertools.cycle(self.messages):
-                if self.halt.wait(0.005):  # pacing, not a wait for a state
-                    return
-                self.pub.send_multipart(frames)
+            while not self.halt.wait(0.005):  # pacing, not a wait for a state
+                index = int(time.monotonic() / self.SLICE)
+                self.pub.send_multipart(
+                    self.messages[index % len(self.messages)])
         finally:
             self.pub.close()
 
