@@ -6,6 +6,7 @@ daemonizing.
 """
 
 import collections
+import time
 
 from diprocd import protocol
 
@@ -54,13 +55,16 @@ def socket(context, kind, receives=False):
     return sock
 
 
-def receive_all(sock, handle, limit, copy=True):
+def receive_all(sock, handle, limit, copy=True, budget=None):
     """Hand each waiting message (its frames) to ``handle``, at most
-    ``limit`` of them, so that timers and signals get their turn.
-    ``copy=False``: zmq.Frame objects, which carry the sender's CURVE
-    identity (``frame.get("User-Id")``)."""
+    ``limit`` of them (and for at most ``budget`` seconds), so that timers
+    and signals get their turn. ``copy=False``: zmq.Frame objects, which
+    carry the sender's CURVE identity (``frame.get("User-Id")``)."""
     zmq = zmq_module()
+    end = None if budget is None else time.monotonic() + budget
     for _ in range(limit):
+        if end is not None and time.monotonic() > end:
+            return
         try:
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
         except zmq.Again:

@@ -50,8 +50,10 @@ RELAY_TIMEOUT = 3.0  # the worker's answer to an operator's command
 # this delay doubling up to the max (a key allowed later gets in).
 REFUSED_RETRY = 1.0
 REFUSED_RETRY_MAX = 30.0
-# Updates handled in one go before timers and signals get their turn.
+# Updates handled in one go before timers and signals get their turn: at
+# most this many, for at most this long.
 RECEIVE_BATCH = 100
+RECEIVE_BUDGET = 0.05
 
 
 def check_update_procs(update, worker_doc, conf_file):
@@ -425,38 +427,46 @@ class Client:
     # -- updates ---------------------------------------------------------------
 
     def _receive_updates(self):
-        """The waiting messages, but of the lists only the newest: a list is
-        the whole of the node's processes, so it supersedes those queued
-        before it, and checking and applying each in turn (a 4000-process
-        list: a validation, a write and an fsync) could hold the loop from
-        signals and timers for seconds behind a backlog. Commands are
-        relayed each, in order."""
+        """The waiting messages, for at most RECEIVE_BUDGET seconds: each
+        checked (a bad one is dropped and counted), but only the newest
+        list applied. A list is the whole of the node's processes, so a
+        newer one supersedes what is queued before it; applying each in
+        turn (a 4000-process list: a validation, a write and an fsync)
+        could hold the loop from signals and timers for seconds behind a
+        backlog."""
         newest = []
 
         def take(frames):
-            if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
-                self.on_frames(frames)
-            else:
-                newest[:] = [frames]
-        bus.receive_all(self.sub, take, RECEIVE_BATCH)
+            update = self.take(frames)
+            if update is not None:
+                newest[:] = [update]
+        bus.receive_all(self.sub, take, RECEIVE_BATCH, budget=RECEIVE_BUDGET)
         if newest:
-            self.on_frames(newest[0])
+            self.apply(newest[0])
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
+        update = self.take(frames)
+        if update is not None:
+            self.apply(update)
+
+    def take(self, frames):
+        """Check one message: relay a command, drop what is malformed or
+        stale; return the update to apply, or None."""
         if self._opener is not None and len(frames) == 3:
             try:
                 frames = [frames[0], frames[1], self._opener.open(frames[2])]
             except ProtocolError as err:
                 self.drops.drop(err)
-                return
+                return None
         if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
-            return self._relay(frames)
+            self._relay(frames)
+            return None
         try:
             update = protocol.decode_update(frames, self.config.node_name)
         except ProtocolError as err:
             self.drops.drop(err)
-            return
+            return None
         now = self._clock()
         if self._last_heard is None:
             self.log.info("heard the master (epoch %s)", update.epoch)
@@ -468,8 +478,8 @@ class Client:
                              update.epoch, update.seq):
             self.log.debug("ignored stale %r (applied seq %s)", update,
                            self.applied_seq)
-            return
-        self.apply(update)
+            return None
+        return update
 
     def apply(self, update):
         """Make ``conf_file`` hold ``update``'s list; True when it does."""

@@ -523,9 +523,9 @@ def test_a_reply_counts_only_from_the_node_the_command_went_to(tmp_path):
 
 
 def test_behind_a_backlog_the_client_applies_only_the_newest_list(node):
-    """Fifty lists queued on a real SUB socket: one is checked and applied
-    (a check and a write each would hold the loop from signals for seconds
-    with big lists), and it is the newest."""
+    """Fifty lists queued on a real SUB socket: each is decoded, one is
+    checked and applied (a check and a write each would hold the loop from
+    signals for seconds with big lists), and it is the newest."""
     import zmq
     client, conf = node
     context = zmq.Context()
