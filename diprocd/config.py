@@ -601,7 +601,7 @@ def load_worker_config(path):
     problems += proc_problems
     warnings += proc_warnings
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return WorkerConfig(path, values["pid_file"], values["log_file"],
                         warnings, values["data"], procs=tuple(specs))
 
@@ -643,10 +643,10 @@ def load_master_config(path):
                          path, node, curve.clients.folder, node)
                      for node in sorted(values["nodes"])
                      if node not in curve.clients.keys]
-    if problems:
-        raise ConfigError(problems)
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
+    if problems:
+        raise ConfigError(problems, warnings)
     return MasterConfig(path, values["pid_file"], values["log_file"], warnings,
                         values["data"], values["master_stats"],
                         values["master_updates"], values["master_control"],
@@ -747,10 +747,10 @@ def load_client_config(path):
     curve, curve_problems = keys.client_curve(
         path, values["curve_secret_key"], values["curve_master_key"])
     problems += curve_problems
-    if problems:
-        raise ConfigError(problems)
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
+    if problems:
+        raise ConfigError(problems, warnings)
     return ClientConfig(path, values["pid_file"], values["log_file"], warnings,
                         values["data"], values["master_stats"], values["master_updates"],
                         values["node_name"], conf_file,
