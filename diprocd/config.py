@@ -7,7 +7,8 @@ One module for the three daemons' files and for the process lists in them:
   (one base, ``DaemonConfig``) or raise ConfigError with every problem;
 - each file's top-level keys are checked from one table per file
   (``WORKER_KEYS``, ``MASTER_KEYS``, ``CLIENT_KEYS``), and a process's
-  fields from one table (``PROC_FIELDS``), with the same small checks
+  fields from the one table of them, ``spec.FIELDS`` (``PROC_FIELDS``: a
+  check for each field's type, ``FIELD_TYPES``), with the same small checks
   (absolute path, seconds, endpoint, ...);
 - ``validate_procs`` checks a list of process definitions the same way for
   the worker, the client and the master.
@@ -28,7 +29,7 @@ import simplejson as json
 from diprocd import jsonin, keys, protocol
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
+from diprocd.spec import DEFAULTS, FIELDS, REQUIRED, ProcessSpec
 
 # The largest configuration file we agree to parse (a sanity bound).
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -247,30 +248,44 @@ def lookup_user(user):
 
 # --- process lists ------------------------------------------------------------------
 
-# A process's fields: name -> check (value -> the spec's value). ``name`` and
-# the defaults that depend on the machine (user, pid_file) are handled in
-# _validate_one.
-PROC_FIELDS = {
-    "run": absolute_path,
-    "args": string_list("must be a list of strings"),
+def process_name(value):
+    """A process's name: it labels every message and names a pid file."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid("required, a non-empty string")
+    if "/" in value or value in (".", "..") or "\0" in value:
+        raise Invalid('must not contain "/" nor be "." or ".."')
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise Invalid("longer than %d bytes (it names a pid file)"
+                      % MAX_NAME_BYTES)
+    return value
+
+
+# What each type of process field accepts (spec.FIELDS gives each field
+# its type): a check, value -> the spec's value, raising Invalid.
+FIELD_TYPES = {
+    "name": process_name,
+    "path": absolute_path,
+    "normal path": normal_path,
+    "strings": string_list("must be a list of strings"),
+    "names": string_list("must be a list of process names"),
     "user": user_name,
-    "chroot": normal_path,
-    "env": environment,
-    "pid_file": normal_path,
-    "logs": normal_path,
-    "cwd": non_empty_string,
-    "write_pid": boolean,
-    "daemon": boolean,
-    "restart": boolean,
-    "stop_signal": stop_signal,
-    "stop_timeout": seconds(0, 86400),
+    "environment": environment,
+    "text": non_empty_string,
+    "boolean": boolean,
+    "signal": stop_signal,
+    "timeout": seconds(0, 86400),
     "umask": umask,
-    "depends": string_list("must be a list of process names"),
 }
 
+# A process's fields: name -> check, from spec.FIELDS. The name is checked
+# first, on its own (``_process_label``: it labels the other messages); the
+# defaults that depend on the machine (user, pid_file) in _validate_one.
+PROC_FIELDS = {field.name: FIELD_TYPES[field.type] for field in FIELDS
+               if field.name != "name"}
 
 # Fields where null means "the default" (as the seed's examples write them).
-NULL_IS_DEFAULT = ("user", "chroot", "pid_file", "logs")
+NULL_IS_DEFAULT = tuple(field.name for field in FIELDS
+                        if field.null_is_default)
 
 
 class _Where:
@@ -319,19 +334,17 @@ def _process_label(item, index, out, seen):
                             % (out.where, index + 1, _type_name(item)))
         return None
     name = item.get("name")
-    if not isinstance(name, str) or not name.strip():
-        out.problem("process #%d" % (index + 1), "name",
-                    "required, a non-empty string")
+    try:
+        process_name(name)
+    except Invalid as err:
+        if isinstance(name, str) and name.strip():
+            label = 'process "%s"' % name
+            label = label if len(label) <= 60 else label[:60] + '..."'
+        else:
+            label = "process #%d" % (index + 1)
+        out.problem(label, "name", err)
         return None
     label = 'process "%s"' % name
-    if "/" in name or name in (".", "..") or "\0" in name:
-        out.problem(label, "name", 'must not contain "/" nor be "." or ".."')
-        return None
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        out.problem(label[:60] + '..."', "name",
-                    "longer than %d bytes (it names a pid file)"
-                    % MAX_NAME_BYTES)
-        return None
     if name in seen:
         out.problem(label, "name", "duplicate name")
         return None

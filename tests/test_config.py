@@ -1,11 +1,12 @@
 """The one validator: every bad input named by file, process and field."""
 
+import dataclasses
 import os
 import signal
 
 import pytest
 
-from diprocd import config
+from diprocd import config, spec
 from diprocd.errors import ConfigError
 from helpers import run_command
 
@@ -26,6 +27,21 @@ def test_defaults_are_the_seeds():
     assert spec.stop_signal == signal.SIGTERM and spec.stop_timeout == 10
     assert spec.umask == 0o022 and spec.depends == ()
     assert spec.user == config.default_user()
+
+
+def test_the_fields_live_once():
+    """spec.FIELDS is the table: the spec's attributes and defaults, the
+    validator's checks (one per type) and its null rule come from it."""
+    names = [field.name for field in spec.FIELDS]
+    attributes = dataclasses.fields(spec.ProcessSpec)
+    assert [a.name for a in attributes] == names
+    assert {a.name: a.default for a in attributes
+            if a.default is not dataclasses.MISSING} == {
+        f.name: f.default for f in spec.FIELDS if not f.required}
+    assert list(config.PROC_FIELDS) == names[1:]  # the name: _process_label
+    assert set(config.FIELD_TYPES) == {field.type for field in spec.FIELDS}
+    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs")
+    assert spec.REQUIRED == ("name", "run")
 
 
 def test_every_problem_is_named():
