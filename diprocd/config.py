@@ -79,7 +79,27 @@ def parse_json_text(data, where):
 
 
 # --- the small checks, shared by every table ------------------------------------
+#
+# Each carries, as ``check.schema``, the JSON Schema of the values it
+# accepts: schema.py builds the three files' schemas from them, and
+# tests/test_schema.py checks that a check and its schema agree. Patterns are
+# written to mean the same to Python's ``re`` (jsonschema) and to ECMA-262
+# (editors): ``$(?!\n)`` is the end, where Python's ``$`` alone would let a
+# trailing newline through.
 
+NOT_NUL = "^[^\\u0000]*$"  # a string without NUL (the class takes \n)
+
+
+def accepts(schema):
+    """Attach ``schema`` to the check it decorates."""
+    def attach(check):
+        check.schema = schema
+        return check
+    return attach
+
+
+@accepts({"title": "absolute path", "type": "string",
+          "pattern": "^/[^\\u0000]*$"})
 def absolute_path(value):
     if not isinstance(value, str) or not os.path.isabs(value):
         raise Invalid("must be an absolute path, got %s" % json.dumps(value))
@@ -92,11 +112,14 @@ def _no_nul(text):
         raise Invalid("must not contain a NUL byte, got %s" % json.dumps(text))
 
 
+@accepts(absolute_path.schema)
 def normal_path(value):
     return os.path.normpath(absolute_path(value))
 
 
 def seconds(low, high):
+    @accepts({"title": "seconds", "type": "number", "minimum": low,
+              "maximum": high})
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not low <= value <= high:
@@ -106,6 +129,8 @@ def seconds(low, high):
     return check
 
 
+@accepts({"title": "ZeroMQ endpoint", "type": "string",
+          "pattern": "^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\\S+$(?!\\n)"})
 def endpoint(value):
     if not isinstance(value, str) or not ENDPOINT_RE.match(value):
         raise Invalid('must be a ZeroMQ endpoint such as '
@@ -113,13 +138,16 @@ def endpoint(value):
     return value
 
 
+@accepts({"title": "boolean", "type": "boolean"})
 def boolean(value):
     if not isinstance(value, bool):
         raise Invalid("must be true or false, got %s" % json.dumps(value))
     return value
 
 
-def string_list(why):
+def string_list(why, title="list of strings"):
+    @accepts({"title": title, "type": "array",
+              "items": {"type": "string", "pattern": NOT_NUL}})
     def check(value):
         if not isinstance(value, list) or not all(isinstance(v, str)
                                                   for v in value):
@@ -130,6 +158,8 @@ def string_list(why):
     return check
 
 
+@accepts({"title": "path", "type": "string", "minLength": 1,
+          "pattern": NOT_NUL})
 def non_empty_string(value):
     if not isinstance(value, str) or not value:
         raise Invalid("must be a non-empty string")
@@ -137,6 +167,9 @@ def non_empty_string(value):
     return value
 
 
+@accepts({"title": "object of strings", "type": "object",
+          "propertyNames": {"pattern": "^[^=\\u0000]+$"},
+          "additionalProperties": {"type": "string", "pattern": NOT_NUL}})
 def environment(value):
     if not isinstance(value, dict) or not all(isinstance(v, str)
                                               for v in value.values()):
@@ -148,6 +181,9 @@ def environment(value):
     return tuple(sorted(value.items()))
 
 
+@accepts({"title": "user name or uid", "anyOf": [
+    {"type": "string", "minLength": 1, "pattern": NOT_NUL},
+    {"type": "integer", "minimum": 0}]})
 def user_name(value):
     if isinstance(value, bool) or not isinstance(value, (str, int)) \
             or value == "" or (isinstance(value, int) and value < 0):
@@ -157,6 +193,17 @@ def user_name(value):
     return str(value)
 
 
+def _any_case(word):
+    """A pattern matching ``word`` in any case, ASCII letters only."""
+    return "".join("[%s%s]" % (c.upper(), c.lower()) if c.isalpha() else c
+                   for c in word)
+
+
+@accepts({"title": "signal name or number", "anyOf": [
+    {"type": "string", "pattern": "^(%s)?(%s)$(?!\\n)" % (
+        _any_case("SIG"), "|".join(_any_case(name[3:]) for name in sorted(
+            signal.Signals.__members__)))},
+    {"type": "integer", "enum": sorted({int(s) for s in signal.Signals})}]})
 def stop_signal(value):
     try:
         return parse_signal(value)
@@ -164,6 +211,9 @@ def stop_signal(value):
         raise Invalid("unknown signal %s" % json.dumps(value))
 
 
+@accepts({"title": "octal string or number", "anyOf": [
+    {"type": "string", "pattern": "^(0[oO])?0*[0-7]{1,3}$(?!\\n)"},
+    {"type": "integer", "minimum": 0, "maximum": 0o777}]})
 def umask(value):
     try:
         return parse_umask(value)
@@ -172,6 +222,8 @@ def umask(value):
                       % json.dumps(value))
 
 
+@accepts({"title": "node name (%H: the hostname, %%: a %)",
+          "type": "string", "minLength": 1, "pattern": NOT_NUL})
 def node_name(value):
     if not isinstance(value, str):
         raise Invalid("must be a string, got %s" % json.dumps(value))
@@ -248,6 +300,9 @@ def lookup_user(user):
 
 # --- process lists ------------------------------------------------------------------
 
+@accepts({"title": "string", "type": "string", "maxLength": MAX_NAME_BYTES,
+          "allOf": [{"pattern": "\\S"}, {"pattern": "^[^/\\u0000]*$"}],
+          "not": {"enum": [".", ".."]}})
 def process_name(value):
     """A process's name: it labels every message and names a pid file."""
     if not isinstance(value, str) or not value.strip():
@@ -267,7 +322,8 @@ FIELD_TYPES = {
     "path": absolute_path,
     "normal path": normal_path,
     "strings": string_list("must be a list of strings"),
-    "names": string_list("must be a list of process names"),
+    "names": string_list("must be a list of process names",
+                         "list of process names"),
     "user": user_name,
     "environment": environment,
     "text": non_empty_string,
@@ -538,13 +594,23 @@ class Key:
     default: object = None
 
 
+@accepts({"title": "object {node name: [process, ...]}", "type": "object"})
 def _nodes_object(value):
     if not isinstance(value, dict):
         raise Invalid("must be an object {node name: [process, ...]}")
     return value
 
 
-COMMON_KEYS = {"pid_file": Key(absolute_path, required=True),
+@accepts({"title": "the JSON Schema of this file (for editors)",
+          "type": "string"})
+def schema_reference(value):
+    if not isinstance(value, str):
+        raise Invalid("must be a string (a URI), got %s" % json.dumps(value))
+    return value
+
+
+COMMON_KEYS = {"$schema": Key(schema_reference),
+               "pid_file": Key(absolute_path, required=True),
                "log_file": Key(absolute_path)}
 ENDPOINT_KEYS = {"master_stats": Key(endpoint, required=True),
                  "master_updates": Key(endpoint, required=True),
