@@ -34,8 +34,10 @@ from diprocd.spec import DEFAULTS, FIELDS, REQUIRED, ProcessSpec
 # The largest configuration file we agree to parse (a sanity bound).
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
-# A ZeroMQ endpoint, as the master binds it and the client connects to it.
-ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
+# A ZeroMQ endpoint, as the master binds it and the client connects to it
+# (also the schema's pattern: "$(?!\n)", see the small checks below).
+ENDPOINT_PATTERN = r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$(?!\n)"
+ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
 
 # A process name becomes a file name (its default pid file): a bound.
 MAX_NAME_BYTES = 200
@@ -130,7 +132,7 @@ def seconds(low, high):
 
 
 @accepts({"title": "ZeroMQ endpoint", "type": "string",
-          "pattern": "^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\\S+$(?!\\n)"})
+          "pattern": ENDPOINT_PATTERN})
 def endpoint(value):
     if not isinstance(value, str) or not ENDPOINT_RE.match(value):
         raise Invalid('must be a ZeroMQ endpoint such as '
@@ -211,8 +213,14 @@ def stop_signal(value):
         raise Invalid("unknown signal %s" % json.dumps(value))
 
 
+# A umask as a string: octal digits, "0o" before them or not, at most 0o777
+# (the schema's pattern too: no sign, space or "_", which int() would take).
+UMASK_PATTERN = r"^(0[oO])?0*[0-7]{1,3}$(?!\n)"
+UMASK_RE = re.compile(UMASK_PATTERN)
+
+
 @accepts({"title": "octal string or number", "anyOf": [
-    {"type": "string", "pattern": "^(0[oO])?0*[0-7]{1,3}$(?!\\n)"},
+    {"type": "string", "pattern": UMASK_PATTERN},
     {"type": "integer", "minimum": 0, "maximum": 0o777}]})
 def umask(value):
     try:
@@ -240,6 +248,8 @@ def parse_signal(value):
     if isinstance(value, int):
         return signal.Signals(value).value
     if isinstance(value, str):
+        if not value.isascii():  # "\u017figterm".upper() is "SIGTERM"
+            raise ValueError(value)
         name = value.upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
@@ -252,8 +262,9 @@ def parse_umask(value):
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, str):
-        text = value[2:] if value.lower().startswith("0o") else value
-        result = int(text, 8)
+        if not UMASK_RE.match(value):
+            raise ValueError(value)
+        result = int(value[2:] if value[1:2] in ("o", "O") else value, 8)
     elif isinstance(value, int):
         result = value
     else:
@@ -266,7 +277,9 @@ def parse_umask(value):
 def resolve_node_name(raw):
     """``%H`` -> socket.gethostname(); ``%%`` -> ``%``."""
     hostname = socket.gethostname()
-    return raw.replace("%%", "\0").replace("%H", hostname).replace("\0", "%")
+    # Split, not a placeholder character: a NUL in the name must stay one
+    # (and be refused), not turn into a "%".
+    return "%".join(part.replace("%H", hostname) for part in raw.split("%%"))
 
 
 def _type_name(value):

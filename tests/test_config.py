@@ -105,6 +105,26 @@ def test_signal_and_umask_forms():
     assert specs[1].stop_signal == signal.SIGHUP and specs[1].umask == 0o027
 
 
+def test_forms_the_schema_cannot_share_are_refused():
+    """Found when the schema and the validator were made to agree: int()
+    took a umask with a sign, a space or "_"; str.upper() made "\u017figterm"
+    SIGTERM; "$" let an endpoint end in a newline; a NUL in a node name
+    came back as "%"."""
+    for umask in ("0 ", " 022", "+22", "0_22", "-0", "0o", "022\n", "1000"):
+        with pytest.raises(config.Invalid):
+            config.umask(umask)
+    assert config.umask("0O777") == config.umask("0777") == 0o777
+    for name in ("\u017figterm", "s\u0131gterm", "TERM\n"):
+        with pytest.raises(config.Invalid):
+            config.stop_signal(name)
+    with pytest.raises(config.Invalid):
+        config.endpoint("tcp://127.0.0.1:5555\n")
+    with pytest.raises(config.Invalid):
+        config.node_name("web\0%H")
+    assert config.resolve_node_name("100%%-%H") == "100%-" + \
+        config.socket.gethostname()
+
+
 def test_spec_equality_is_the_diff():
     one, _, _ = problems_of([{"name": "a", "run": "/bin/true", "env": {"X": "1", "Y": "2"}}])
     two, _, _ = problems_of([{"name": "a", "run": "/bin/true", "env": {"Y": "2", "X": "1"}}])
