@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv bench clean demo deb soak chaos
+.PHONY: test venv bench clean demo deb soak chaos docs
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 test: venv
 	tests/setup-system.sh
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
+
+# The generated files: the JSON Schemas in schema/ and the process-field
+# tables of README.md and man/dpd-workerd.8, from diprocd/spec.py and
+# diprocd/config.py (tests/test_schema.py fails when they differ).
+docs: venv
+	$(VPY) -m diprocd.schema --write
 
 # The chaos suite, long (make test runs a short one): a master and three
 # nodes under config churn and kill -9s, see tests/chaos/test_chaos.py.

@@ -22,6 +22,7 @@ import sys
 
 from diprocd import __version__
 from diprocd import config as config_mod
+from diprocd import preflight
 from diprocd.config import load_pid_file
 from diprocd.daemon import PidFile, daemonize, read_locked_pid, setup_logging
 from diprocd.errors import AlreadyRunning, ConfigError
@@ -58,7 +59,8 @@ def make_parser(prog, description, worker=False):
                         help="log debug messages")
     query = parser.add_mutually_exclusive_group()
     query.add_argument("--check", action="store_true",
-                       help="validate CONFIG, print every problem, exit 0/1")
+                       help="validate CONFIG, print every error and warning "
+                            "(also what would fail at start here), exit 0/1")
     if worker:
         query.add_argument("--status", action="store_true",
                            help="print the live state of every process; exit "
@@ -83,17 +85,26 @@ def make_parser(prog, description, worker=False):
 
 
 def check_config(loader, path):
-    """--check: print warnings and problems, return the exit code."""
-    try:
-        config = loader(path)
-    except ConfigError as err:
-        for problem in err.problems:
-            print("error: " + problem, file=sys.stderr)
-        return 1
-    for warning in config.warnings:
+    """--check: print every problem and warning (stderr), what CONFIG
+    resolves to and OK (stdout); return the exit code."""
+    report = preflight.check(loader, path)
+    for problem in report.errors:
+        print("error: " + problem, file=sys.stderr)
+    for warning in report.warnings:
         print("warning: " + warning, file=sys.stderr)
+    if not report.ok:
+        print("%s: invalid: %s, %s" % (
+            path, _count(report.errors, "error"),
+            _count(report.warnings, "warning")), file=sys.stderr)
+        return 1
+    for fact in report.facts:
+        print("%s: %s" % (path, fact))
     print("%s: OK" % path)
     return 0
+
+
+def _count(items, noun):
+    return "%d %s%s" % (len(items), noun, "" if len(items) == 1 else "s")
 
 
 def answer_pid_query(prog, args):

@@ -8,7 +8,8 @@ One module for the three daemons' files and for the process lists in them:
   an unsafe file (``trust``: writable or owned by others) among them;
 - each file's top-level keys are checked from one table per file
   (``WORKER_KEYS``, ``MASTER_KEYS``, ``CLIENT_KEYS``), and a process's
-  fields from one table (``PROC_FIELDS``), with the same small checks
+  fields from the one table of them, ``spec.FIELDS`` (``PROC_FIELDS``: a
+  check for each field's type, ``FIELD_TYPES``), with the same small checks
   (absolute path, seconds, endpoint, ...);
 - ``validate_procs`` checks a list of process definitions the same way for
   the worker, the client and the master.
@@ -29,13 +30,15 @@ import simplejson as json
 from diprocd import jsonin, keys, protocol, trust
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.spec import DEFAULTS, REQUIRED, ProcessSpec
+from diprocd.spec import DEFAULTS, FIELDS, REQUIRED, ProcessSpec
 
 # The largest configuration file we agree to parse (a sanity bound).
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
-# A ZeroMQ endpoint, as the master binds it and the client connects to it.
-ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
+# A ZeroMQ endpoint, as the master binds it and the client connects to it
+# (also the schema's pattern: "$(?!\n)", see the small checks below).
+ENDPOINT_PATTERN = r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$(?!\n)"
+ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
 
 # A process name becomes a file name (its default pid file): a bound.
 MAX_NAME_BYTES = 200
@@ -85,7 +88,27 @@ def parse_json_text(data, where):
 
 
 # --- the small checks, shared by every table ------------------------------------
+#
+# Each carries, as ``check.schema``, the JSON Schema of the values it
+# accepts: schema.py builds the three files' schemas from them, and
+# tests/test_schema.py checks that a check and its schema agree. Patterns are
+# written to mean the same to Python's ``re`` (jsonschema) and to ECMA-262
+# (editors): ``$(?!\n)`` is the end, where Python's ``$`` alone would let a
+# trailing newline through.
 
+NOT_NUL = "^[^\\u0000]*$"  # a string without NUL (the class takes \n)
+
+
+def accepts(schema):
+    """Attach ``schema`` to the check it decorates."""
+    def attach(check):
+        check.schema = schema
+        return check
+    return attach
+
+
+@accepts({"title": "absolute path", "type": "string",
+          "pattern": "^/[^\\u0000]*$"})
 def absolute_path(value):
     if not isinstance(value, str) or not os.path.isabs(value):
         raise Invalid("must be an absolute path, got %s" % json.dumps(value))
@@ -98,11 +121,14 @@ def _no_nul(text):
         raise Invalid("must not contain a NUL byte, got %s" % json.dumps(text))
 
 
+@accepts(absolute_path.schema)
 def normal_path(value):
     return os.path.normpath(absolute_path(value))
 
 
 def seconds(low, high):
+    @accepts({"title": "seconds", "type": "number", "minimum": low,
+              "maximum": high})
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not low <= value <= high:
@@ -112,6 +138,8 @@ def seconds(low, high):
     return check
 
 
+@accepts({"title": "ZeroMQ endpoint", "type": "string",
+          "pattern": ENDPOINT_PATTERN})
 def endpoint(value):
     if not isinstance(value, str) or not ENDPOINT_RE.match(value):
         raise Invalid('must be a ZeroMQ endpoint such as '
@@ -119,13 +147,16 @@ def endpoint(value):
     return value
 
 
+@accepts({"title": "boolean", "type": "boolean"})
 def boolean(value):
     if not isinstance(value, bool):
         raise Invalid("must be true or false, got %s" % json.dumps(value))
     return value
 
 
-def string_list(why):
+def string_list(why, title="list of strings"):
+    @accepts({"title": title, "type": "array",
+              "items": {"type": "string", "pattern": NOT_NUL}})
     def check(value):
         if not isinstance(value, list) or not all(isinstance(v, str)
                                                   for v in value):
@@ -136,6 +167,8 @@ def string_list(why):
     return check
 
 
+@accepts({"title": "path", "type": "string", "minLength": 1,
+          "pattern": NOT_NUL})
 def non_empty_string(value):
     if not isinstance(value, str) or not value:
         raise Invalid("must be a non-empty string")
@@ -143,6 +176,9 @@ def non_empty_string(value):
     return value
 
 
+@accepts({"title": "object of strings", "type": "object",
+          "propertyNames": {"pattern": "^[^=\\u0000]+$"},
+          "additionalProperties": {"type": "string", "pattern": NOT_NUL}})
 def environment(value):
     if not isinstance(value, dict) or not all(isinstance(v, str)
                                               for v in value.values()):
@@ -154,6 +190,9 @@ def environment(value):
     return tuple(sorted(value.items()))
 
 
+@accepts({"title": "user name or uid", "anyOf": [
+    {"type": "string", "minLength": 1, "pattern": NOT_NUL},
+    {"type": "integer", "minimum": 0}]})
 def user_name(value):
     if isinstance(value, bool) or not isinstance(value, (str, int)) \
             or value == "" or (isinstance(value, int) and value < 0):
@@ -163,6 +202,17 @@ def user_name(value):
     return str(value)
 
 
+def _any_case(word):
+    """A pattern matching ``word`` in any case, ASCII letters only."""
+    return "".join("[%s%s]" % (c.upper(), c.lower()) if c.isalpha() else c
+                   for c in word)
+
+
+@accepts({"title": "signal name or number", "anyOf": [
+    {"type": "string", "pattern": "^(%s)?(%s)$(?!\\n)" % (
+        _any_case("SIG"), "|".join(_any_case(name[3:]) for name in sorted(
+            signal.Signals.__members__)))},
+    {"type": "integer", "enum": sorted({int(s) for s in signal.Signals})}]})
 def stop_signal(value):
     try:
         return parse_signal(value)
@@ -170,6 +220,15 @@ def stop_signal(value):
         raise Invalid("unknown signal %s" % json.dumps(value))
 
 
+# A umask as a string: octal digits, "0o" before them or not, at most 0o777
+# (the schema's pattern too: no sign, space or "_", which int() would take).
+UMASK_PATTERN = r"^(0[oO])?0*[0-7]{1,3}$(?!\n)"
+UMASK_RE = re.compile(UMASK_PATTERN)
+
+
+@accepts({"title": "octal string or number", "anyOf": [
+    {"type": "string", "pattern": UMASK_PATTERN},
+    {"type": "integer", "minimum": 0, "maximum": 0o777}]})
 def umask(value):
     try:
         return parse_umask(value)
@@ -178,6 +237,8 @@ def umask(value):
                       % json.dumps(value))
 
 
+@accepts({"title": "node name (%H: the hostname, %%: a %)",
+          "type": "string", "minLength": 1, "pattern": NOT_NUL})
 def node_name(value):
     if not isinstance(value, str):
         raise Invalid("must be a string, got %s" % json.dumps(value))
@@ -194,6 +255,8 @@ def parse_signal(value):
     if isinstance(value, int):
         return signal.Signals(value).value
     if isinstance(value, str):
+        if not value.isascii():  # "\u017figterm".upper() is "SIGTERM"
+            raise ValueError(value)
         name = value.upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
@@ -206,8 +269,9 @@ def parse_umask(value):
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, str):
-        text = value[2:] if value.lower().startswith("0o") else value
-        result = int(text, 8)
+        if not UMASK_RE.match(value):
+            raise ValueError(value)
+        result = int(value[2:] if value[1:2] in ("o", "O") else value, 8)
     elif isinstance(value, int):
         result = value
     else:
@@ -220,7 +284,9 @@ def parse_umask(value):
 def resolve_node_name(raw):
     """``%H`` -> socket.gethostname(); ``%%`` -> ``%``."""
     hostname = socket.gethostname()
-    return raw.replace("%%", "\0").replace("%H", hostname).replace("\0", "%")
+    # Split, not a placeholder character: a NUL in the name must stay one
+    # (and be refused), not turn into a "%".
+    return "%".join(part.replace("%H", hostname) for part in raw.split("%%"))
 
 
 def _type_name(value):
@@ -254,30 +320,48 @@ def lookup_user(user):
 
 # --- process lists ------------------------------------------------------------------
 
-# A process's fields: name -> check (value -> the spec's value). ``name`` and
-# the defaults that depend on the machine (user, pid_file) are handled in
-# _validate_one.
-PROC_FIELDS = {
-    "run": absolute_path,
-    "args": string_list("must be a list of strings"),
+@accepts({"title": "string", "type": "string", "maxLength": MAX_NAME_BYTES,
+          "allOf": [{"pattern": "\\S"}, {"pattern": "^[^/\\u0000]*$"}],
+          "not": {"enum": [".", ".."]}})
+def process_name(value):
+    """A process's name: it labels every message and names a pid file."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid("required, a non-empty string")
+    if "/" in value or value in (".", "..") or "\0" in value:
+        raise Invalid('must not contain "/" nor be "." or ".."')
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise Invalid("longer than %d bytes (it names a pid file)"
+                      % MAX_NAME_BYTES)
+    return value
+
+
+# What each type of process field accepts (spec.FIELDS gives each field
+# its type): a check, value -> the spec's value, raising Invalid.
+FIELD_TYPES = {
+    "name": process_name,
+    "path": absolute_path,
+    "normal path": normal_path,
+    "strings": string_list("must be a list of strings"),
+    "names": string_list("must be a list of process names",
+                         "list of process names"),
     "user": user_name,
-    "chroot": normal_path,
-    "env": environment,
-    "pid_file": normal_path,
-    "logs": normal_path,
-    "cwd": non_empty_string,
-    "write_pid": boolean,
-    "daemon": boolean,
-    "restart": boolean,
-    "stop_signal": stop_signal,
-    "stop_timeout": seconds(0, 86400),
+    "environment": environment,
+    "text": non_empty_string,
+    "boolean": boolean,
+    "signal": stop_signal,
+    "timeout": seconds(0, 86400),
     "umask": umask,
-    "depends": string_list("must be a list of process names"),
 }
 
+# A process's fields: name -> check, from spec.FIELDS. The name is checked
+# first, on its own (``_process_label``: it labels the other messages); the
+# defaults that depend on the machine (user, pid_file) in _validate_one.
+PROC_FIELDS = {field.name: FIELD_TYPES[field.type] for field in FIELDS
+               if field.name != "name"}
 
 # Fields where null means "the default" (as the seed's examples write them).
-NULL_IS_DEFAULT = ("user", "chroot", "pid_file", "logs")
+NULL_IS_DEFAULT = tuple(field.name for field in FIELDS
+                        if field.null_is_default)
 
 
 class _Where:
@@ -326,19 +410,17 @@ def _process_label(item, index, out, seen):
                             % (out.where, index + 1, _type_name(item)))
         return None
     name = item.get("name")
-    if not isinstance(name, str) or not name.strip():
-        out.problem("process #%d" % (index + 1), "name",
-                    "required, a non-empty string")
+    try:
+        process_name(name)
+    except Invalid as err:
+        if isinstance(name, str) and name.strip():
+            label = 'process "%s"' % name
+            label = label if len(label) <= 60 else label[:60] + '..."'
+        else:
+            label = "process #%d" % (index + 1)
+        out.problem(label, "name", err)
         return None
     label = 'process "%s"' % name
-    if "/" in name or name in (".", "..") or "\0" in name:
-        out.problem(label, "name", 'must not contain "/" nor be "." or ".."')
-        return None
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        out.problem(label[:60] + '..."', "name",
-                    "longer than %d bytes (it names a pid file)"
-                    % MAX_NAME_BYTES)
-        return None
     if name in seen:
         out.problem(label, "name", "duplicate name")
         return None
@@ -535,13 +617,23 @@ class Key:
     default: object = None
 
 
+@accepts({"title": "object {node name: [process, ...]}", "type": "object"})
 def _nodes_object(value):
     if not isinstance(value, dict):
         raise Invalid("must be an object {node name: [process, ...]}")
     return value
 
 
-COMMON_KEYS = {"pid_file": Key(absolute_path, required=True),
+@accepts({"title": "the JSON Schema of this file (for editors)",
+          "type": "string"})
+def schema_reference(value):
+    if not isinstance(value, str):
+        raise Invalid("must be a string (a URI), got %s" % json.dumps(value))
+    return value
+
+
+COMMON_KEYS = {"$schema": Key(schema_reference),
+               "pid_file": Key(absolute_path, required=True),
                "log_file": Key(absolute_path)}
 ENDPOINT_KEYS = {"master_stats": Key(endpoint, required=True),
                  "master_updates": Key(endpoint, required=True),
@@ -616,7 +708,7 @@ def load_worker_config(path, owners=()):
     problems += proc_problems
     warnings += proc_warnings
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return _config(WorkerConfig, path, dict(values, procs=tuple(specs)),
                    warnings)
 
@@ -666,10 +758,10 @@ def load_master_config(path, owners=()):
                          path, node, curve.clients.folder, node)
                      for node in sorted(values["nodes"])
                      if node not in curve.clients.keys]
-    if problems:
-        raise ConfigError(problems)
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
+    if problems:
+        raise ConfigError(problems, warnings)
     values["curve"] = curve
     return _config(MasterConfig, path, values, warnings)
 
@@ -768,9 +860,9 @@ def load_client_config(path, owners=()):
     curve, curve_problems = keys.client_curve(
         path, values["curve_secret_key"], values["curve_master_key"])
     problems += curve_problems
-    if problems:
-        raise ConfigError(problems)
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
+    if problems:
+        raise ConfigError(problems, warnings)
     values["curve"] = curve
     return _config(ClientConfig, path, values, warnings)

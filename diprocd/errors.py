@@ -13,13 +13,15 @@ class ConfigError(DiprocdError):
     """A configuration file is unreadable or invalid.
 
     ``problems`` lists every problem found, each a complete message; ``str()``
-    joins them one per line.
+    joins them one per line. ``warnings`` are those found on the way, so
+    that ``--check`` can show them beside the problems.
     """
 
-    def __init__(self, problems):
+    def __init__(self, problems, warnings=()):
         if isinstance(problems, str):
             problems = [problems]
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(self.problems))
 
 

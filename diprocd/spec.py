@@ -1,4 +1,9 @@
-"""ProcessSpec: one process definition, with every default in one place.
+"""The fields of a process definition, once, and ProcessSpec.
+
+``FIELDS`` is the one table of the process fields: name, type, doc line,
+default. The validator (``config.PROC_FIELDS``), ``ProcessSpec`` and, through
+``schema.py``, the README's and the man page's field tables and the JSON
+Schemas are made from it.
 
 A spec is a frozen dataclass, so two specs compare equal exactly when the
 worker would run the same thing: that equality *is* the reload diff.
@@ -11,50 +16,87 @@ import zlib
 
 import simplejson as json
 
-# Field name -> default, in the order the seed's README documents them.
-# ``None`` means "derived when the file is loaded" (user, pid_file).
-DEFAULTS = {
-    "name": None,
-    "run": None,
-    "args": (),
-    "user": None,
-    "chroot": None,
-    "env": (),
-    "pid_file": None,
-    "logs": "/dev/null",
-    "cwd": "/",
-    "write_pid": True,
-    "daemon": False,
-    "restart": True,
-    "stop_signal": int(signal.SIGTERM),
-    "stop_timeout": 10.0,
-    "umask": 0o022,
-    "depends": (),
-}
 
-REQUIRED = ("name", "run")
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One field of a process definition: what the validator checks, the
+    spec holds, and the docs and the JSON Schemas say (``schema.py``
+    generates those from FIELDS)."""
+
+    name: str
+    # What it accepts: a key of config.FIELD_TYPES, whose check turns the
+    # file's value into the spec's.
+    type: str
+    doc: str  # one line of Markdown (only `code`), for the field tables
+    default: object = None  # the spec's value when the field is absent
+    # The default in words, when it is not a value (None: the value, or
+    # "required" for a required field).
+    default_doc: str = None
+    required: bool = False
+    null_is_default: bool = False  # null stands for the default
+
+
+# The fields, in the order the seed's README documents them.
+FIELDS = (
+    Field("name", "name", "unique name; no `/`, not `.` nor `..`, at most "
+          "200 bytes (it names the default pid file)", required=True),
+    Field("run", "path", "the program, an absolute path (inside the chroot)",
+          required=True),
+    Field("args", "strings", "list of arguments", ()),
+    Field("user", "user", "user name or uid to run as", None,
+          "`nobody` when the worker is root, else the worker's own user",
+          null_is_default=True),
+    Field("chroot", "normal path", "folder to chroot into", None, "none",
+          null_is_default=True),
+    Field("env", "environment", "variables added to a clean environment "
+          "(PATH, HOME, USER, LOGNAME, SHELL of the user)", ()),
+    Field("pid_file", "normal path", "where the pid is written (replaced "
+          "atomically; a symlink there is replaced, never followed)", None,
+          "`<name>.pid` beside the worker's pid file", null_is_default=True),
+    Field("logs", "normal path", "stdout and stderr are appended there "
+          "(opened before the chroot with the user's rights, never through "
+          "a symlink at its name, in a folder that must exist: see \"File "
+          "safety\")", "/dev/null", null_is_default=True),
+    Field("cwd", "text", "working directory; a relative path resolves "
+          "inside the chroot", "/"),
+    Field("write_pid", "boolean", "the worker writes `pid_file` (set "
+          "`false` if the program does)", True),
+    Field("daemon", "boolean", "the program forks to the background; "
+          "requires `write_pid: false` and a `pid_file`, which the worker "
+          "waits for (10 s at most) and whose pid it supervises", False),
+    Field("restart", "boolean", "start it again when it dies, at most 5 "
+          "starts within any 60 s", True),
+    Field("stop_signal", "signal", "signal sent to the process group to "
+          "stop it (`\"TERM\"`, `\"SIGINT\"`, `1`...)", int(signal.SIGTERM)),
+    Field("stop_timeout", "timeout", "seconds before `SIGKILL`", 10.0),
+    Field("umask", "umask", "the file mode mask, an octal string or a "
+          "number", 0o022),
+    Field("depends", "names", "names that must be running before this one "
+          "starts; stopped in reverse order when removed together", ()),
+)
+
+# Field name -> the spec's default (``None`` for user and pid_file: derived
+# when the file is loaded, on the worker's machine).
+DEFAULTS = {field.name: field.default for field in FIELDS}
+REQUIRED = tuple(field.name for field in FIELDS if field.required)
+
+
+def _fields_of_the_table(cls):
+    """Declare FIELDS on ``cls`` for @dataclass: one attribute each, its
+    default unless required."""
+    cls.__annotations__ = {field.name: object for field in FIELDS}
+    for field in FIELDS:
+        if not field.required:
+            setattr(cls, field.name, field.default)
+    return cls
 
 
 @dataclasses.dataclass(frozen=True)
+@_fields_of_the_table
 class ProcessSpec:
-    """One supervised process, as the worker runs it (defaults resolved)."""
-
-    name: str
-    run: str
-    args: tuple = DEFAULTS["args"]
-    user: str = None
-    chroot: str = None
-    env: tuple = DEFAULTS["env"]  # sorted (key, value) pairs: hashable
-    pid_file: str = None
-    logs: str = DEFAULTS["logs"]
-    cwd: str = DEFAULTS["cwd"]
-    write_pid: bool = DEFAULTS["write_pid"]
-    daemon: bool = DEFAULTS["daemon"]
-    restart: bool = DEFAULTS["restart"]
-    stop_signal: int = DEFAULTS["stop_signal"]
-    stop_timeout: float = DEFAULTS["stop_timeout"]
-    umask: int = DEFAULTS["umask"]
-    depends: tuple = DEFAULTS["depends"]
+    """One supervised process, as the worker runs it (defaults resolved):
+    one attribute per field of FIELDS. ``env`` holds sorted (key, value)
+    pairs and the lists are tuples, so that a spec is hashable."""
 
     @property
     def env_dict(self):

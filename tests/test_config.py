@@ -1,11 +1,12 @@
 """The one validator: every bad input named by file, process and field."""
 
+import dataclasses
 import os
 import signal
 
 import pytest
 
-from diprocd import config
+from diprocd import config, spec
 from diprocd.errors import ConfigError
 from helpers import run_command
 
@@ -26,6 +27,21 @@ def test_defaults_are_the_seeds():
     assert spec.stop_signal == signal.SIGTERM and spec.stop_timeout == 10
     assert spec.umask == 0o022 and spec.depends == ()
     assert spec.user == config.default_user()
+
+
+def test_the_fields_live_once():
+    """spec.FIELDS is the table: the spec's attributes and defaults, the
+    validator's checks (one per type) and its null rule come from it."""
+    names = [field.name for field in spec.FIELDS]
+    attributes = dataclasses.fields(spec.ProcessSpec)
+    assert [a.name for a in attributes] == names
+    assert {a.name: a.default for a in attributes
+            if a.default is not dataclasses.MISSING} == {
+        f.name: f.default for f in spec.FIELDS if not f.required}
+    assert list(config.PROC_FIELDS) == names[1:]  # the name: _process_label
+    assert set(config.FIELD_TYPES) == {field.type for field in spec.FIELDS}
+    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs")
+    assert spec.REQUIRED == ("name", "run")
 
 
 def test_every_problem_is_named():
@@ -87,6 +103,26 @@ def test_signal_and_umask_forms():
     assert problems == []
     assert specs[0].stop_signal == signal.SIGINT and specs[0].umask == 0o077
     assert specs[1].stop_signal == signal.SIGHUP and specs[1].umask == 0o027
+
+
+def test_forms_the_schema_cannot_share_are_refused():
+    """Found when the schema and the validator were made to agree: int()
+    took a umask with a sign, a space or "_"; str.upper() made "\u017figterm"
+    SIGTERM; "$" let an endpoint end in a newline; a NUL in a node name
+    came back as "%"."""
+    for umask in ("0 ", " 022", "+22", "0_22", "-0", "0o", "022\n", "1000"):
+        with pytest.raises(config.Invalid):
+            config.umask(umask)
+    assert config.umask("0O777") == config.umask("0777") == 0o777
+    for name in ("\u017figterm", "s\u0131gterm", "TERM\n"):
+        with pytest.raises(config.Invalid):
+            config.stop_signal(name)
+    with pytest.raises(config.Invalid):
+        config.endpoint("tcp://127.0.0.1:5555\n")
+    with pytest.raises(config.Invalid):
+        config.node_name("web\0%H")
+    assert config.resolve_node_name("100%%-%H") == "100%-" + \
+        config.socket.gethostname()
 
 
 def test_spec_equality_is_the_diff():

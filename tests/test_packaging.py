@@ -213,8 +213,20 @@ def test_deb_file_list(built_deb):
     for example in DAEMON_OF_EXAMPLE:
         expected.append("usr/share/doc/diprocd/" + example)
     expected += ["usr/bin/dpdctl", "usr/share/man/man8/dpdctl.8.gz"]
+    schemas = ["usr/share/diprocd/schema/diprocd-%s.schema.json" % kind
+               for kind in ("worker", "master", "client")]
+    expected += schemas
     missing = [p for p in expected if not os.path.lexists(os.path.join(root, p))]
     assert not missing, missing
+    # The JSON Schemas as the tree holds them (tests/test_schema.py: as
+    # the generator writes them), and no other.
+    assert sorted(os.listdir(os.path.join(root, "usr/share/diprocd/schema"))) \
+        == sorted(os.path.basename(p) for p in schemas)
+    for path in schemas:
+        with open(os.path.join(root, path), "rb") as packaged, \
+                open(os.path.join(ROOT, "schema", os.path.basename(path)),
+                     "rb") as tree:
+            assert packaged.read() == tree.read(), path
     # The body the three init scripts source, where they look for it.
     with open(os.path.join(ROOT, "lib", "init.sh"), "rb") as handle:
         body = handle.read()
