@@ -427,46 +427,28 @@ class Client:
     # -- updates ---------------------------------------------------------------
 
     def _receive_updates(self):
-        """The waiting messages, for at most RECEIVE_BUDGET seconds: each
-        checked (a bad one is dropped and counted), but only the newest
-        list applied. A list is the whole of the node's processes, so a
-        newer one supersedes what is queued before it; applying each in
-        turn (a 4000-process list: a validation, a write and an fsync)
-        could hold the loop from signals and timers for seconds behind a
-        backlog."""
-        newest = []
-
-        def take(frames):
-            update = self.take(frames)
-            if update is not None:
-                newest[:] = [update]
-        bus.receive_all(self.sub, take, RECEIVE_BATCH, budget=RECEIVE_BUDGET)
-        if newest:
-            self.apply(newest[0])
+        """The waiting messages, each checked and applied in turn, for at
+        most RECEIVE_BUDGET seconds (and RECEIVE_BATCH messages): behind a
+        backlog of big lists (a 4000-process list: a validation, a write
+        and an fsync) the loop must still turn for signals and timers."""
+        bus.receive_all(self.sub, self.on_frames, RECEIVE_BATCH,
+                        budget=RECEIVE_BUDGET)
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
-        update = self.take(frames)
-        if update is not None:
-            self.apply(update)
-
-    def take(self, frames):
-        """Check one message: relay a command, drop what is malformed or
-        stale; return the update to apply, or None."""
         if self._opener is not None and len(frames) == 3:
             try:
                 frames = [frames[0], frames[1], self._opener.open(frames[2])]
             except ProtocolError as err:
                 self.drops.drop(err)
-                return None
+                return
         if len(frames) == 3 and bytes(frames[1]) == protocol.KIND_CONTROL:
-            self._relay(frames)
-            return None
+            return self._relay(frames)
         try:
             update = protocol.decode_update(frames, self.config.node_name)
         except ProtocolError as err:
             self.drops.drop(err)
-            return None
+            return
         now = self._clock()
         if self._last_heard is None:
             self.log.info("heard the master (epoch %s)", update.epoch)
@@ -478,8 +460,8 @@ class Client:
                              update.epoch, update.seq):
             self.log.debug("ignored stale %r (applied seq %s)", update,
                            self.applied_seq)
-            return None
-        return update
+            return
+        self.apply(update)
 
     def apply(self, update):
         """Make ``conf_file`` hold ``update``'s list; True when it does."""
