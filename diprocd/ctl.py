@@ -401,6 +401,9 @@ def main(argv=None):
         return cmd_keygen(args)
     if getattr(args, "lines", 1) < 1 or getattr(args, "timeout", 1) <= 0:
         parser.error("-n and --timeout must be positive")
+    if args.worker and (args.key or args.master_key):
+        parser.error("--key and --master-key are for the master's tcp "
+                     "endpoint, not --worker (its socket's rights decide)")
     try:
         node, names = split_words(args, with_node=args.worker is None)
     except Usage as err:

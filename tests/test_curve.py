@@ -400,3 +400,10 @@ def test_unsafe_key_files_are_refused(tmp_path, case):
         os.chmod(str(folder), 0o777)
         with pytest.raises(ConfigError, match="writable by others"):
             keys.read_keyring(str(folder), "clients")
+
+
+def test_dpdctl_keys_with_worker_are_a_usage_error(tmp_path):
+    result = run_command("dpdctl", ["--worker", str(tmp_path / "w.json"),
+                                    "--key", str(tmp_path / "k"), "status"])
+    assert result.returncode == ctl.EXIT_USAGE
+    assert "not --worker" in result.stderr
