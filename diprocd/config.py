@@ -770,8 +770,8 @@ def _control_problems(path, values, curve):
     """dpdctl's endpoint off this machine only with CURVE and operators."""
     control = values["master_control"]
     if not control or control.startswith("ipc://") or (
-            curve is not None and curve.operators is not None):
-        return []
+            values["curve_secret_key"] and values["curve_operators_dir"]):
+        return []  # (a broken key file or folder is its own problem)
     return ['%s: key "master_control": %s reaches the network: it needs '
             'CURVE with "curve_operators_dir" (the operators\' public keys), '
             "or an ipc:// endpoint" % (path, control)]
@@ -802,8 +802,8 @@ def exposure_warnings(curve, endpoints):
         return []
     return ["without CURVE, traffic on %s is unauthenticated and readable by "
             "anyone who can reach it (process lists, their env secrets, "
-            "status): set the curve_* keys, see README \"Securing a "
-            "cluster\"" % ", ".join(exposed)]
+            "status): set the curve_* keys, see the README's \"Security\""
+            % ", ".join(exposed)]
 
 
 def default_master_control(pid_file):

@@ -197,7 +197,8 @@ class MasterLink:
                                       self.endpoint, timeout,
                                       self.curve and " (is this operator's "
                                       "public key in the master's "
-                                      "curve_operators_dir?)" or ""))
+                                      "curve_operators_dir, and the master "
+                                      "key the master's?)" or ""))
             data = sock.recv()
         except zmq.ZMQError as err:
             raise Unreachable("cannot reach the master at %s: %s"

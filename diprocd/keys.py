@@ -143,7 +143,8 @@ def read_keyring(folder, what):
             keys[name] = read_key_file(os.path.join(folder, entry),
                                        what).public
         except ConfigError as err:
-            warnings.append("%s (skipped: that one is refused)" % err)
+            warnings.append("%s (skipped: that one is refused)"
+                            % "; ".join(err.problems))
     by_key = {}
     for name, key in keys.items():
         by_key.setdefault(key, []).append(name)

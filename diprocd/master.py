@@ -204,6 +204,36 @@ def _unlink_ipc(endpoint):
             pass
 
 
+def _curve_summary(curve):
+    if curve is None:
+        return "no CURVE"
+    return "CURVE: %d node keys in %s%s" % (
+        len(curve.clients.keys), curve.clients.folder,
+        "" if curve.operators is None else ", %d operator keys in %s" % (
+            len(curve.operators.keys), curve.operators.folder))
+
+
+def _key_changes(old, new):
+    """What a reload changed in the allowed keys, for the log."""
+    lines = []
+    if old is None or new is None:
+        return lines
+    for what, before, after in (
+            ("node", old.clients, new.clients),
+            ("operator", old.operators, new.operators)):
+        before = before.keys if before else {}
+        after = after.keys if after else {}
+        for name in sorted(set(after) - set(before)):
+            lines.append('%s key "%s" allowed' % (what, name))
+        for name in sorted(set(before) - set(after)):
+            lines.append('%s key "%s" removed: refused from now on'
+                         % (what, name))
+        for name in sorted(set(before) & set(after)):
+            if before[name] != after[name]:
+                lines.append('%s key "%s" replaced' % (what, name))
+    return lines
+
+
 def _own_key(config):
     return None if config.curve is None else config.curve.pair
 
@@ -238,6 +268,9 @@ class Master:
         self.steering = Steering(self)
         self._nodes_written = None
         self.drops = bus.Drops(log, clock, "malformed report", self.loop)
+        # With CURVE: well-formed, but sent with another node's key.
+        self.refusals = bus.Drops(log, clock, "report", self.loop,
+                                  verb="refused")
         self._encoded = {}  # node -> ((epoch, seq, heartbeat, key), frames)
         self.gate = gate.Gate(lambda: self.config.curve, log, clock)
         self._sealer = None
@@ -264,9 +297,10 @@ class Master:
                             lambda: self.reload("file changed"))
             self.lists.apply(self.config.nodes)
             self.log.info("master up: epoch %s, %d nodes, updates on %s, "
-                          "stats on %s", self.lists.epoch,
+                          "stats on %s, %s", self.lists.epoch,
                           len(self.config.nodes), self.config.master_updates,
-                          self.config.master_stats)
+                          self.config.master_stats, _curve_summary(
+                              self.config.curve))
             self._heartbeat()
             self._silence_check()
             if self.config.on_disk_differs():  # written while we started
@@ -396,6 +430,8 @@ class Master:
                                "the last good configuration", err)
                 return False
         config = carry_over(self.config, config, self.pid_lock, self.log)
+        for line in _key_changes(self.config.curve, config.curve):
+            self.log.info("%s: %s", why, line)
         if config.pid_file != self.config.pid_file:
             self._move_nodes_file(nodes_file_path(config.pid_file))
         self.config = config
@@ -468,13 +504,17 @@ class Master:
     def on_frames(self, frames):
         try:
             report = protocol.decode_report(frames)
-            curve = self.config.curve
-            if curve is not None:
-                _check_sender(report, curve.clients.name_of(
-                    bus.sender_id(frames[0])))
         except ProtocolError as err:
             self.drops.drop(err)
             return
+        curve = self.config.curve
+        if curve is not None:
+            try:
+                _check_sender(report, curve.clients.name_of(
+                    bus.sender_id(frames[0])))
+            except ProtocolError as err:
+                self.refusals.drop(err)
+                return
         self.on_report(report)
 
     def _on_control(self):
@@ -535,7 +575,8 @@ class Master:
                             and seen.seq == self.lists.seqs.get(node)),
                 "status": seen.status, "dropped_updates": seen.dropped}
         return {"epoch": self.lists.epoch, "written": time.time(),
-                "dropped_reports": self.drops.count, "nodes": nodes}
+                "dropped_reports": self.drops.count + self.refusals.count,
+                "nodes": nodes}
 
     def _move_nodes_file(self, path):
         try:

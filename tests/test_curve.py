@@ -144,12 +144,16 @@ def test_a_key_added_then_removed_takes_effect_on_reload(secured):
     assert result.returncode == 0, result.stderr
     node3.wait_only_running(["c"], timeout=15)
     assert node1.running() == {"a": pid_a}  # nobody else disturbed
+    assert 'dpdctl reload: node key "node3" allowed' in master.log()
     # Removed: its reports are not recorded any more and a new list does
     # not reach it, though its connection was made before.
     ring.deny("node3")
     os.kill(master.daemon.pid, signal.SIGHUP)
-    wait_for(lambda: "a key no longer allowed" in master.log(),
-             what="node3's reports dropped")
+    wait_for(lambda: 'refused a report: a report for node "node3" sent with '
+             "a key no longer allowed" in master.log(),
+             what="node3's reports refused")
+    assert 'SIGHUP: node key "node3" removed: refused from now on' in \
+        master.log()
     dropped_at = time.time()
     wait_for(lambda: (master.view() or {}).get("written", 0) > dropped_at + 1,
              what="the nodes file written after the drop")
