@@ -494,6 +494,20 @@ def test_cron_line_respawns_exactly_one(request, daemon, client_user):
     assert daemon_pids(ns, daemon) == []
 
 
+def test_cron_line_does_nothing_under_systemd(namespace):
+    """On a host booted with systemd (/run/systemd/system exists) the units
+    restart the daemons: the cron line exits 0 at once, starting nothing
+    and printing nothing, even with a daemon configured and not running."""
+    ns = namespace
+    write_defaults(ns)
+    install_config(ns, "dpd-workerd")
+    os.makedirs(ns.host("/run/systemd/system"))
+    result = ns.run(["/bin/sh", "-c", cron_command("dpd-workerd")],
+                    env=cron_env(ns))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert daemon_pids(ns, "dpd-workerd") == []
+
+
 # --- the commands without CONFIG --------------------------------------------------
 
 def bare_env(ns):
@@ -643,6 +657,38 @@ def test_client_runs_as_the_system_user(user_namespace, tmp_path, marker):
         assert init_script(ns, "dpd-clientd", "status").returncode == 3
     finally:
         master.stop()
+
+
+def test_prepare_client_as_the_systemd_unit_runs_it(user_namespace):
+    """dpd-clientd.service runs ``prepare-client diprocd`` as root with no
+    CONFIG (ExecStartPre=+): it makes /run/diprocd and the lock beside the
+    client's CONFIG (the one dpd-clientd finds bare) diprocd's, leaves a
+    link planted at the lock's name as it is (a link, never followed),
+    and does nothing more without a CONFIG."""
+    ns = user_namespace
+    write_defaults(ns)
+    helper = [os.path.join(ROOT, "lib", "prepare-client"), CLIENT_USER]
+    env = dict(bare_env(ns), DAEMON_DIR=BIN)
+    result = ns.run(helper, env=env)  # no CONFIG yet
+    assert result.returncode == 0 and result.stderr == "", result
+    assert os.stat(ns.host("/run/diprocd")).st_uid == ns.client_uid
+    assert not os.path.exists(ns.host("/var/lib/diprocd/.diprocd-client.json.lock"))
+    for config in (DEFAULT_CONFIG["dpd-clientd"], "/var/lib/diprocd/other.json"):
+        install_config(ns, "dpd-clientd", path=config)
+        lock = ns.host(os.path.join(os.path.dirname(config),
+                                    "." + os.path.basename(config) + ".lock"))
+        result = ns.run(helper, env=dict(env, DPD_CLIENT_CONFIG=config))
+        assert result.returncode == 0, result
+        stat = os.lstat(lock)
+        assert (stat.st_uid, stat.st_mode & 0o777) == (ns.client_uid, 0o644)
+    target = ns.host("/var/lib/diprocd/target")
+    with open(target, "w"):
+        pass
+    lock = ns.host("/var/lib/diprocd/.diprocd-client.json.lock")
+    os.unlink(lock)
+    os.symlink("/var/lib/diprocd/target", lock)
+    assert ns.run(helper, env=env).returncode == 0
+    assert os.path.islink(lock) and os.stat(target).st_uid == 0
 
 
 @pytest.mark.timeout(180)
