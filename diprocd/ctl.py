@@ -41,7 +41,8 @@ import time
 
 import simplejson as json
 
-from diprocd import __version__, fleet, jsonin, keys, kernel, paths, status
+from diprocd import (__version__, bus, fleet, jsonin, keys, kernel, paths,
+                     status)
 from diprocd.config import (load_master_control,
                             load_master_key_file, load_pid_file)
 from diprocd.control import control_path, request
@@ -184,8 +185,7 @@ class MasterLink:
         if node is not None:
             body["node"] = node
         context = zmq.Context()
-        sock = context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = bus.socket(context, zmq.REQ)
         try:
             if self.curve is not None:
                 keys.apply_to_socket(sock, zmq, self.curve[0],
