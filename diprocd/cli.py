@@ -99,12 +99,12 @@ def make_parser(prog, description, worker=False):
     return parser
 
 
-def default_config(prog):
-    """CONFIG when the command line names none (``paths``); a line on
-    stderr says where it came from when that file is missing, which is
-    then the likely mistake."""
+def default_config(prog, say_where=True):
+    """CONFIG when the command line names none (``paths``); with
+    ``say_where``, a line on stderr says where it came from when that file
+    is missing, which is then the likely mistake."""
     path, origin = paths.config_path(prog)
-    if not os.path.exists(path):
+    if say_where and not os.path.exists(path):
         print("%s: no CONFIG given: %s (%s) does not exist" % (
             prog, path, origin), file=sys.stderr)
     return path
@@ -249,7 +249,9 @@ def main(prog, argv=None):
         print(args.config or paths.config_path(prog)[0])
         return 0
     if args.config is None:
-        args.config = default_config(prog)
+        # --pid and --pid-file say what is wrong in one line (LSB codes).
+        args.config = default_config(prog, say_where=not (args.pid_file
+                                                          or args.pid))
     if args.pid_file or args.pid:
         return answer_pid_query(prog, args)
     owners = () if args.config_owner is None else (args.config_owner,)

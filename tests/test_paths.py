@@ -152,8 +152,12 @@ def test_bare_client_check_and_a_missing_file(tmp_path, marker):
     assert result.returncode == 1
     assert ("dpd-workerd: no CONFIG given: %s (DPD_WORKER_CONFIG) does not "
             "exist" % missing) in result.stderr, result
-    result = run_command("dpd-workerd", ["--pid", missing], marker)
-    assert result.returncode == 6 and "no CONFIG given" not in result.stderr
+    # --pid and --pid-file keep to one line, which names the file.
+    for query in ("--pid", "--pid-file"):
+        result = run_bare("dpd-workerd", [query], marker,
+                          DPD_WORKER_CONFIG=missing)
+        assert result.returncode == 6 and result.stdout == "", result
+        assert result.stderr.count("\n") == 1 and missing in result.stderr
 
 
 @pytest.mark.parametrize("command", sorted(paths.DEFAULTS))
