@@ -1,8 +1,8 @@
 """The ZeroMQ side shared by dpd-masterd and dpd-clientd: the poller that
 lets ``loop.Loop`` wait on sockets and descriptors together, and the socket
-set-up both daemons use. Only the master and the client import this module
-(the worker carries no messaging library); it imports pyzmq lazily, after
-daemonizing.
+set-up both daemons (and dpdctl's link to the master) use. Only the master,
+the client and dpdctl import this module (the worker carries no messaging
+library); it imports pyzmq lazily, after daemonizing.
 """
 
 import collections
@@ -45,11 +45,17 @@ class ZmqPoller:
 
 
 def socket(context, kind, receives=False):
-    """A socket that never lingers; one that receives from peers refuses a
-    message larger than the protocol allows."""
+    """A socket that never lingers and speaks IPv6 as well as IPv4; one that
+    receives from peers refuses a message larger than the protocol allows."""
     zmq = zmq_module()
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    # ZeroMQ is IPv4-only per socket unless told: a bind to tcp://[::1]:N
+    # fails with "No such device", and a host name resolves to its IPv4
+    # addresses only. With it, "*" binds both families (v4-mapped) and a
+    # name resolves to its IPv6 address first when it has one (README,
+    # "IPv6": the same name or address on both sides).
+    sock.setsockopt(zmq.IPV6, 1)
     if receives:
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * protocol.MAX_MESSAGE_BYTES)
     return sock

@@ -13,6 +13,10 @@ apply to them either: a daemon whose CONFIG became unsafe can be stopped).
 ``dpd-workerd --config-owner USER`` trusts USER too to own CONFIG and its
 folders (``trust``): in the Debian package, dpd-clientd runs as the system
 user ``diprocd`` and writes the worker's CONFIG.
+
+Without CONFIG a command takes its file from ``paths``: the environment
+(``DPD_WORKER_CONFIG``...), ``/etc/default/diprocd``, the package's default
+under ``/var/lib/diprocd/``.
 """
 
 import argparse
@@ -22,7 +26,7 @@ import sys
 
 from diprocd import __version__
 from diprocd import config as config_mod
-from diprocd import preflight
+from diprocd import paths, preflight
 from diprocd.config import load_pid_file
 from diprocd.daemon import PidFile, daemonize, read_locked_pid, setup_logging
 from diprocd.errors import AlreadyRunning, ConfigError
@@ -31,6 +35,10 @@ from diprocd.errors import AlreadyRunning, ConfigError
 # running", other actions 6 "not configured".
 EXIT_NOT_RUNNING = 3
 EXIT_NOT_CONFIGURED = 6
+
+CONFIG_DEFAULT = """\
+without CONFIG: $%s if set, else %s in
+%s, else %s."""
 
 EXIT_STATUS = """\
 exit status: 0 done (also when the daemon already runs: it prints "already
@@ -50,8 +58,11 @@ def config_owner(value):
 
 
 def make_parser(prog, description, worker=False):
+    place = paths.DEFAULTS[prog]
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, epilog=EXIT_STATUS,
+        prog=prog, description=description, epilog=CONFIG_DEFAULT % (
+            place.env, place.setting, paths.DEFAULTS_FILE,
+            place.default) + "\n" + EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground and log to stderr")
@@ -72,6 +83,9 @@ def make_parser(prog, description, worker=False):
                        help="print the pid of the daemon running with CONFIG "
                             "(it holds its pid file's lock); exit 0, 3 when "
                             "it is not running, or 6")
+    query.add_argument("--config-path", action="store_true",
+                       help="print the CONFIG this command uses (given, or "
+                            "the default: see below) and exit 0")
     parser.set_defaults(config_owner=None)
     if worker:
         parser.add_argument("--config-owner", metavar="USER",
@@ -80,8 +94,20 @@ def make_parser(prog, description, worker=False):
                                  "folders (the user dpd-clientd runs as)")
     parser.add_argument("--version", action="version",
                         version="%(prog)s " + __version__)
-    parser.add_argument("config", metavar="CONFIG", help="the JSON file")
+    parser.add_argument("config", metavar="CONFIG", nargs="?",
+                        help="the JSON file (default: see below)")
     return parser
+
+
+def default_config(prog, say_where=True):
+    """CONFIG when the command line names none (``paths``); with
+    ``say_where``, a line on stderr says where it came from when that file
+    is missing, which is then the likely mistake."""
+    path, origin = paths.config_path(prog)
+    if say_where and not os.path.exists(path):
+        print("%s: no CONFIG given: %s (%s) does not exist" % (
+            prog, path, origin), file=sys.stderr)
+    return path
 
 
 def check_config(loader, path):
@@ -219,6 +245,13 @@ def main(prog, argv=None):
     description, loader, app, is_worker = COMMANDS[prog]
     parser = make_parser(prog, description, worker=is_worker)
     args = parser.parse_args(argv)
+    if args.config_path:
+        print(args.config or paths.config_path(prog)[0])
+        return 0
+    if args.config is None:
+        # --pid and --pid-file say what is wrong in one line (LSB codes).
+        args.config = default_config(prog, say_where=not (args.pid_file
+                                                          or args.pid))
     if args.pid_file or args.pid:
         return answer_pid_query(prog, args)
     owners = () if args.config_owner is None else (args.config_owner,)

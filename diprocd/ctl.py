@@ -14,7 +14,9 @@ node.
     dpdctl --connect tcp://HOST:PORT --key FILE --master-key FILE VERB ...
     dpdctl keygen NAME [--dir DIR]
 
-With the master (default ``/var/lib/diprocd/diprocd-master.json``) it
+With the master (by default the CONFIG dpd-masterd takes without one,
+``paths``: ``$DPD_MASTER_CONFIG``, else ``MASTER_CONFIG`` in
+``/etc/default/diprocd``, else ``/var/lib/diprocd/diprocd-master.json``) it
 talks to the master's ``master_control`` endpoint, which answers status
 from what it heard and relays the rest to the node (its client asks its
 worker); with ``--worker`` it talks to one worker's control socket.
@@ -39,18 +41,19 @@ import time
 
 import simplejson as json
 
-from diprocd import __version__, fleet, jsonin, keys, kernel, status
+from diprocd import (__version__, bus, fleet, jsonin, keys, kernel, paths,
+                     status)
 from diprocd.config import (load_master_control,
                             load_master_key_file, load_pid_file)
 from diprocd.control import control_path, request
 from diprocd.errors import ConfigError, ProtocolError
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-DEFAULT_MASTER_CONFIG = "/var/lib/diprocd/diprocd-master.json"
 MASTER_TIMEOUT = 8.0  # the master waits 5 s for a node's answer
 STATUS_TIMEOUT = 2.0  # the master's own answer
 RESTART_POLL = 0.01
 FLEET_HEADER = ("NODE", "LIVENESS") + status.PROCESS_HEADER
+MASTER_PLACE = paths.DEFAULTS["dpd-masterd"]
 
 
 class Unreachable(Exception):
@@ -74,8 +77,10 @@ def make_parser():
                         version="%(prog)s " + __version__)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--master", metavar="CONFIG",
-                       help="the master's CONFIG (default %s)"
-                       % DEFAULT_MASTER_CONFIG)
+                       help="the master's CONFIG (default: $%s, else %s "
+                       "in %s, else %s)" % (
+                           MASTER_PLACE.env, MASTER_PLACE.setting,
+                           paths.DEFAULTS_FILE, MASTER_PLACE.default))
     where.add_argument("--worker", metavar="CONFIG",
                        help="one worker's CONFIG, without a master")
     where.add_argument("--connect", metavar="ENDPOINT",
@@ -180,8 +185,7 @@ class MasterLink:
         if node is not None:
             body["node"] = node
         context = zmq.Context()
-        sock = context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = bus.socket(context, zmq.REQ)
         try:
             if self.curve is not None:
                 keys.apply_to_socket(sock, zmq, self.curve[0],
@@ -416,7 +420,8 @@ def main(argv=None):
             link = MasterLink(endpoint=args.connect, key_file=args.key,
                               master_key_file=args.master_key)
         else:
-            link = MasterLink(args.master or DEFAULT_MASTER_CONFIG,
+            link = MasterLink(args.master
+                              or paths.config_path("dpd-masterd")[0],
                               key_file=args.key,
                               master_key_file=args.master_key)
         return VERBS[args.verb](link, args, node, names)

@@ -72,29 +72,25 @@ if [ -n "$client_user" ]; then
 fi
 
 # What the client needs from root before it runs as its user: /run/diprocd
-# for its pid file (/run is a tmpfs), and the lock it holds beside its
-# CONFIG, in root's folder (".NAME.lock", see dpd-clientd(8)): made once,
-# then given to it, never through a link.
+# for its pid file and the lock beside its CONFIG, both its own. The helper
+# beside this body (INIT_BODY, set by the wrapper) does it, for
+# dpd-clientd.service too.
 prepare_client_user() {
-    install -d -o "$client_user" -g "$client_user" -m 0755 /run/diprocd
-    [ -e "$CONFIG" ] || return 0
-    config=$(readlink -f -- "$CONFIG")
-    lock=${config%/*}/.${config##*/}.lock
-    if [ ! -e "$lock" ] && [ ! -L "$lock" ]; then
-        install -m 0644 -o "$client_user" -g "$client_user" /dev/null "$lock"
-    fi
-    chown -h "$client_user:$client_user" -- "$lock"
+    "${INIT_BODY%/*}/prepare-client" "$client_user" "$CONFIG"
 }
 
 case "$1" in
     # What cron/$NAME.cron runs every minute: start the daemon unless it
     # runs. The daemon itself refuses to run twice (its pid file's flock),
     # says "already running" on stdout (to /dev/null) and its errors on
-    # stderr (mailed by cron). Ahead of init-functions: never redirected to
-    # systemctl, which would take a killed daemon for still running (a
-    # generated unit of a script without a pidfile header has
-    # RemainAfterExit=yes) and do nothing.
+    # stderr (mailed by cron). Under systemd (booted with it: the test of
+    # sd_booted(3)) it does nothing: there /etc/init.d/$NAME start runs
+    # $NAME.service, whose Restart=on-failure restarts a daemon that died,
+    # and a daemon stopped with systemctl must stay stopped, not come back
+    # outside systemd within the minute. Ahead of init-functions, which
+    # would redirect it to systemctl.
     respawn)
+        [ ! -d /run/systemd/system ] || exit 0
         [ -z "$run_as" ] || prepare_client_user
         # shellcheck disable=SC2086
         exec $run_as "$DAEMON" $OPTS "$CONFIG" >/dev/null

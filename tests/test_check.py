@@ -163,9 +163,10 @@ def test_pid_file_that_cannot_be_made(tmp_path):
                    % (path, tmp_path, tmp_path))
 
 
-QUERIES = {"dpd-workerd": ("--check", "--status", "--pid-file", "--pid"),
-           "dpd-masterd": ("--check", "--pid-file", "--pid"),
-           "dpd-clientd": ("--check", "--pid-file", "--pid")}
+QUERIES = {"dpd-workerd": ("--check", "--status", "--pid-file", "--pid",
+                           "--config-path"),
+           "dpd-masterd": ("--check", "--pid-file", "--pid", "--config-path"),
+           "dpd-clientd": ("--check", "--pid-file", "--pid", "--config-path")}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

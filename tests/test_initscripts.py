@@ -23,6 +23,7 @@ import subprocess
 import pytest
 
 from conftest import requires_root
+from diprocd import paths
 from diprocd.daemon import read_locked_pid, read_pid
 from diprocd.kernel import is_alive
 from helpers import (BIN, MARKER_VAR, ROOT, Master,
@@ -35,13 +36,13 @@ EXAMPLE = {"dpd-workerd": "diprocd-worker.example.json",
            "dpd-masterd": "diprocd-master.example.json"}
 CONFIG_VAR = {"dpd-workerd": "WORKER_CONFIG", "dpd-clientd": "CLIENT_CONFIG",
               "dpd-masterd": "MASTER_CONFIG"}
-# Where the defaults (lib/init.sh) put each CONFIG; the worker's file in the
-# folder of the package's system user diprocd.
-DEFAULT_CONFIG = {"dpd-workerd": "/var/lib/diprocd/worker/diprocd-worker.json",
-                  "dpd-clientd": "/var/lib/diprocd/diprocd-client.json",
-                  "dpd-masterd": "/var/lib/diprocd/diprocd-master.json"}
+# Where the defaults put each CONFIG, the daemons' (diprocd.paths), which
+# lib/init.sh must repeat (write_defaults checks it); the worker's file in
+# the folder of the package's system user diprocd.
+DEFAULT_CONFIG = {command: place.default
+                  for command, place in paths.DEFAULTS.items()}
 # Where it was before that user: an install from then keeps working.
-OLD_WORKER_CONFIG = "/var/lib/diprocd/diprocd-worker.json"
+OLD_WORKER_CONFIG = paths.OLD_WORKER_CONFIG
 CLIENT_USER = "diprocd"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -493,6 +494,114 @@ def test_cron_line_respawns_exactly_one(request, daemon, client_user):
     assert daemon_pids(ns, daemon) == []
 
 
+def test_cron_line_does_nothing_under_systemd(namespace):
+    """On a host booted with systemd (/run/systemd/system exists) the units
+    restart the daemons: the cron line exits 0 at once, starting nothing
+    and printing nothing, even with a daemon configured and not running."""
+    ns = namespace
+    write_defaults(ns)
+    install_config(ns, "dpd-workerd")
+    os.makedirs(ns.host("/run/systemd/system"))
+    result = ns.run(["/bin/sh", "-c", cron_command("dpd-workerd")],
+                    env=cron_env(ns))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert daemon_pids(ns, "dpd-workerd") == []
+
+
+# --- the commands without CONFIG --------------------------------------------------
+
+def bare_env(ns):
+    """The namespace's environment without the variables that name a
+    CONFIG (the commands take theirs from /etc/default/diprocd), and
+    Debian's python3, which the init scripts run them with."""
+    env = dict(ns.env(), PATH="/usr/bin:/bin")
+    for place in paths.DEFAULTS.values():
+        env.pop(place.env, None)
+    return env
+
+
+def bare(ns, command, *args):
+    """``bin/COMMAND ARGS`` with no CONFIG, in the namespace."""
+    return ns.run([os.path.join(BIN, command)] + list(args), env=bare_env(ns))
+
+
+def config_of(ns, daemon, doc):
+    """The CONFIG the init script gave the running daemon (its last
+    argument)."""
+    return process_argv(read_locked_pid(ns.host(doc["pid_file"])))[-1]
+
+
+@pytest.mark.timeout(180)
+def test_bare_commands_use_the_init_scripts_configs(namespace):
+    """On a node set up as the package's, the commands need no CONFIG: each
+    finds the one its init script runs it with (the same default, the same
+    setting of /etc/default/diprocd, read the same way), so `dpd-workerd
+    --status` and `dpdctl status` work bare."""
+    skip_unless_daemon_exists("dpd-masterd")
+    ns = namespace
+    write_defaults(ns)
+    worker = install_config(ns, "dpd-workerd")
+    master = install_config(ns, "dpd-masterd")
+    for daemon, doc in (("dpd-workerd", worker), ("dpd-masterd", master)):
+        assert init_script(ns, daemon, "start").returncode == 0
+        assert config_of(ns, daemon, doc) == DEFAULT_CONFIG[daemon]
+        result = bare(ns, daemon, "--config-path")
+        assert result.stdout == DEFAULT_CONFIG[daemon] + "\n", result
+    wait_for(lambda: read_pid(ns.host("/var/run/sleep.worker.1.pid")),
+             timeout=10, what="sleep.worker.1's pid file")
+    result = wait_for(lambda: (lambda r: r.returncode == 0 and r)(
+        bare(ns, "dpd-workerd", "--status")), timeout=10,
+        what="dpd-workerd --status to say all is as desired")
+    assert "sleep.worker.1" in result.stdout, result
+    # The example's nodes have no client here: "never seen", exit 1.
+    result = bare(ns, "dpdctl", "status")
+    assert result.returncode == 1, result
+    assert "node1" in result.stdout and "never seen" in result.stdout, result
+    assert bare(ns, "dpd-masterd", "--pid").stdout.strip() == str(
+        read_locked_pid(ns.host(master["pid_file"])))
+    for daemon in ("dpd-workerd", "dpd-masterd"):
+        assert init_script(ns, daemon, "stop").returncode == 0
+    # Moved by /etc/default/diprocd, quoted as a shell user may write it:
+    # the init script and the bare command move together.
+    moved = "/var/lib/diprocd/elsewhere/worker.json"
+    os.makedirs(ns.host(os.path.dirname(moved)))
+    install_config(ns, "dpd-workerd", path=moved)
+    with open(ns.host("/etc/default/diprocd"), "a") as handle:
+        handle.write('WORKER_CONFIG="%s"\n' % moved)
+    assert init_script(ns, "dpd-workerd", "start").returncode == 0
+    assert config_of(ns, "dpd-workerd", worker) == moved
+    assert bare(ns, "dpd-workerd", "--config-path").stdout == moved + "\n"
+    assert bare(ns, "dpd-workerd", "--status").returncode == 0
+    # The variable beats the file; a CONFIG given beats both.
+    env = dict(bare_env(ns), DPD_WORKER_CONFIG="/x.json")
+    result = ns.run([os.path.join(BIN, "dpd-workerd"), "--config-path"], env=env)
+    assert result.stdout == "/x.json\n", result
+    result = ns.run([os.path.join(BIN, "dpd-workerd"), "--config-path",
+                     "/y.json"], env=env)
+    assert result.stdout == "/y.json\n", result
+    assert init_script(ns, "dpd-workerd", "stop").returncode == 0
+
+
+@pytest.mark.timeout(180)
+def test_bare_worker_finds_an_install_from_before_the_user(namespace):
+    """The worker's file where it was before the system user, none at the
+    new default: the init script and the bare command both take the old
+    one; once a file is at the new default, both take that."""
+    skip_unless_daemon_exists("dpd-workerd")
+    ns = namespace
+    write_defaults(ns)
+    doc = install_config(ns, "dpd-workerd", path=OLD_WORKER_CONFIG, procs=[])
+    result = bare(ns, "dpd-workerd", "--config-path")
+    assert result.stdout == OLD_WORKER_CONFIG + "\n", result
+    assert init_script(ns, "dpd-workerd", "start").returncode == 0
+    assert config_of(ns, "dpd-workerd", doc) == OLD_WORKER_CONFIG
+    assert bare(ns, "dpd-workerd", "--status").returncode == 0
+    assert init_script(ns, "dpd-workerd", "stop").returncode == 0
+    install_config(ns, "dpd-workerd", procs=[])
+    assert bare(ns, "dpd-workerd", "--config-path").stdout == \
+        DEFAULT_CONFIG["dpd-workerd"] + "\n"
+
+
 # --- the package's system user, diprocd ---------------------------------------
 
 def run_as_client_user(ns, *command):
@@ -548,6 +657,38 @@ def test_client_runs_as_the_system_user(user_namespace, tmp_path, marker):
         assert init_script(ns, "dpd-clientd", "status").returncode == 3
     finally:
         master.stop()
+
+
+def test_prepare_client_as_the_systemd_unit_runs_it(user_namespace):
+    """dpd-clientd.service runs ``prepare-client diprocd`` as root with no
+    CONFIG (ExecStartPre=+): it makes /run/diprocd and the lock beside the
+    client's CONFIG (the one dpd-clientd finds bare) diprocd's, leaves a
+    link planted at the lock's name as it is (a link, never followed),
+    and does nothing more without a CONFIG."""
+    ns = user_namespace
+    write_defaults(ns)
+    helper = [os.path.join(ROOT, "lib", "prepare-client"), CLIENT_USER]
+    env = dict(bare_env(ns), DAEMON_DIR=BIN)
+    result = ns.run(helper, env=env)  # no CONFIG yet
+    assert result.returncode == 0 and result.stderr == "", result
+    assert os.stat(ns.host("/run/diprocd")).st_uid == ns.client_uid
+    assert not os.path.exists(ns.host("/var/lib/diprocd/.diprocd-client.json.lock"))
+    for config in (DEFAULT_CONFIG["dpd-clientd"], "/var/lib/diprocd/other.json"):
+        install_config(ns, "dpd-clientd", path=config)
+        lock = ns.host(os.path.join(os.path.dirname(config),
+                                    "." + os.path.basename(config) + ".lock"))
+        result = ns.run(helper, env=dict(env, DPD_CLIENT_CONFIG=config))
+        assert result.returncode == 0, result
+        stat = os.lstat(lock)
+        assert (stat.st_uid, stat.st_mode & 0o777) == (ns.client_uid, 0o644)
+    target = ns.host("/var/lib/diprocd/target")
+    with open(target, "w"):
+        pass
+    lock = ns.host("/var/lib/diprocd/.diprocd-client.json.lock")
+    os.unlink(lock)
+    os.symlink("/var/lib/diprocd/target", lock)
+    assert ns.run(helper, env=env).returncode == 0
+    assert os.path.islink(lock) and os.stat(target).st_uid == 0
 
 
 @pytest.mark.timeout(180)
