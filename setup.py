@@ -17,7 +17,7 @@ setup(
     packages=["diprocd"],
     python_requires=">=3.9",
     install_requires=["pyzmq>=24", "pynacl>=1.5", "simplejson>=3.18",
-                      "python-daemon>=2.3"],
+                      "python-daemon>=2.3", "prometheus_client>=0.16"],
     entry_points={"console_scripts": [
         "dpd-workerd = diprocd.cli:workerd_main",
         "dpd-masterd = diprocd.cli:masterd_main",

@@ -147,6 +147,30 @@ def endpoint(value):
     return value
 
 
+# dpd-masterd's HTTP listener: an IPv4 address or host name, or an IPv6
+# address in brackets, and a port (1 to 65535).
+HTTP_LISTEN_PATTERN = (
+    r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):"
+    r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+    r"|655[0-2][0-9]|6553[0-5])$(?!\n)")
+HTTP_LISTEN_RE = re.compile(HTTP_LISTEN_PATTERN)
+
+
+@accepts({"title": "HOST:PORT", "type": "string",
+          "pattern": HTTP_LISTEN_PATTERN})
+def host_port(value):
+    if not isinstance(value, str) or not HTTP_LISTEN_RE.match(value):
+        raise Invalid('must be "HOST:PORT" such as "127.0.0.1:9556" or '
+                      '"[::1]:9556", got %s' % json.dumps(value))
+    return value
+
+
+def split_host_port(value):
+    """``"[::1]:9556"`` -> ``("::1", 9556)`` (a checked ``host_port``)."""
+    host, port = value.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
 @accepts({"title": "boolean", "type": "boolean"})
 def boolean(value):
     if not isinstance(value, bool):
@@ -589,6 +613,7 @@ class MasterConfig(DaemonConfig):
     heartbeat: float = DEFAULT_HEARTBEAT
     silent_after: float = DEFAULT_SILENT_AFTER
     curve: keys.MasterCurve = None  # None: no CURVE
+    http_listen: str = None  # "HOST:PORT" of metrics and dashboard; None: off
 
     def exposure(self):
         """What dpdctl status warns about (also among the warnings)."""
@@ -647,7 +672,8 @@ MASTER_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    silent_after=Key(seconds(0.1, 86400),
                                     default=DEFAULT_SILENT_AFTER),
                    curve_clients_dir=Key(absolute_path),
-                   curve_operators_dir=Key(absolute_path))
+                   curve_operators_dir=Key(absolute_path),
+                   http_listen=Key(host_port))
 CLIENT_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    node_name=Key(node_name, required=True),
                    conf_file=Key(absolute_path, required=True),

@@ -20,6 +20,10 @@ error is logged and the last good lists stay published.
 The latest status of every node is kept with the time it was seen and
 written to ``<pid file base>.nodes.json``; nodes that fall silent for
 ``silent_after`` seconds are logged.
+
+With ``http_listen``, the master also serves, from its own loop (``httpd``:
+no thread), Prometheus metrics on /metrics, the dashboard on / and the
+fleet on /status.json (``metrics``, ``dashboard``).
 """
 
 import dataclasses
@@ -29,8 +33,9 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, control, fleet, gate, keys, protocol
-from diprocd.config import load_master_config
+from diprocd import bus, control, dashboard, fleet, gate, httpd, keys, \
+    metrics, protocol
+from diprocd.config import load_master_config, split_host_port
 from diprocd.daemon import beside_pid_file, carry_over
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import atomic_write
@@ -274,6 +279,8 @@ class Master:
         self._encoded = {}  # node -> ((epoch, seq, heartbeat, key), frames)
         self.gate = gate.Gate(lambda: self.config.curve, log, clock)
         self._sealer = None
+        self.counts = {"publishes": 0, "reports": 0}
+        self.http = None  # the httpd.Server of http_listen
 
     # -- life cycle --------------------------------------------------------
 
@@ -289,6 +296,8 @@ class Master:
                 self._bind(context, self.config)
             except zmq.ZMQError as err:
                 self.log.error("cannot bind: %s", err)
+                return 1
+            if self.config.http_listen and not self._serve_http():
                 return 1
             loop.handle_signals({signal.SIGTERM: self._exit_signal,
                                  signal.SIGINT: self._exit_signal,
@@ -310,6 +319,8 @@ class Master:
             return 0
         finally:
             self.gate.close(loop)
+            if self.http is not None:
+                self.http.close()
             loop.close()
             for sock in (self.pub, self.pull, self.control):
                 if sock is not None:
@@ -318,6 +329,29 @@ class Master:
                 # A stale socket file would make dpdctl wait for an answer.
                 _unlink_ipc(self.config.master_control)
             context.term()
+
+    def _serve_http(self):
+        """Listen on http_listen: metrics, dashboard, status.json."""
+        try:
+            registry = metrics.registry(self)
+        except ImportError as err:
+            self.log.error('"http_listen" needs prometheus_client '
+                           "(python3-prometheus-client): %s", err)
+            return False
+        try:
+            sock = httpd.listen(*split_host_port(self.config.http_listen))
+        except OSError as err:
+            self.log.error("cannot listen on %s: %s", self.config.http_listen,
+                           err)
+            return False
+        self.http = httpd.Server(sock, self.loop, {
+            "/metrics": lambda: metrics.exposition(registry),
+            "/": dashboard.page,
+            "/status.json": lambda: ("application/json", json.dumps(
+                metrics.fleet_view(self)).encode("utf-8"))}, self.log)
+        self.log.info("metrics on http://%s/metrics, dashboard on http://%s/",
+                      self.config.http_listen, self.config.http_listen)
+        return True
 
     def _exit_signal(self, signum):
         self.log.info("got %s: exiting", signal.Signals(signum).name)
@@ -429,6 +463,10 @@ class Master:
                 self.log.error("cannot bind the new endpoints (%s): keeping "
                                "the last good configuration", err)
                 return False
+        if config.http_listen != self.config.http_listen:
+            self.log.warning('%s: "http_listen" changes at a restart only: '
+                             "still %s", why, self.config.http_listen or "off")
+            config = config.replace(http_listen=self.config.http_listen)
         config = carry_over(self.config, config, self.pid_lock, self.log)
         for line in _key_changes(self.config.curve, config.curve):
             self.log.info("%s: %s", why, line)
@@ -490,6 +528,7 @@ class Master:
                 self.lists.update(node, self.config.heartbeat)), node_key))
             self._encoded[node] = cached
         self.pub.send_multipart(cached[1], copy=False)
+        self.counts["publishes"] += 1
 
     def publish_all(self):
         for node in self.lists.nodes():
@@ -522,6 +561,7 @@ class Master:
                         RECEIVE_BATCH)
 
     def on_report(self, report):
+        self.counts["reports"] += 1
         if report.kind == protocol.KIND_REPLY:
             self.steering.on_reply(report)
             return

@@ -15,6 +15,7 @@ command -v tcpdump >/dev/null 2>&1 || need="$need tcpdump"
 # The init script tests run the daemons under Debian's python3 (as the .deb
 # does); the package test builds and lints the .deb.
 for pkg in python3-zmq python3-simplejson python3-daemon python3-nacl \
+           python3-prometheus-client \
            debhelper dh-python python3-all python3-setuptools fakeroot lintian \
            insserv logrotate; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \

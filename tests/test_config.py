@@ -183,3 +183,24 @@ def test_a_torn_journal_line_spoils_only_itself(tmp_path):
     entries = ledger.read_journal(str(path))
     assert [(name, e["pid"]) for name, e in entries] == [("b", pid)]
     assert isinstance(entries[0][1]["ticks"], int)
+
+
+def test_http_listen(tmp_path):
+    """Off by default; "HOST:PORT" with a port of 1 to 65535; IPv6 in
+    brackets."""
+    from helpers import master_doc, write_json
+    path = str(tmp_path / "master.json")
+    write_json(path, master_doc(tmp_path, {}))
+    assert config.load_master_config(path).http_listen is None
+    for good in ("127.0.0.1:9556", "[::1]:1", "localhost:65535"):
+        write_json(path, master_doc(tmp_path, {}, http_listen=good))
+        loaded = config.load_master_config(path)
+        assert loaded.http_listen == good
+    assert config.split_host_port("[::1]:9556") == ("::1", 9556)
+    for bad in ("127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", ":80",
+                "::1:80", "tcp://127.0.0.1:80", "a b:80", 9556,
+                "127.0.0.1:80\n"):
+        write_json(path, master_doc(tmp_path, {}, http_listen=bad))
+        with pytest.raises(ConfigError) as err:
+            config.load_master_config(path)
+        assert 'key "http_listen": must be "HOST:PORT"' in str(err.value)

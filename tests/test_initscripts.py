@@ -204,6 +204,8 @@ def install_config(ns, daemon, path=None, **settings):
         stats, updates = free_port(), free_port()
         config["master_stats"] = "tcp://127.0.0.1:%d" % stats
         config["master_updates"] = "tcp://127.0.0.1:%d" % updates
+    if "http_listen" in config:
+        config["http_listen"] = "127.0.0.1:%d" % free_port()
     config.update(settings)
     if daemon == "dpd-clientd":
         config["node_name"] = "node1"

@@ -272,6 +272,14 @@ NEAR = {
     "signal name or number": SIGNALISH | st.integers(-1, 70),
     "octal string or number": OCTALISH | st.integers(-2, 520),
     "seconds": NUMBERS,
+    "HOST:PORT": st.builds(
+        lambda host, port, tail: host + port + tail,
+        st.sampled_from(["127.0.0.1", "[::1]", "localhost", "", "[]", ":",
+                         "a b", "[::1", "::1"]),
+        st.sampled_from([":1", ":65535", ":65536", ":0", ":080", ":", "",
+                         ":99999"]) | st.integers(-1, 70000).map(
+                             lambda n: ":%d" % n),
+        st.sampled_from(["", "", "\n", " "])),
     "absolute path": st.builds(str.__add__, PREFIXES, TEXT),
     "user name or uid": STRINGS | st.integers(-2, 2 ** 63 - 1),
     "string": STRINGS,
