@@ -12,6 +12,9 @@ command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v faketime >/dev/null 2>&1 || need="$need faketime"
 # tests/test_curve_capture.py captures loopback traffic.
 command -v tcpdump >/dev/null 2>&1 || need="$need tcpdump"
+# tests/test_dashboard_browser.py looks at the master's dashboard in a real
+# browser, headless.
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
 # The init script tests run the daemons under Debian's python3 (as the .deb
 # does); the package test builds and lints the .deb.
 for pkg in python3-zmq python3-simplejson python3-daemon python3-nacl \
