@@ -209,8 +209,10 @@ def environment(value):
         raise Invalid("must be an object of string values")
     if any("=" in k or "\0" in k or not k for k in value):
         raise Invalid("variable names must be non-empty, without '='")
-    for text in value.values():
-        _no_nul(text)
+    if any("\0" in text for text in value.values()):
+        # Not shown: an env value may be a secret, and messages reach logs,
+        # dpdctl status and the dashboard.
+        raise Invalid("values must not contain a NUL byte")
     return tuple(sorted(value.items()))
 
 
@@ -786,6 +788,12 @@ def load_master_config(path, owners=()):
                      if node not in curve.clients.keys]
     warnings += exposure_warnings(curve, (values["master_updates"],
                                           values["master_stats"]))
+    if values["http_listen"] and not is_local_endpoint(
+            "tcp://" + values["http_listen"]):
+        warnings.append('%s: key "http_listen": %s reaches the network: the '
+                        "metrics and the dashboard have no authentication "
+                        "(they show the fleet, never an env value)"
+                        % (path, values["http_listen"]))
     if problems:
         raise ConfigError(problems, warnings)
     values["curve"] = curve

@@ -10,6 +10,7 @@ and warnings about this machine's files that a start would trip on:
 - every daemon: its ``pid_file`` and ``log_file`` can be written (their
   folders are made at start when missing: a warning only when that
   cannot work);
+- the master with ``http_listen``: prometheus_client can be imported;
 - the worker, for each process: ``run`` (a file with an execute bit),
   ``chroot`` and ``cwd`` (folders; ``run`` and ``cwd`` inside the chroot),
   and the ``logs`` file (its folder is never made, and a symlink at its
@@ -22,6 +23,7 @@ CONFIG holds for this machine is looked at here.
 """
 
 import dataclasses
+import importlib
 import os
 import stat
 
@@ -55,6 +57,8 @@ def check(loader, path):
             warnings += _process_files(path, spec)
     if isinstance(loaded, config_mod.ClientConfig):
         facts.append('node name "%s"' % loaded.node_name)
+    if isinstance(loaded, config_mod.MasterConfig) and loaded.http_listen:
+        warnings += _metrics_library(loaded)
     return Report(path, [], _once(warnings), facts)
 
 
@@ -72,6 +76,16 @@ def _daemon_files(loaded):
             out.append('%s: key "%s": %s (the start would fail)'
                        % (loaded.path, key, why))
     return out
+
+
+def _metrics_library(loaded):
+    try:
+        importlib.import_module("prometheus_client")
+    except ImportError as err:
+        return ['%s: key "http_listen": needs prometheus_client '
+                "(python3-prometheus-client): %s (the start would fail)"
+                % (loaded.path, err)]
+    return []
 
 
 def _process_files(path, spec):

@@ -204,3 +204,17 @@ def test_http_listen(tmp_path):
         with pytest.raises(ConfigError) as err:
             config.load_master_config(path)
         assert 'key "http_listen": must be "HOST:PORT"' in str(err.value)
+
+
+def test_http_listen_off_loopback_is_a_warning_and_env_values_never_shown(
+        tmp_path):
+    from helpers import master_doc, write_json
+    path = str(tmp_path / "master.json")
+    write_json(path, master_doc(tmp_path, {}, http_listen="0.0.0.0:9556"))
+    assert any('"http_listen": 0.0.0.0:9556 reaches the network' in w
+               for w in config.load_master_config(path).warnings)
+    write_json(path, master_doc(tmp_path, {}, http_listen="[::1]:9556"))
+    assert config.load_master_config(path).warnings == []
+    _, problems, _ = problems_of([{"name": "a", "run": "/bin/true",
+                                   "env": {"K": "secret-8501\0"}}])
+    assert problems and "secret-8501" not in " ".join(problems)
