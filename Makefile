@@ -5,18 +5,26 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv bench clean demo deb soak chaos docs
+.PHONY: test venv venv-run bench clean demo deb soak chaos docs
 
+# Two steps in one venv: venv-run has the run-time dependencies
+# (requirements.txt) and the package, all `make demo` needs; venv adds the
+# test and benchmark ones (requirements-dev.txt) on top.
+venv-run: $(VENV)/.runtime
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+$(VENV)/.runtime: requirements.txt setup.py
 	@$(PYTHON) -m venv $(VENV) || { \
 	  echo "python3 -m venv failed; installing python3-venv"; \
 	  apt-get update -qq && apt-get install -y -qq python3-venv && \
 	  $(PYTHON) -m venv $(VENV); }
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
+	$(VPY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
 test: venv
@@ -40,7 +48,8 @@ chaos: venv
 	    $(if $(SEED),--seed=$(SEED))
 
 # A master and two nodes on loopback, in the foreground; Ctrl-C stops all.
-demo: venv
+# Run-time dependencies only.
+demo: venv-run
 	$(VPY) demo/run.py
 
 # The Debian package, built in a clean copy of the tree (needs debhelper and

@@ -5,8 +5,9 @@ Without root, in a fresh temporary folder, on free loopback ports, it runs
 one dpd-masterd and, for each of two nodes (node1, node2), a dpd-workerd and
 a dpd-clientd: the real distributed setup of the README, shrunk onto one
 machine. It prints the cluster's state (read from each worker's status file)
-whenever it changes. Edit the master file it names to see a change reach a
-node. Ctrl-C stops everything it started: the clients and the master, then
+whenever it changes, and every warning and error the daemons log (their
+output is in logs/<daemon>.out). Edit the master file it names to see a
+change reach a node, or an invalid edit refused on the screen. Ctrl-C stops everything it started: the clients and the master, then
 each worker's processes (by emptying the worker's file, as a master would),
 then the workers.
 """
@@ -14,6 +15,7 @@ then the workers.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +37,9 @@ NODES = ("node1", "node2")
 # cleans: the test suite finds every process it started by this marker.
 PASS_ENV = ("DPD_TEST_MARKER",)
 POLL = 0.2
+# A daemon's log line (diprocd.daemon.LOG_FORMAT): time, name[pid], level.
+LOG_LINE = re.compile(r"^\S+ (\d\d:\d\d:\d\d),\d+ \S+\[\d+\] ([A-Z]+) (.*)$")
+QUIET_LEVELS = ("DEBUG", "INFO")
 
 
 def atomic_write_json(path, obj):
@@ -108,13 +113,19 @@ class Demo:
         self.children.append((label, proc))
         return proc
 
+    def labels(self):
+        """(label, command, config) of each daemon, in starting order."""
+        daemons = [("worker." + node, "dpd-workerd", self.workers[node][0])
+                   for node in NODES]
+        daemons.append(("master", "dpd-masterd", self.master_conf))
+        daemons.extend(("client." + node, "dpd-clientd",
+                        os.path.join(self.folder, node, "client.json"))
+                       for node in NODES)
+        return daemons
+
     def start_all(self):
-        for node in NODES:
-            self.start("worker." + node, "dpd-workerd", self.workers[node][0])
-        self.start("master", "dpd-masterd", self.master_conf)
-        for node in NODES:
-            self.start("client." + node, "dpd-clientd",
-                       os.path.join(self.folder, node, "client.json"))
+        for label, command, config in self.labels():
+            self.start(label, command, config)
 
     def state(self):
         """(node, process, state, pid) rows from the workers' status files."""
@@ -185,6 +196,39 @@ class Demo:
                 proc.wait()
 
 
+class LogTail:
+    """The new lines of the daemons' outputs (logs/<label>.out) that an
+    operator must see: a log line of level WARNING or above, or anything that
+    is not a log line (a traceback, a message printed before logging)."""
+
+    def __init__(self, folder, labels):
+        self.paths = {label: os.path.join(folder, "logs", label + ".out")
+                      for label in labels}
+        self.offsets = dict.fromkeys(labels, 0)
+
+    def new_lines(self):
+        shown = []
+        for label, path in self.paths.items():
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(self.offsets[label])
+                    data = handle.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1  # whole lines only
+            self.offsets[label] += end
+            for raw in data[:end].decode("utf-8", "replace").splitlines():
+                match = LOG_LINE.match(raw)
+                if match is None:
+                    if raw.strip():
+                        shown.append("%s %-14s %s" % (
+                            time.strftime("%H:%M:%S"), label, raw))
+                elif match.group(2) not in QUIET_LEVELS:
+                    shown.append("%s %-14s %s %s" % (
+                        match.group(1), label, match.group(2), match.group(3)))
+        return shown
+
+
 def render(rows):
     lines = ["%s  cluster state" % time.strftime("%H:%M:%S")]
     for node, name, state, pid in rows:
@@ -211,14 +255,18 @@ def main(argv=None):
     demo.write_configs()
     print("diprocd demo in %s" % folder)
     print("  master file: %s  (edit it: changes reach the nodes)" % demo.master_conf)
-    print("  logs:        %s" % os.path.join(folder, "logs"))
+    print("  logs:        %s  (warnings and errors show here too)"
+          % os.path.join(folder, "logs"))
     print("  endpoints:   %s (stats), %s (updates)"
           % (demo.endpoints["master_stats"], demo.endpoints["master_updates"]))
     print("Ctrl-C stops everything.\n", flush=True)
     shown, reported = None, set()
+    tail = LogTail(folder, [label for label, _, _ in demo.labels()])
     try:
         demo.start_all()
         while not interrupted:
+            for line in tail.new_lines():
+                print(line, flush=True)
             rows = demo.state()
             if rows != shown:
                 print(render(rows), flush=True)
