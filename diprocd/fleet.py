@@ -62,4 +62,5 @@ def node_status(name, seen, configured, now, silent_after, epoch, seq):
 def as_desired(node):
     """A node is as desired when it is up, in sync and every process is."""
     return node["liveness"] == UP and node["in_sync"] and all(
-        entry.get("ok") for entry in node["procs"].values())
+        isinstance(entry, dict) and entry.get("ok")
+        for entry in node["procs"].values())

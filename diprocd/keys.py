@@ -28,6 +28,7 @@ reads no key, loads neither).
 import dataclasses
 import os
 import re
+import stat
 import struct
 
 from diprocd import trust
@@ -50,24 +51,40 @@ class KeyPair:
     secret: bytes = None
 
 
-def _check_safe(path, what, secret):
+def _check_safe(fd, path, what, secret):
     """The file-safety rules (``trust``): a key file or folder someone else
-    could write is refused; a secret key readable by others too."""
-    trust.check_file(path, what + (" secret key file" if secret else
-                                   " key file" if path.endswith(
-                                       PUBLIC_SUFFIX) else ""), secret)
+    could write is refused; a secret key readable by others too. ``fd``:
+    the open file (checked by fstat), or None (by path: a folder)."""
+    what += " secret key file" if secret else " key file" if path.endswith(
+        PUBLIC_SUFFIX) else ""
+    if fd is None:
+        trust.check_file(path, what, secret)
+    else:
+        trust.check_opened(fd, path, what, secret)
 
 
 def read_key_file(path, what, secret=False):
     """The KeyPair in ``path``; ``secret``: it must hold the secret key.
     Raise ConfigError naming the file and what is wrong."""
-    _check_safe(path, what, secret)
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ConfigError("%s %s: cannot read: %s" % (
+            what, path, err.strerror or err))
+    # The file checked is the file read (fstat of this descriptor).
+    try:
+        _check_safe(fd, path, what, secret)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("%s %s: not a regular file" % (what, path))
+        with os.fdopen(fd, "rb") as handle:
+            fd = None
             data = handle.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as err:
         raise ConfigError("%s %s: cannot read: %s" % (
             what, path, err.strerror or err))
+    finally:
+        if fd is not None:
+            os.close(fd)
     if len(data) > MAX_KEY_FILE_BYTES:
         raise ConfigError("%s %s: larger than %d bytes: not a key file" % (
             what, path, MAX_KEY_FILE_BYTES))
@@ -85,13 +102,13 @@ def read_key_file(path, what, secret=False):
                           "file (the secret one is NAME%s)" % (
                               what, path, SECRET_SUFFIX))
     pair = KeyPair(found[b"public-key"], found.get(b"secret-key"))
-    for key in (pair.public, pair.secret):
+    for name, key in (("public", pair.public), ("secret", pair.secret)):
         try:
             key is None or raw(key)
         except (ValueError, struct.error):
-            raise ConfigError("%s %s: %s is not a Z85 key (a group of five "
-                              "characters is past 2**32)" % (
-                                  what, path, key.decode("ascii")))
+            raise ConfigError("%s %s: its %s key is not a Z85 key (a group "
+                              "of five characters is past 2**32)" % (
+                                  what, path, name))
     if pair.secret is not None and public_of(pair.secret) != pair.public:
         raise ConfigError("%s %s: its public key does not belong to its "
                           "secret key" % (what, path))
@@ -128,7 +145,7 @@ class Keyring:
 def read_keyring(folder, what):
     """The Keyring of ``folder`` and the warnings about the files skipped;
     ConfigError when the folder itself cannot be read."""
-    _check_safe(folder, what + " folder", False)
+    _check_safe(None, folder, what + " folder", False)
     try:
         entries = sorted(os.listdir(folder))
     except OSError as err:

@@ -294,7 +294,7 @@ class Master:
                 self._sealer = keys.Sealer(self.config.curve.pair.secret)
             try:
                 self._bind(context, self.config)
-            except zmq.ZMQError as err:
+            except (zmq.ZMQError, OSError) as err:
                 self.log.error("cannot bind: %s", err)
                 return 1
             if self.config.http_listen and not self._serve_http():
@@ -557,8 +557,25 @@ class Master:
         self.on_report(report)
 
     def _on_control(self):
-        bus.receive_all(self.control, self.steering.on_request,
-                        RECEIVE_BATCH)
+        curve = self.config.curve
+        if curve is None or self.config.master_control.startswith("ipc://"):
+            bus.receive_all(self.control, self.steering.on_request,
+                            RECEIVE_BATCH)
+        else:
+            bus.receive_all(self.control, self._operator_request,
+                            RECEIVE_BATCH, copy=False)
+
+    def _operator_request(self, frames):
+        """A request on the tcp control socket: taken only while its key is
+        still an operator's (ZAP checked it at the handshake only, and a
+        key removed since must not steer on a connection made before)."""
+        operators = self.config.curve.operators
+        if operators is None or operators.name_of(
+                bus.sender_id(frames[-1])) is None:
+            self.refusals.drop("a dpdctl request sent with an operator key "
+                               "no longer allowed")
+            return
+        self.steering.on_request([bytes(frame) for frame in frames])
 
     def on_report(self, report):
         self.counts["reports"] += 1

@@ -411,3 +411,50 @@ def test_dpdctl_keys_with_worker_are_a_usage_error(tmp_path):
                                     "--key", str(tmp_path / "k"), "status"])
     assert result.returncode == ctl.EXIT_USAGE
     assert "not --worker" in result.stderr
+
+
+def test_an_operator_key_removed_is_refused_on_an_open_connection(
+        tmp_path, marker):
+    """ZAP checks a key at the handshake only: a connection made before
+    the key's removal must not steer after it."""
+    from helpers import free_port
+    ring = Keys(tmp_path, "alice")
+    operators = tmp_path / "operators"
+    operators.mkdir()
+    shutil.copy(ring.public("alice"), operators)
+    control = "tcp://127.0.0.1:%d" % free_port()
+    master = Master(tmp_path, marker, nodes={"node1": []},
+                    master_control=control,
+                    curve_operators_dir=str(operators),
+                    **ring.master_settings())
+    master.start()
+    req = connected(zmq.REQ, ring, "alice", control)
+    try:
+        def ask():
+            req.send(json.dumps({"v": 1, "cmd": "status"}).encode())
+            return req.poll(5000) and json.loads(req.recv())
+        assert wait_for(ask, timeout=15, what="alice's status")["ok"]
+        os.unlink(str(operators / "alice.key"))
+        os.kill(master.daemon.pid, signal.SIGHUP)
+        wait_for(lambda: 'operator key "alice" removed' in master.log(),
+                 what="the removal in the master's log")
+        req.send(json.dumps({"v": 1, "cmd": "status"}).encode())
+        assert not req.poll(2000)  # no answer on the open connection
+        assert "a dpdctl request sent with an operator key no longer " \
+            "allowed" in master.log()
+    finally:
+        req.close()
+        master.stop()
+
+
+def test_a_key_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    path = str(tmp_path / "k.key_secret")
+    os.mkfifo(path, 0o600)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        keys.read_key_file(path, "key", secret=True)
+
+
+def test_a_node_status_with_junk_entries_is_not_as_desired():
+    from diprocd import fleet
+    assert not fleet.as_desired({"liveness": fleet.UP, "in_sync": True,
+                                 "procs": {"x": 1}})
