@@ -20,6 +20,7 @@
   distributed tests) its dpd-clientd; ``Master`` is one dpd-masterd.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -548,3 +549,18 @@ class Node:
             if daemon is not None and daemon.poll() is None:
                 daemon.kill()
                 daemon.wait()
+
+
+@contextlib.contextmanager
+def running_cluster(master, nodes, **client_settings):
+    """``master`` started and each of ``nodes`` joined to it; on exit the
+    nodes' daemons killed and the master stopped."""
+    master.start()
+    try:
+        for node in nodes:
+            node.join(master, **client_settings)
+        yield
+    finally:
+        for node in nodes:
+            node.close()
+        master.stop()

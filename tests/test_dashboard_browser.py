@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import simplejson as json
 
-from helpers import Master, Node, free_port, wait_for
+from helpers import Master, Node, free_port, running_cluster, wait_for
 
 pytest.importorskip("prometheus_client")
 CHROMIUM = shutil.which("chromium")
@@ -118,13 +118,9 @@ def cluster(tmp_path, marker):
                                      node2.proc("job", "/bin/false",
                                                 restart=False)],
                            "node3": []})
-    master.start()
-    for node in (node1, node2):
-        node.join(master, status_interval=0.3)
-    yield master, node1, node2
-    for node in (node1, node2):
-        node.close()
-    master.stop()
+    with running_cluster(master, (node1, node2),
+                         status_interval=0.3):
+        yield master, node1, node2
 
 
 def master_view(master):

@@ -14,7 +14,7 @@ from diprocd import fleet
 from diprocd.config import default_master_control
 from diprocd.daemon import read_pid
 from diprocd.kernel import is_alive
-from helpers import (Master, Node, read_json, run_command,
+from helpers import (Master, Node, read_json, run_command, running_cluster,
                      wait_for)
 
 SILENT_AFTER = 3.0
@@ -33,13 +33,9 @@ def cluster(tmp_path, marker):
                                                 "sleep 8202", logs=logs)],
                            "node2": [node2.proc("b", "/bin/sleep", "8203")],
                            "node3": []})
-    master.start()
-    for node in (node1, node2):
-        node.join(master, status_interval=INTERVAL)
-    yield master, node1, node2
-    for node in (node1, node2):
-        node.close()
-    master.stop()
+    with running_cluster(master, (node1, node2),
+                         status_interval=INTERVAL):
+        yield master, node1, node2
 
 
 def dpdctl(master, *args):

@@ -14,7 +14,7 @@ import pytest
 import simplejson as json
 
 from diprocd import httpd
-from helpers import Master, Node, free_port, wait_for
+from helpers import Master, Node, free_port, running_cluster, wait_for
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -35,13 +35,9 @@ def cluster(tmp_path, marker):
                                      node2.proc("once", "/bin/true",
                                                 restart=False)],
                            "node3": []})
-    master.start()
-    for node in (node1, node2):
-        node.join(master, status_interval=INTERVAL)
-    yield master, node1, node2
-    for node in (node1, node2):
-        node.close()
-    master.stop()
+    with running_cluster(master, (node1, node2),
+                         status_interval=INTERVAL):
+        yield master, node1, node2
 
 
 def get(master, path, timeout=5):
