@@ -43,12 +43,19 @@ def _age(seconds):
 
 
 def note(entry):
-    """The last column: the operator's stop, the error or the last exit."""
+    """The last column: the operator's stop, the error or the last exit;
+    then the health check's last result."""
     if entry.get("held"):
         return "stopped by operator"
     text = entry.get("error") or entry.get("last_exit") or ""
     if entry.get("adopted"):
         text = ("adopted; " + text) if text else "adopted"
+    health = entry.get("health")
+    if isinstance(health, dict):
+        output = str(health.get("output") or "").replace("\n", " ")
+        check = "check %s%s" % (health.get("health"),
+                                ": " + output[:80] if output else "")
+        text = "%s; %s" % (text, check) if text else check
     return text
 
 

@@ -289,6 +289,39 @@ NEAR = {
     "object of strings": st.dictionaries(STRINGS, STRINGS | NUMBERS,
                                          max_size=3),
 }
+CHECK_TARGETS = {
+    "exec": st.lists(STRINGS | NUMBERS, max_size=3) | st.builds(
+        lambda first, rest: [first] + rest, st.sampled_from(
+            ["/bin/true", "true", "/", "", "/a\0"]), st.lists(STRINGS,
+                                                             max_size=2)),
+    "tcp": NEAR["HOST:PORT"] | st.sampled_from(
+        ["256.0.0.1:1", "1.2.3:4", "01.2.3.4:5", "localhost:80"]),
+    "http": st.builds(
+        lambda scheme, host, port, path: scheme + host + port + path,
+        st.sampled_from(["http://", "https://", "HTTP://", "ftp://", ""]),
+        st.sampled_from(["127.0.0.1", "[::1]", "localhost", "a.b", "", "[]",
+                         "10.0.0.256"]),
+        st.sampled_from(["", ":80", ":0", ":65536", ":"]),
+        st.sampled_from(["", "/", "/health?x=1", "/a b", "/\n", "/\u00e9"])),
+}
+CHECK_NUMBERS = st.integers(-1, 1001) | st.floats(-1, 90000) | NUMBERS \
+    | st.sampled_from([0, 0.01, 0.005, 1000, 3600, 3600.5, 86400, 2.0])
+
+
+@st.composite
+def checks(draw):
+    """Health checks near what config.health_check takes, both sides."""
+    value = {}
+    for kind in draw(st.lists(st.sampled_from(sorted(CHECK_TARGETS)),
+                              min_size=0, max_size=2, unique=True)):
+        value[kind] = draw(CHECK_TARGETS[kind])
+    for key in draw(st.sets(st.sampled_from(
+            ["interval", "timeout", "failures", "grace", "every"]))):
+        value[key] = draw(CHECK_NUMBERS | SCALARS)
+    return value
+
+
+NEAR["health check"] = checks()
 
 
 @pytest.mark.parametrize("where, check", every_check(),
@@ -365,6 +398,8 @@ def valid_fields(index, earlier):
             "{}{:03o}".format, st.sampled_from(["", "0", "0o", "0O", "00"]),
             st.integers(0, 0o777))),
         "depends": names,
+        "check": st.none() | checks().filter(
+            lambda value: accepted(config.health_check, value)),
     }
 
 
