@@ -6,6 +6,10 @@ starting, signalling, pid files and watching pids go through ``ops`` (a
 ``ProcessOps``: ``ops.NodeOps`` in the worker, a fake in unit tests) and time
 comes from ``clock`` (a fake in unit tests). Every state change goes through
 ``_set_state``, which checks the one transition table below.
+
+A process with a ``check`` is ``ready`` (and shown ``running``) once its
+check first passed (``health`` runs the checks and keeps ``health``);
+``check_failed`` ends it so that its exit takes the path of any death.
 """
 
 import collections

@@ -307,3 +307,25 @@ def test_an_adopted_process_is_checked_again(node, tmp_path):
     flag.unlink()
     wait_for(lambda: node.state("web").get("pid") not in (None, pid),
              timeout=10, what=lambda: node.state("web"))
+
+
+def test_an_ipv6_tcp_check(node):
+    """"[::1]:PORT": a connect over IPv6 (the kernel completes it in the
+    listener's backlog; nobody needs to accept)."""
+    listener = socket.socket(socket.AF_INET6)
+    try:
+        listener.bind(("::1", 0))
+    except OSError as err:
+        listener.close()
+        pytest.skip("no IPv6 loopback: %s" % err)
+    listener.listen(16)
+    try:
+        target = "[::1]:%d" % listener.getsockname()[1]
+        node.write([node.proc("v6", "/bin/sleep", "10015", check={
+            "tcp": target, "interval": 0.1})])
+        node.start()
+        node.wait_running("v6")
+        assert node.state("v6")["health"]["output"] == "connected to " + \
+            target
+    finally:
+        listener.close()
