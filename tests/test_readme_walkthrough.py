@@ -11,7 +11,8 @@ as written.
 After each command whose outcome the README tells, the test checks it on
 its own, with deadlines: the worker runs the example's processes, the
 client makes the node node1 of the master's file, ``dpdctl status`` shows
-it and exits 1 (node2 "never seen"), the edit restarts the sleep with its
+it and exits 1 (node2 "never seen"), the dashboard answers where the
+README says, the edit restarts the sleep with its
 new args, the invalid edit is logged as an ERROR by the master and changes
 nothing, the stop leaves nothing running. Every process the walkthrough
 starts carries the test's marker (the daemons) or is recorded from the
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 import uuid
 
 import pytest
@@ -218,6 +220,12 @@ def test_from_a_checkout_as_written(marker, tmp_path):
         assert re.search(r"node1\s+up\s+sleep\.node1\.1\s+running", output), \
             output
         assert re.search(r"node2\s+\*?never seen", output), output
+        # "The master's dashboard is on <http://127.0.0.1:9556/>."
+        with open(README) as handle:
+            (url,) = re.findall(
+                r"dashboard is on <(http://127\.0\.0\.1:\d+/)>", handle.read())
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
 
     def after_edit(code, output):
         assert code == 0, output
