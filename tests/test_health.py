@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conftest import requires_root
 from diprocd import config
 from diprocd import process as P
 from diprocd.health import HealthChecks
@@ -329,3 +330,20 @@ def test_an_ipv6_tcp_check(node):
             target
     finally:
         listener.close()
+
+
+@requires_root
+def test_an_exec_check_runs_as_the_process_does(node):
+    """The process's user, cwd, env and umask; its own process group."""
+    node.write([node.proc("as", "/bin/sleep", "10016", user="nobody",
+                          cwd="/tmp", env={"FOO": "bar baz"}, umask="027",
+                          check={"exec": ["/bin/sh", "-c",
+                                          'echo "$(id -un) $(pwd) $FOO '
+                                          '$(umask) $(ps -o pgid= $$)" $$'],
+                                 "interval": 0.1})])
+    node.start()
+    node.wait_running("as")
+    output = node.state("as")["health"]["output"]
+    words = output.split()
+    assert words[:5] == ["nobody", "/tmp", "bar", "baz", "0027"], output
+    assert words[5] == words[6]  # the shell leads its own group
