@@ -16,9 +16,11 @@ from diprocd.errors import ConfigError
 
 
 def live_state(entry):
-    """The state to show: "running" only while its pid is alive."""
+    """The state to show: "running" (or "starting" with a pid: awaiting
+    its health check) only while its pid is alive."""
     pid = entry.get("pid")
-    if entry.get("state") == "running" and isinstance(pid, int) \
+    if entry.get("state") in ("running", "starting") \
+            and isinstance(pid, int) \
             and not isinstance(pid, bool) and pid > 0 \
             and not kernel.is_alive(pid):
         return "dead"

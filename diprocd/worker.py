@@ -9,8 +9,8 @@ and a pidfd per supervised process (``pidwatch``). Around that it decides:
 - ``run_schedulers``: start waiting processes whose dependencies run (and
   passed their health check: ``Process.ready``), as one overlapped burst;
   stop removed ones, dependents first;
-- ``health``: the health checks of running processes (``health``), told
-  of each state change;
+- ``self.health`` (``health.HealthChecks``): the health checks of the
+  running processes, told of each state change (``_changed``);
 - at start, ``adoption.adopt`` what the last worker left running.
 
 The I/O a Process asks for is ``ops.NodeOps``; what the worker remembers
