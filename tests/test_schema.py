@@ -321,7 +321,31 @@ def checks(draw):
     return value
 
 
-NEAR["health check"] = checks()
+@st.composite
+def valid_checks(draw):
+    """Health checks config.health_check takes (the edges among them)."""
+    kind = draw(st.sampled_from(sorted(CHECK_TARGETS)))
+    value = {kind: draw({
+        "exec": st.builds(lambda first, rest: [first] + rest, st.builds(
+            str.__add__, st.just("/"), NOT_NUL), st.lists(NOT_NUL,
+                                                         max_size=2)),
+        "tcp": st.sampled_from(["127.0.0.1:1", "[::1]:65535", "localhost:80",
+                                "255.255.255.255:8", "0.0.0.0:99"]),
+        "http": st.sampled_from(["http://127.0.0.1", "http://[::1]:8/",
+                                 "http://localhost:65535/a?b=c&d=%20"]),
+    }[kind])}
+    for key, (low, high) in sorted(config.CHECK_NUMBERS.items()):
+        if draw(st.booleans()):
+            value[key] = draw(st.integers(low, high) if key == "failures"
+                              else st.sampled_from([low, high]) | st.floats(
+                                  low, high))
+    return value
+
+
+NEAR["health check"] = checks() | valid_checks() | st.builds(
+    lambda value, key, junk: dict(value, **{key: junk}), valid_checks(),
+    st.sampled_from(["exec", "tcp", "http", "interval", "timeout",
+                     "failures", "grace", "other"]), SCALARS)
 
 
 @pytest.mark.parametrize("where, check", every_check(),
@@ -398,8 +422,7 @@ def valid_fields(index, earlier):
             "{}{:03o}".format, st.sampled_from(["", "0", "0o", "0O", "00"]),
             st.integers(0, 0o777))),
         "depends": names,
-        "check": st.none() | checks().filter(
-            lambda value: accepted(config.health_check, value)),
+        "check": st.none() | valid_checks(),
     }
 
 
