@@ -221,7 +221,7 @@ class HealthChecks:
 class Probe:
     """One run of a check: ``start()``, then exactly one ``result`` to the
     checks, by itself, by ``expire()`` (the timeout) or never after
-    ``cancel()``."""
+    ``cancel()``. A kind defines ``start``, ``expire`` and ``close``."""
 
     def __init__(self, checks, record):
         self.checks = checks
@@ -236,9 +236,6 @@ class Probe:
         self.finished = True
         self.close()
         self.checks.result(self.record, ok, output)
-
-    def expire(self):
-        self.finish(False, "no answer within %gs" % self.check.timeout)
 
     def cancel(self):
         self.finished = True
@@ -309,6 +306,10 @@ class TcpProbe(Probe):
 
     def connected(self):
         self.finish(True, "connected to %s" % self.target)
+
+    def expire(self):
+        self.finish(False, "connect to %s: no answer within %gs"
+                    % (self.target, self.check.timeout))
 
     def close(self):
         if self.sock is not None:

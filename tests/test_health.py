@@ -244,15 +244,31 @@ def checks_running(marker):
 
 
 def test_a_slow_check_never_holds_the_loop(node, tmp_path, marker):
-    """An http server that accepts but never answers, an exec check that
-    never ends (its whole group killed at the timeout): meanwhile another
-    process killed is restarted at once and the worker answers."""
+    """An http server that accepts but never answers, a tcp listener whose
+    backlog is full, an exec check that never ends (its whole group killed
+    at the timeout): meanwhile another process killed is restarted at once
+    and the worker answers."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)  # connections complete in the backlog; no answer
+    # A backlog full of connections nobody accepts: a connect hangs (the
+    # kernel drops its SYNs).
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(full.getsockname())
+        fillers.append(filler)
+    deaf = "127.0.0.1:%d" % full.getsockname()[1]
     try:
         port = silent.getsockname()[1]
         node.write([
+            node.proc("deaf", "/bin/sleep", "10017", check={
+                "tcp": deaf, "interval": 0.1, "timeout": 2,
+                "failures": 100}),
             node.proc("mute", "/bin/sleep", "10010", check={
                 "http": "http://127.0.0.1:%d/" % port, "interval": 0.1,
                 "timeout": 4, "failures": 100}),
@@ -274,7 +290,8 @@ def test_a_slow_check_never_holds_the_loop(node, tmp_path, marker):
         restart = time.monotonic() - began
         result = run_command("dpd-workerd", ["--status", node.config_path])
         answered = time.monotonic() - began
-        assert "mute" in result.stdout and "stuck" in result.stdout
+        assert all(name in result.stdout for name in ("mute", "stuck",
+                                                      "deaf"))
         assert restart < 2.0 and answered < 3.0, (restart, answered)
         # Each expires at its timeout; the exec check's group is gone.
         wait_for(lambda: (node.state("mute").get("health") or {}).get(
@@ -288,9 +305,13 @@ def test_a_slow_check_never_holds_the_loop(node, tmp_path, marker):
         wait_for(lambda: not any(os.path.exists("/proc/%d" % pid)
                                  for pid in first_check), timeout=5,
                  what="the timed-out check's group gone")
+        wait_for(lambda: (node.state("deaf").get("health") or {}).get(
+            "output") == "connect to %s: no answer within 2s" % deaf,
+            timeout=10, what=lambda: node.state("deaf"))
         assert node.state("mute")["state"] == "starting"
     finally:
-        silent.close()
+        for sock in [silent, full] + fillers:
+            sock.close()
 
 
 def test_an_adopted_process_is_checked_again(node, tmp_path):
