@@ -65,7 +65,20 @@ FIELDS = (
           "requires `write_pid: false` and a `pid_file`, which the worker "
           "waits for (10 s at most) and whose pid it supervises", False),
     Field("restart", "boolean", "start it again when it dies, at most 5 "
-          "starts within any 60 s", True),
+          "starts within any 60 s (more wait: `backoff`)", True),
+    Field("restart_delay", "timeout", "seconds before a restart, doubled "
+          "for each quick failure in a row (a failed start, or an exit "
+          "before `restart_delay_reset`) up to `restart_delay_max`, each "
+          "made up to 10 % longer or shorter at random; `0`: at once, "
+          "until the start limit holds it back", 0.0),
+    Field("restart_delay_max", "timeout", "the longest delay before a "
+          "restart; also caps `restart_delay`", 300.0),
+    Field("restart_delay_reset", "timeout", "seconds of running after "
+          "which an exit is no quick failure: the delay starts over", 60.0),
+    Field("give_up_after", "count", "quick failures in a row after which "
+          "it is `given-up` (until a new definition, `SIGHUP`, `dpdctl "
+          "restart` or a worker restart)", None, "never",
+          null_is_default=True),
     Field("stop_signal", "signal", "signal sent to the process group to "
           "stop it (`\"TERM\"`, `\"SIGINT\"`, `1`...)", int(signal.SIGTERM)),
     Field("stop_timeout", "timeout", "seconds before `SIGKILL`", 10.0),
