@@ -15,9 +15,10 @@ counted; an exit after a longer run starts the count over.
   whose programs failed together does not restart in step.
 - ``restart_delay: 0`` (the default) restarts at once, as the seed did,
   until the 5-starts-within-60-s rule (``process.StartLimiter``) stops a
-  start. From then on, until the count starts over, the delay has a floor
-  of ``LIMIT_FLOOR`` (1 s) doubling like any other: a crash loop settles at
-  one start per ``restart_delay_max``.
+  start. From then on, until the count starts over, a ``restart_delay``
+  below ``LIMIT_FLOOR`` (1 s) counts as that: after the 5th failure in a
+  row 16 s (the rule's minute is longer), then 32, 64 ... s: a crash loop
+  settles at one start per ``restart_delay_max``.
 - ``give_up_after: N`` gives the process up at its N-th quick failure in a
   row; null (the default) never does.
 """

@@ -64,8 +64,9 @@ FIELDS = (
     Field("daemon", "boolean", "the program forks to the background; "
           "requires `write_pid: false` and a `pid_file`, which the worker "
           "waits for (10 s at most) and whose pid it supervises", False),
-    Field("restart", "boolean", "start it again when it dies, at most 5 "
-          "starts within any 60 s (more wait: `backoff`)", True),
+    Field("restart", "boolean", "start it again when it dies, after "
+          "`restart_delay`; never more than 5 starts within any 60 s: a "
+          "start beyond that waits (`backoff`)", True),
     Field("restart_delay", "timeout", "seconds before a restart, doubled "
           "for each quick failure in a row (a failed start, or an exit "
           "before `restart_delay_reset`) up to `restart_delay_max`, each "
