@@ -8,6 +8,8 @@ import logging
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diprocd import backoff as B
 from diprocd import process as P
@@ -348,3 +350,28 @@ def test_the_delay_is_logged(caplog):
         crash(proc, clock)
     assert any(r.getMessage() == "p: restart in 1.0s"
                for r in caplog.records)
+
+
+@settings(max_examples=200, deadline=None)
+@given(restart_delay=st.sampled_from([0, 0.3, 1, 7]),
+       delay_max=st.sampled_from([0, 1, 10, 300]),
+       reset=st.sampled_from([0, 2, 60]),
+       runs=st.lists(st.floats(min_value=0, max_value=120), max_size=40),
+       seed=st.integers(0, 2 ** 32))
+def test_never_more_than_five_starts_a_minute_and_never_given_up(
+        restart_delay, delay_max, reset, runs, seed):
+    """Whatever the policy and however long each run lasts: never more than
+    5 starts within 60 s, no wait longer than restart_delay_max or the
+    rule's minute, and without give_up_after never given up."""
+    proc, ops, clock = make(rand=random.Random(seed).random,
+                            restart_delay=restart_delay,
+                            restart_delay_max=delay_max,
+                            restart_delay_reset=reset)
+    proc.want()
+    starts = []
+    for ran in runs:
+        starts.append(crash(proc, clock, ran))
+        assert sum(1 for t in starts if t > starts[-1] - 60) <= 5, starts
+        if proc.state == P.BACKOFF:
+            assert wait_out(proc, clock) <= max(delay_max, 60)
+        assert proc.state == P.WAITING
