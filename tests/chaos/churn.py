@@ -13,8 +13,8 @@ definition gets a new token. The kinds, and what each comes to:
 - ``daemon``: a forking daemon (``daemon: true``) whose launcher writes
   the pid of a background sleep in its own pid file (``running``);
 - ``brief``: sleeps a fraction of a second: with ``restart`` restarted
-  (at once or after a short ``restart_delay``) until its ``give_up_after:
-  5`` gives it up (``given-up``), else ``exited``;
+  until its ``give_up_after: 5`` gives it up (``given-up``), else
+  ``exited``;
 - ``crasher``: ``exit 1`` at once: the same, ``given-up`` with
   ``restart``, else ``exited``;
 - ``once``: ``exit 0``, no ``restart``: ``exited``.
@@ -230,12 +230,13 @@ class Lists:
                           else EXITED, token, name, "/bin/sh", "-c", "exit 1",
                           token, **self._giving_up())
 
-    def _giving_up(self):
+    @staticmethod
+    def _giving_up():
         """A short-lived kind's restart policy: given up after 5 quick
-        failures (without it the worker would back off and retry them for
-        good), some after delays (at most 0.05+0.1+0.2+0.4 s)."""
-        return {"give_up_after": 5,
-                "restart_delay": self.rng.choice((0, 0, 0.05))}
+        failures, as the seed's start limit did (without it the worker
+        would back off and retry them for good). Nothing drawn: a seed
+        replays the schedule it drew before the restart policy."""
+        return {"give_up_after": 5}
 
     def _once(self, node, name, serial):
         token = "0.%06d" % serial
