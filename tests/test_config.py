@@ -96,6 +96,23 @@ def test_the_restart_policy_fields():
                                       'must be ' % field), problems
 
 
+def test_a_definition_without_the_new_fields_keeps_its_fingerprint():
+    """What a worker before the restart policy recorded (these digests come
+    from it): an upgraded worker adopts its processes, it does not restart
+    them for a changed definition. Setting a new field changes it."""
+    web = spec.ProcessSpec(name="web", run="/usr/bin/web", args=("-p", "80"),
+                           env=(("A", "1"),), user="nobody",
+                           pid_file="/run/web.pid")
+    assert web.fingerprint() == "24c61605746b5adb"
+    assert spec.ProcessSpec(name="-", run="/-").fingerprint() == \
+        "99ffe132535f4ea2"
+    explicit = dataclasses.replace(web, restart_delay=0, give_up_after=None)
+    assert explicit.fingerprint() == web.fingerprint()
+    for field in spec.ADDED_LATER:
+        changed = dataclasses.replace(web, **{field.name: 7})
+        assert changed.fingerprint() != web.fingerprint(), field.name
+
+
 def test_unknown_field_is_a_warning():
     specs, problems, warnings = problems_of(
         [{"name": "a", "run": "/bin/true", "colour": "red"}])
