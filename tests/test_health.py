@@ -368,3 +368,23 @@ def test_an_exec_check_runs_as_the_process_does(node):
     words = output.split()
     assert words[:5] == ["nobody", "/tmp", "bar", "baz", "0027"], output
     assert words[5] == words[6]  # the shell leads its own group
+
+
+def test_a_failed_check_restarts_through_the_restart_policy():
+    """A process ended by its check backs off like any quick death."""
+    clock, ops = FakeClock(), FakeOps()
+    proc = P.Process(ProcessSpec(name="p", run="/bin/sleep", restart_delay=5,
+                                 check=CheckSpec("tcp", "127.0.0.1:9",
+                                                 failures=1)), ops, clock)
+    checks = HealthChecks(Loop(clock=clock.monotonic), None, clock,
+                          logging.getLogger("test"), lambda: None)
+    ops.changed = checks.follow
+    proc.want()
+    proc.start()
+    record = checks.records[proc]
+    record.started = clock.now
+    checks.result(record, False, "refused")
+    assert ops.signals == [(101, signal.SIGTERM)]
+    proc.on_exit("killed by SIGTERM")
+    assert proc.state == P.BACKOFF and proc.deadline > clock.now + 4
+    assert "health checks in a row failed" in proc.last_exit
