@@ -66,6 +66,7 @@ bench: venv
 	$(VPY) bench/worker_vs_supervisord.py
 	$(VPY) bench/propagation.py
 	$(VPY) bench/dpdctl.py
+	$(VPY) bench/health_checks.py
 
 # Not in CI: a worker with 1000 processes and a master with 200 simulated
 # nodes under 10 minutes of churn; prints the CPU/RSS/fd curve.

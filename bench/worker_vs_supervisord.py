@@ -728,18 +728,46 @@ def run(args, folder, token, supervisors_out):
     return results
 
 
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    token = uuid.uuid4().hex
-    folder = tempfile.mkdtemp(prefix="dpd-bench-")
-    supervisors = []
+def run_cleanly(body, supervisors, token, folder, keep=False):
+    """Run ``body()``; return the exit status (0, 1 on a BenchError, 130
+    interrupted). Whatever happens, the supervisors in ``supervisors`` are
+    stopped and every program of the run killed (by marker), then
+    ``folder`` removed unless ``keep``."""
     # Ctrl-C raises KeyboardInterrupt already; TERM and HUP clean up too,
     # unless HUP was ignored on purpose (nohup).
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _raise_interrupt)
-    status = 1
     try:
+        body()
+        return 0
+    except KeyboardInterrupt:
+        progress("interrupted: cleaning up")
+        return 130
+    except BenchError as err:
+        progress("error: %s" % err)
+        return 1
+    finally:
+        # Cleanup must finish even on a second Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        progress("stopping the supervisors and every program of this run")
+        for supervisor in supervisors:
+            supervisor.stop()
+        kill_marked(token)
+        if keep:
+            progress("temporary folder kept: %s" % folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    token = uuid.uuid4().hex
+    folder = tempfile.mkdtemp(prefix="dpd-bench-")
+    supervisors = []
+
+    def body():
         results = run(args, folder, token, supervisors)
         table = render_table(args, results)
         print(table)
@@ -748,25 +776,7 @@ def main(argv=None):
         if args.markdown:
             with open(args.markdown, "w") as handle:
                 handle.write(table + "\n")
-        status = 0
-    except KeyboardInterrupt:
-        progress("interrupted: cleaning up")
-        status = 130
-    except BenchError as err:
-        progress("error: %s" % err)
-    finally:
-        # Cleanup must finish even on a second Ctrl-C.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        progress("stopping both supervisors and every program of this run")
-        for supervisor in supervisors:
-            supervisor.stop()
-        kill_marked(token)
-        if args.keep:
-            progress("temporary folder kept: %s" % folder)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    return status
+    return run_cleanly(body, supervisors, token, folder, args.keep)
 
 
 if __name__ == "__main__":

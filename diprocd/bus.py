@@ -28,8 +28,9 @@ class ZmqPoller:
         self.zmq = zmq_module()
         self._poller = self.zmq.Poller()
 
-    def register(self, obj):
-        self._poller.register(obj, self.zmq.POLLIN)
+    def register(self, obj, writable=False):
+        self._poller.register(obj, self.zmq.POLLOUT if writable
+                              else self.zmq.POLLIN)
 
     def unregister(self, obj):
         self._poller.unregister(obj)

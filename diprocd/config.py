@@ -30,7 +30,7 @@ import simplejson as json
 from diprocd import jsonin, keys, protocol, trust
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.spec import DEFAULTS, FIELDS, REQUIRED, ProcessSpec
+from diprocd.spec import DEFAULTS, FIELDS, REQUIRED, CheckSpec, ProcessSpec
 
 # The largest configuration file we agree to parse (a sanity bound).
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -181,6 +181,100 @@ def split_host_port(value):
     """``"[::1]:9556"`` -> ``("::1", 9556)`` (a checked ``host_port``)."""
     host, port = value.rsplit(":", 1)
     return host.strip("[]"), int(port)
+
+
+# A health check's host: an IPv4 address, an IPv6 address in brackets, or
+# "localhost" (127.0.0.1); never a name to resolve, which could block the
+# worker's loop on DNS (README, "Health checks").
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CHECK_HOST = r"(%s(\.%s){3}|\[[0-9A-Fa-f:.]+\]|localhost)" % (_OCTET, _OCTET)
+_PORT = (r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+         r"|655[0-2][0-9]|6553[0-5])")
+CHECK_TCP_PATTERN = r"^%s:%s$(?!\n)" % (_CHECK_HOST, _PORT)
+CHECK_TCP_RE = re.compile(CHECK_TCP_PATTERN)
+# http:// only; the path, if any, printable ASCII without spaces.
+CHECK_HTTP_PATTERN = r"^http://%s(:%s)?(/[!-~]*)?$(?!\n)" % (_CHECK_HOST,
+                                                              _PORT)
+CHECK_HTTP_RE = re.compile(CHECK_HTTP_PATTERN)
+CHECK_KINDS = ("exec", "tcp", "http")
+# key -> (low, high) of a check's numbers (seconds; failures: a count).
+CHECK_NUMBERS = {"interval": (0.01, 86400), "timeout": (0.01, 3600),
+                 "failures": (1, 1000), "grace": (0, 86400)}
+
+
+def _check_number(key, value):
+    low, high = CHECK_NUMBERS[key]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "failures":
+        if not number or not low <= value <= high or value != int(value):
+            raise Invalid('"failures": must be a whole number from %d to %d,'
+                          ' got %s' % (low, high, json.dumps(value)))
+        return int(value)
+    if not number or not low <= value <= high:
+        raise Invalid('"%s": must be a number of seconds (%g to %g), got %s'
+                      % (key, low, high, json.dumps(value)))
+    return float(value)
+
+
+def _check_target(kind, value):
+    if kind == "exec":
+        if not isinstance(value, list) or not value or not all(
+                isinstance(item, str) and "\0" not in item for item in value) \
+                or not value[0].startswith("/"):
+            raise Invalid('"exec": must be a list of strings, the first an '
+                          'absolute path (inside the chroot), got %s'
+                          % json.dumps(value))
+        return tuple(value)
+    if kind == "tcp":
+        if not isinstance(value, str) or not CHECK_TCP_RE.match(value):
+            raise Invalid('"tcp": must be "ADDRESS:PORT" such as '
+                          '"127.0.0.1:80" or "[::1]:80" (an address or '
+                          'localhost, not a name), got %s' % json.dumps(value))
+        return value
+    if isinstance(value, str) and value[:8].lower() == "https://":
+        raise Invalid('"http": https is not supported (the worker carries '
+                      'no TLS library): check a plain http:// port, or run '
+                      'a client in an "exec" check, got %s' % json.dumps(value))
+    if not isinstance(value, str) or not CHECK_HTTP_RE.match(value):
+        raise Invalid('"http": must be a URL such as '
+                      '"http://127.0.0.1:8080/health" (an address or '
+                      'localhost, not a name), got %s' % json.dumps(value))
+    return value
+
+
+@accepts({"title": "health check", "type": "object",
+          "properties": {
+              "exec": {"type": "array", "minItems": 1,
+                       "prefixItems": [absolute_path.schema],
+                       "items": {"type": "string", "pattern": NOT_NUL}},
+              "tcp": {"type": "string", "pattern": CHECK_TCP_PATTERN},
+              "http": {"type": "string", "pattern": CHECK_HTTP_PATTERN},
+              "interval": {"type": "number", "minimum": 0.01,
+                           "maximum": 86400},
+              "timeout": {"type": "number", "minimum": 0.01,
+                          "maximum": 3600},
+              "failures": {"type": "integer", "minimum": 1, "maximum": 1000},
+              "grace": {"type": "number", "minimum": 0, "maximum": 86400}},
+          "additionalProperties": False,
+          "oneOf": [{"required": [kind]} for kind in CHECK_KINDS]})
+def health_check(value):
+    """``{"tcp": "127.0.0.1:80", "interval": 5}`` -> a spec.CheckSpec."""
+    if not isinstance(value, dict):
+        raise Invalid('must be an object such as {"tcp": "127.0.0.1:80"}, '
+                      'got %s' % _type_name(value))
+    known = CHECK_KINDS + tuple(CHECK_NUMBERS)
+    for key in value:
+        if key not in known:
+            raise Invalid('unknown key %s (one of %s)' % (
+                json.dumps(key), ", ".join(known)))
+    kinds = [kind for kind in CHECK_KINDS if kind in value]
+    if len(kinds) != 1:
+        raise Invalid('needs exactly one of "exec", "tcp" and "http", got %s'
+                      % (" and ".join('"%s"' % k for k in kinds) or "none"))
+    numbers = {key: _check_number(key, value[key]) for key in CHECK_NUMBERS
+               if key in value}
+    return CheckSpec(kinds[0], _check_target(kinds[0], value[kinds[0]]),
+                     **numbers)
 
 
 @accepts({"title": "boolean", "type": "boolean"})
@@ -390,6 +484,7 @@ FIELD_TYPES = {
     "timeout": seconds(0, 86400),
     "count": count(1, 10 ** 9),
     "umask": umask,
+    "check": health_check,
 }
 
 # A process's fields: name -> check, from spec.FIELDS. The name is checked

@@ -79,7 +79,10 @@ function draw(doc) {
       cell(r, entry.pid);
       cell(r, entry.starts);
       cell(r, entry.last_exit);
-      cell(r, entry.error);
+      var health = entry.health && typeof entry.health === "object" ?
+        "check " + entry.health.health +
+        (entry.health.output ? ": " + entry.health.output : "") : null;
+      cell(r, [entry.error, health].filter(Boolean).join("; "));
       rows.push(r);
     });
   });

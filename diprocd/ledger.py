@@ -12,8 +12,9 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
        "held":    {NAME: fingerprint}}  # stopped by the operator
 
   A *view* is what a person or the master needs (state, pid, uptime,
-  starts, last exit, error, adopted, ok, held, and the wall-clock time of
-  the next start of a process in ``backoff``). A *record* is what a later worker
+  starts, last exit, error, adopted, ok, held, the wall-clock time of
+  the next start of a process in ``backoff``, health: the last check's
+  result and output). A *record* is what a later worker
   needs to take a process over without starting a duplicate: pid and
   kernel start time (or, for a daemon still starting, its launcher's),
   the definition's fingerprint, and how to stop it. Only views travel to
@@ -147,7 +148,7 @@ def _launcher(value):
 def view_of(proc):
     """The process's line in ``procs``: what people and the master see."""
     return {
-        "state": proc.state,
+        "state": proc.shown_state,
         "pid": proc.pid,
         "started_at": proc.started_at,
         "since": proc.since,
@@ -158,6 +159,8 @@ def view_of(proc):
         "ok": proc.as_desired,
         "held": proc.held,
         "next_start": proc.next_start,
+        "health": proc.health.view() if proc.spec.check and proc.health
+        else None,
     }
 
 

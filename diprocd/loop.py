@@ -4,7 +4,9 @@ and watched files, in one thread, around one poller.
 A daemon registers what it waits for and the loop does the waiting:
 
 - ``add_reader(obj, callback)``: ``callback()`` when ``obj`` (a descriptor,
-  or for the ZeroMQ daemons a socket) is readable;
+  or for the ZeroMQ daemons a socket) is readable; ``add_writer`` the
+  same when it is writable (a non-blocking connect done: the worker's
+  health checks); one of the two at a time for one descriptor;
 - ``call_at(key, when, callback)``: a one-shot timer on the monotonic
   clock, replaced when set again under the same key; the earliest timer
   is the poll timeout, so an idle daemon sleeps in the kernel;
@@ -51,8 +53,9 @@ class EpollPoller:
     def __init__(self):
         self._epoll = select.epoll()
 
-    def register(self, fd):
-        self._epoll.register(fd, select.EPOLLIN)
+    def register(self, fd, writable=False):
+        self._epoll.register(fd, select.EPOLLOUT if writable
+                             else select.EPOLLIN)
 
     def unregister(self, fd):
         self._epoll.unregister(fd)
@@ -90,6 +93,14 @@ class Loop:
     def remove_reader(self, obj):
         if self._readers.pop(obj, None) is not None:
             self.poller.unregister(obj)
+
+    def add_writer(self, obj, callback):
+        """``callback()`` once ``obj`` is writable (or in error); removed
+        with ``remove_reader``: a descriptor waits for one thing at once."""
+        self.poller.register(obj, writable=True)
+        self._readers[obj] = callback
+
+    remove_writer = remove_reader
 
     def call_at(self, key, when, callback):
         self._timers[key] = (when, callback)

@@ -26,6 +26,8 @@ the per-process ones):
   starts again (wall clock of its node);
 - ``process_last_exit_info{how}``: how it ended last ("exit status 1",
   "killed by SIGKILL");
+- ``process_healthy`` and ``process_check_failures``: of a process with a
+  health check, 1 when its last check passed, and its failures in a row;
 - ``master_publishes_total``, ``master_reports_total``,
   ``master_dropped_reports_total`` (malformed or refused: the nodes file's
   ``dropped_reports``), ``master_info{epoch}``.
@@ -40,7 +42,7 @@ LIVENESS = (fleet.UP, fleet.LATE, fleet.DOWN, fleet.NEVER_SEEN, fleet.UNKNOWN)
 # What leaves the master of each process's status entry (ledger.view_of).
 PROCESS_FIELDS = ("state", "pid", "started_at", "since", "starts",
                   "last_exit", "error", "adopted", "ok", "held",
-                  "next_start")
+                  "next_start", "health")
 NODE_FIELDS = ("liveness", "in_sync", "reason", "quiet")
 
 
@@ -107,6 +109,11 @@ class FleetCollector:
                            "wall clock)", ["node", "process"])
         last_exit = gauge("process_last_exit_info", "How the process ended "
                           "last", ["node", "process", "how"])
+        healthy = gauge("process_healthy", "1 when the last health check "
+                        "of the process passed", ["node", "process"])
+        check_failures = gauge("process_check_failures", "Health checks "
+                               "of the process failed in a row",
+                               ["node", "process"])
         for name, node in nodes.items():
             for word in LIVENESS:
                 liveness.add_metric([name, word],
@@ -134,8 +141,14 @@ class FleetCollector:
                     next_start.add_metric(labels, due)
                 if isinstance(entry.get("last_exit"), str):
                     last_exit.add_metric(labels + [entry["last_exit"]], 1)
+                health = entry.get("health")
+                if isinstance(health, dict):
+                    healthy.add_metric(labels, int(health.get("health")
+                                                   == "healthy"))
+                    if _number(health.get("failures")) is not None:
+                        check_failures.add_metric(labels, health["failures"])
         yield from (liveness, in_sync, age, state, desired, starts, started,
-                    uptime, next_start, last_exit)
+                    uptime, next_start, last_exit, healthy, check_failures)
         counts = master.counts
         for name, value, doc in (
                 ("publishes", counts["publishes"], "Lists published"),

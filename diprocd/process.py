@@ -15,6 +15,10 @@ than 5 starts within 60 s: a start beyond that waits, in ``backoff``, until
 the rule allows it (``StartLimiter.free_at``); it is never given up for
 it. Only ``give_up_after`` gives a process up (``given-up``), until its
 definition changes, SIGHUP, ``dpdctl restart`` or a worker restart.
+
+A process with a ``check`` is ``ready`` (and shown ``running``) once its
+check first passed (``health`` runs the checks and keeps ``health``);
+``check_failed`` ends it so that its exit takes the path of any death.
 """
 
 import collections
@@ -31,7 +35,7 @@ STOPPED = "stopped"      # not running and not wanted (yet): new, or stopped
 WAITING = "waiting"      # wanted, waiting for its dependencies to run
 BACKOFF = "backoff"      # wanted, waiting for its restart delay (deadline)
 STARTING = "starting"    # a daemon launched; waiting for its own pid file
-RUNNING = "running"
+RUNNING = "running"      # (shown "starting" until a ``check`` first passes)
 STOPPING = "stopping"    # stop signal sent; SIGKILL at the deadline
 CANCELLING = "cancelling"  # a daemon stopped while starting: its pid file
                            # is awaited (bounded), then that pid is stopped
@@ -182,6 +186,8 @@ class Process:
         self.removing = False      # stop for good (removed from CONFIG)
         self.held = False          # stopped by the operator (dpdctl stop)
         self._free_start = False   # an operator's restart: not counted
+        self.health = None         # health.Health of the checks, if any
+        self.unhealthy = None      # why check_failed is ending it
 
     # --- the one place states change --------------------------------------
     def _set_state(self, state):
@@ -202,11 +208,29 @@ class Process:
         return self.state in (RUNNING, STARTING, STOPPING, CANCELLING)
 
     @property
+    def ready(self):
+        """Running and, with a ``check``, passed it once since its start
+        (or adoption): what ``depends`` waits for."""
+        if self.state != RUNNING:
+            return False
+        health = self.health
+        return self.spec.check is None or (
+            health is not None and health.pid == self.pid and health.passed)
+
+    @property
+    def shown_state(self):
+        """The state the status shows: a process with a check is
+        "starting" until it is ready."""
+        if self.state == RUNNING and not self.ready:
+            return STARTING
+        return self.state
+
+    @property
     def as_desired(self):
         if self.removing or self.held:
             return False
         if self.state == RUNNING:
-            return True
+            return self.ready
         return self.state == EXITED and self.last_exit == "exit status 0"
 
     # --- wanting to run ----------------------------------------------------
@@ -335,6 +359,11 @@ class Process:
     # --- events -----------------------------------------------------------
     def on_exit(self, how):
         """The supervised pid is gone; ``how`` describes its end."""
+        if self.unhealthy:
+            how = "%s, ended because %s" % (how, self.unhealthy)
+            self.unhealthy = None
+            if self.state == RUNNING:
+                self.deadline = None
         self.last_exit = how
         name = self.spec.name
         self._set_pid(None)
@@ -409,7 +438,8 @@ class Process:
             if self.state == STARTING:
                 self._poll_daemon_pid()
             return
-        if self.state == STOPPING:
+        if self.state == STOPPING or (self.state == RUNNING
+                                      and self.unhealthy):
             log.warning("%s: still alive %.1fs after %s: SIGKILL",
                         self.spec.name, self.spec.stop_timeout,
                         signal.Signals(self.spec.stop_signal).name)
@@ -522,6 +552,20 @@ class Process:
             self._set_state(BACKOFF)
         self.deadline = due
         self.next_start = self.clock.time() + (due - now)
+
+    def check_failed(self, reason):
+        """Its health check failed ``failures`` times in a row: end it
+        (stop signal, SIGKILL after ``stop_timeout``) as if it had died,
+        so that its exit takes ``on_exit``'s path: the restart policy and
+        the start limit, like any death."""
+        if self.state != RUNNING or self.pid is None or self.unhealthy:
+            return
+        self.unhealthy = reason
+        log.warning("%s: %s: ending pid %d with %s", self.spec.name, reason,
+                    self.pid, signal.Signals(self.spec.stop_signal).name)
+        self.deadline = self.clock.monotonic() + self.spec.stop_timeout
+        if not self.ops.kill(self.pid, self.spec.stop_signal):
+            self.on_exit("gone before the stop signal")
 
     # --- stopping and changing --------------------------------------------
     def stop(self):

@@ -38,10 +38,16 @@ survives the worker:
    k. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
+   Steps d-g are ``_confine``, shared with ``start_check``.
 4. The worker reads the pipe to its end (``Launch.wait``): a successful exec
    closes it with no error, so a failure comes back as a SpawnError with its
    reason, not as a silent death. ``launch`` returns after step 1, so a
    burst of starts overlaps (see Worker._start_waiting).
+
+``start_check(spec)`` runs a process's ``exec`` health check the same way,
+but as a plain child of the worker (one fork, its own process group, no
+journal), its output on a pipe (``health`` reads it, kills the group at
+the timeout).
 """
 
 import errno
@@ -123,7 +129,7 @@ class Plan:
     """What the final child needs, worked out by the worker before the fork
     (the child loads nothing: no NSS, no JSON)."""
 
-    def __init__(self, spec, journal, program_nofile):
+    def __init__(self, spec, journal, program_nofile, argv=None):
         try:
             self.user = lookup_user(spec.user)
         except (KeyError, OverflowError, ValueError):
@@ -138,7 +144,7 @@ class Plan:
         else:
             self.groups = None
         self.spec = spec
-        self.argv = [spec.run] + list(spec.args)
+        self.argv = list(argv) if argv else [spec.run] + list(spec.args)
         self.env = clean_environment(spec, self.user)
         self.journal = journal
         self.program_nofile = program_nofile
@@ -153,17 +159,23 @@ def launch(spec, journal=None, program_nofile=None):
     record itself before exec. ``program_nofile`` is the open-files limit the
     program gets (the worker raised its own)."""
     plan = Plan(spec, journal, program_nofile)
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    try:
-        middle = os.fork()
-    except OSError as err:
-        os.close(read_end)
-        os.close(write_end)
-        raise SpawnError("fork: %s" % err.strerror)
+    middle, read_end, write_end = _fork_with_pipe()
     if middle == 0:
         _intermediate(plan, read_end, write_end)
     os.close(write_end)
     return Launch(spec, middle, read_end)
+
+
+def _fork_with_pipe():
+    """(pid, read end, write end): a close-on-exec pipe, then a fork (pid
+    0 in the child); SpawnError when the fork fails."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        return os.fork(), read_end, write_end
+    except OSError as err:
+        os.close(read_end)
+        os.close(write_end)
+        raise SpawnError("fork: %s" % err.strerror)
 
 
 def _intermediate(plan, read_end, write_end):
@@ -183,40 +195,79 @@ def _intermediate(plan, read_end, write_end):
 def _final_child(plan, report_fd):
     """Step 3, a-k in order; never returns."""
     spec = plan.spec
-    step = "signals"
+    step = ["signals"]  # the step under way, for the report
     try:
         _reset_signals()
-        step = "journal"
+        step[0] = "journal"
         line = _journal_line(plan.journal)
-        step = "logs"
+        step[0] = "logs"
         null_fd, log_fd = _open_files(spec.logs, plan.user, plan.groups)
-        step = "setpgid"
-        _own_group()
-        if spec.chroot:
-            step = "chroot %s" % spec.chroot
-            os.chroot(spec.chroot)
-        step = "chdir %s" % spec.cwd
-        _change_dir(spec.cwd)
-        step = "user %s" % spec.user
-        _become_user(plan.user, plan.groups)
-        step = "umask"
-        os.umask(spec.umask)
-        step = "stdio"
+        _confine(plan, step)
+        step[0] = "stdio"
         _redirect_stdio(null_fd, log_fd)
-        step = "close fds"
+        step[0] = "close fds"
         _close_other_fds((report_fd, plan.journal and plan.journal.fd),
                          plan.program_nofile)
-        step = "journal"
+        step[0] = "journal"
         _record(plan.journal, line)
-        step = "exec %s" % spec.run
-        os.execve(spec.run, plan.argv, plan.env)
+        step[0] = "exec %s" % plan.argv[0]
+        os.execve(plan.argv[0], plan.argv, plan.env)
     except BaseException as err:  # report, whatever it is
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        _report_and_exit(report_fd, "E%s: " % step[0], err)
+
+
+def _confine(plan, step):
+    """Steps d-g: own group, chroot, working directory, user, umask;
+    ``step[0]`` names the one under way."""
+    spec = plan.spec
+    step[0] = "setpgid"
+    _own_group()
+    if spec.chroot:
+        step[0] = "chroot %s" % spec.chroot
+        os.chroot(spec.chroot)
+    step[0] = "chdir %s" % spec.cwd
+    _change_dir(spec.cwd)
+    step[0] = "user %s" % spec.user
+    _become_user(plan.user, plan.groups)
+    step[0] = "umask"
+    os.umask(spec.umask)
+
+
+def _report_and_exit(fd, prefix, err):
+    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    try:
+        os.write(fd, ("%s%s" % (prefix, reason)).encode("utf-8", "replace"))
+    finally:
+        os._exit(127)
+
+
+def start_check(spec, program_nofile=None):
+    """Start ``spec``'s exec health check as a child of the worker, with
+    the process's user, chroot, working directory, umask and environment
+    (steps a and d-i, k of a start: no double fork, no journal, no
+    ``logs``: a check is not supervised, not recorded, not adopted).
+    Returns (pid, fd): the fd (non-blocking) reads its stdout and stderr,
+    and a failure before exec (``cannot <step>: <reason>``, exit 127).
+    Raise SpawnError for what fails before the fork."""
+    plan = Plan(spec, None, program_nofile, argv=spec.check.target)
+    pid, read_end, write_end = _fork_with_pipe()
+    if pid == 0:
+        step = ["signals"]
         try:
-            os.write(report_fd, ("E%s: %s" % (step, reason)).encode(
-                "utf-8", "replace"))
-        finally:
-            os._exit(127)
+            os.close(read_end)
+            _reset_signals()
+            step[0] = "stdio"  # first: a failure is reported on the pipe
+            _redirect_stdio(os.open("/dev/null", os.O_RDONLY), write_end)
+            _confine(plan, step)
+            step[0] = "close fds"
+            _close_other_fds((), plan.program_nofile)
+            step[0] = "exec %s" % plan.argv[0]
+            os.execve(plan.argv[0], plan.argv, plan.env)
+        except BaseException as err:
+            _report_and_exit(2, "cannot %s: " % step[0], err)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    return pid, read_end
 
 
 def _reset_signals():

@@ -91,9 +91,37 @@ FIELDS = (
     Field("stop_timeout", "timeout", "seconds before `SIGKILL`", 10.0),
     Field("umask", "umask", "the file mode mask, an octal string or a "
           "number", 0o022),
-    Field("depends", "names", "names that must be running before this one "
-          "starts; stopped in reverse order when removed together", ()),
+    Field("depends", "names", "names that must be running (and, with a "
+          "`check`, ready) before this one starts; stopped in reverse order "
+          "when removed together", ()),
+    Field("check", "check", "a health check: one of `{\"exec\": [ARGV]}`, "
+          "`{\"tcp\": \"ADDRESS:PORT\"}`, `{\"http\": \"http://ADDRESS:PORT/PATH\"}`, "
+          "with `interval` (10 s), `timeout` (2 s), `failures` (3) and "
+          "`grace` (0 s) inside it; `starting` until it first passes, "
+          "restarted after `failures` failures in a row (see \"Health "
+          "checks\")", None, "none", null_is_default=True, added_later=True),
 )
+
+@dataclasses.dataclass(frozen=True)
+class CheckSpec:
+    """A process's health check, as validated (``config.health_check``):
+    ``kind`` is "exec", "tcp" or "http"; ``target`` the argv (a tuple),
+    "HOST:PORT" or the URL; the four numbers in seconds but ``failures``."""
+
+    kind: str
+    target: object
+    interval: float = 10.0
+    timeout: float = 2.0
+    failures: int = 3
+    grace: float = 0.0
+
+    def to_json(self):
+        out = {self.kind: list(self.target) if self.kind == "exec"
+               else self.target}
+        out.update(interval=self.interval, timeout=self.timeout,
+                   failures=self.failures, grace=self.grace)
+        return out
+
 
 # Field name -> the spec's default (``None`` for user and pid_file: derived
 # when the file is loaded, on the worker's machine).
@@ -134,6 +162,7 @@ class ProcessSpec:
         out["depends"] = list(self.depends)
         out["stop_signal"] = signal.Signals(self.stop_signal).name
         out["umask"] = "0o%03o" % self.umask
+        out["check"] = self.check.to_json() if self.check else None
         return out
 
     def fingerprint(self):

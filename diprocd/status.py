@@ -16,9 +16,11 @@ from diprocd.errors import ConfigError
 
 
 def live_state(entry):
-    """The state to show: "running" only while its pid is alive."""
+    """The state to show: "running" (or "starting" with a pid: awaiting
+    its health check) only while its pid is alive."""
     pid = entry.get("pid")
-    if entry.get("state") == "running" and isinstance(pid, int) \
+    if entry.get("state") in ("running", "starting") \
+            and isinstance(pid, int) \
             and not isinstance(pid, bool) and pid > 0 \
             and not kernel.is_alive(pid):
         return "dead"
@@ -44,7 +46,8 @@ def _age(seconds):
 
 def note(entry, now):
     """The last column: the operator's stop, the next start of a process
-    in backoff, the error or the last exit."""
+    in backoff, the error or the last exit; then the health check's last
+    result."""
     if entry.get("held"):
         return "stopped by operator"
     text = entry.get("error") or entry.get("last_exit") or ""
@@ -57,6 +60,12 @@ def note(entry, now):
             _age(max(0, due - now + 0.999)),
             time.strftime("%H:%M:%S", time.localtime(due)),
             "; " + text if text else "")
+    health = entry.get("health")
+    if isinstance(health, dict):
+        output = str(health.get("output") or "").replace("\n", " ")
+        check = "check %s%s" % (health.get("health"),
+                                ": " + output[:80] if output else "")
+        text = "%s; %s" % (text, check) if text else check
     return text
 
 

@@ -9,8 +9,11 @@ it decides:
 
 - ``reload``/``apply``: the diff of CONFIG by name (stop the removed, start
   the added, restart the changed, leave the unchanged alone);
-- ``run_schedulers``: start waiting processes whose dependencies run, as one
-  overlapped burst; stop removed ones, dependents first;
+- ``run_schedulers``: start waiting processes whose dependencies run (and
+  passed their health check: ``Process.ready``), as one overlapped burst;
+  stop removed ones, dependents first;
+- ``self.health`` (``health.HealthChecks``): the health checks of the
+  running processes, told of each state change (``_changed``);
 - at start, ``adoption.adopt`` what the last worker left running.
 
 The I/O a Process asks for is ``ops.NodeOps``; what the worker remembers
@@ -28,11 +31,12 @@ from diprocd.config import load_worker_config
 from diprocd.control import ControlServer, control_path
 from diprocd.daemon import carry_over
 from diprocd.errors import ConfigError, SpawnError
+from diprocd.health import HealthChecks
 from diprocd.ledger import Ledger
 from diprocd.loop import Loop
 from diprocd.ops import NodeOps
 from diprocd.pidwatch import PidWatch
-from diprocd.process import CANCELLING, RUNNING, STOPPING, WAITING, Process
+from diprocd.process import CANCELLING, STOPPING, WAITING, Process
 
 # How often a status file write that failed (disk full...) is retried.
 STATUS_RETRY = 1.0
@@ -61,6 +65,8 @@ class Worker:
         self.pidwatch = PidWatch(self.loop, self._on_exit, log)
         self.ops = ops or NodeOps(self.ledger, self.pidwatch, log,
                                   self._changed, self._stopped)
+        self.health = HealthChecks(self.loop, self.pidwatch, self.clock, log,
+                                   self.changed)
         self.procs = {}
         self._status_dirty = True
         self._schedule_dirty = True
@@ -70,7 +76,8 @@ class Worker:
 
     # --- life cycle ---------------------------------------------------------
     def run(self):
-        self.ops.program_nofile = kernel.raise_open_files_limit()
+        self.ops.program_nofile = self.health.program_nofile = \
+            kernel.raise_open_files_limit()
         if not kernel.become_subreaper():
             self.log.warning("cannot become a child subreaper: exit statuses "
                              "of processes will show as unknown")
@@ -115,6 +122,7 @@ class Worker:
             self._flush_status(force=True)
             if self.control is not None:
                 self.control.close()
+            self.health.close()
             self.pidwatch.close()
             loop.close()
             self.ledger.close()
@@ -319,8 +327,9 @@ class Worker:
                     proc.started(pid)
 
     def _dependency_running(self, name):
+        """Running, and ready when it has a check."""
         dep = self.procs.get(name)
-        return dep is not None and dep.state == RUNNING
+        return dep is not None and dep.ready
 
     def _has_live_dependent(self, proc):
         return any(other.removing and other.alive
@@ -329,6 +338,7 @@ class Worker:
 
     # --- what Processes tell the worker -------------------------------------------
     def _changed(self, proc):
+        self.health.follow(proc)
         self.changed()
 
     def _stopped(self, proc):
@@ -340,7 +350,9 @@ class Worker:
         self._status_dirty = True
 
     def _on_exit(self, proc, pid, kind, how):
-        if kind == "launcher":
+        if kind == "check":  # proc: a health.ExecProbe
+            proc.exited(how)
+        elif kind == "launcher":
             if proc.launcher_pid == pid:
                 proc.on_launcher_exit(how)
         elif proc.pid == pid:

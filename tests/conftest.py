@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import clean_copy, kill_marked  # noqa: E402
+from helpers import Node, clean_copy, kill_marked  # noqa: E402
 
 
 @pytest.fixture
@@ -21,6 +21,16 @@ def marker():
     value = "dpdtest-" + uuid.uuid4().hex[:12]
     yield value
     kill_marked(value)
+
+
+@pytest.fixture
+def node(tmp_path, marker):
+    """A Node (helpers) in ``tmp_path``: its worker is killed at the end,
+    its processes by the marker."""
+    os.chmod(str(tmp_path), 0o755)  # processes running as nobody may need it
+    node = Node(tmp_path, marker)
+    yield node
+    node.close()
 
 
 requires_root = pytest.mark.skipif(

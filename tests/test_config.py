@@ -41,7 +41,7 @@ def test_the_fields_live_once():
     assert list(config.PROC_FIELDS) == names[1:]  # the name: _process_label
     assert set(config.FIELD_TYPES) == {field.type for field in spec.FIELDS}
     assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs",
-                                      "give_up_after")
+                                      "give_up_after", "check")
     assert spec.REQUIRED == ("name", "run")
 
 
@@ -109,7 +109,9 @@ def test_a_definition_without_the_new_fields_keeps_its_fingerprint():
     explicit = dataclasses.replace(web, restart_delay=0, give_up_after=None)
     assert explicit.fingerprint() == web.fingerprint()
     for field in spec.ADDED_LATER:
-        changed = dataclasses.replace(web, **{field.name: 7})
+        value = {"check": spec.CheckSpec("tcp", "127.0.0.1:1")}.get(
+            field.name, 7)
+        changed = dataclasses.replace(web, **{field.name: value})
         assert changed.fingerprint() != web.fingerprint(), field.name
 
 

@@ -28,13 +28,6 @@ from helpers import (Master, Node, read_text, run_command, start_daemon,
 NOBODY = pwd.getpwnam("nobody")
 
 
-@pytest.fixture
-def node(tmp_path, marker):
-    os.chmod(str(tmp_path), 0o755)  # processes running as nobody need it
-    node = Node(tmp_path, marker)
-    yield node
-    node.close()
-
 
 def config_of(command, folder, mode=None):
     """``folder``/<command>.json, a CONFIG ``command`` starts with."""

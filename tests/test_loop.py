@@ -91,3 +91,36 @@ def test_the_poller_takes_descriptors_past_1024():
             for fd in pair:
                 os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_writer_is_called_once_its_descriptor_is_writable():
+    """add_writer: a full pipe is not writable; once read, it is."""
+    loop = Loop(clock=Clock())
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                os.write(write_end, b"x" * 65536)
+            except BlockingIOError:
+                break
+        called = []
+        loop.add_writer(write_end, lambda: called.append(1))
+        loop.call_at("soon", 100, lambda: None)  # a turn that does not wait
+        loop.turn()
+        assert called == []
+        while True:
+            try:
+                os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                break
+        loop.call_at("soon", 100, lambda: None)
+        loop.turn()
+        assert called == [1]
+        loop.remove_writer(write_end)
+        loop.call_at("soon", 100, lambda: None)
+        loop.turn()
+        assert called == [1]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        loop.close()

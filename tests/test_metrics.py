@@ -31,7 +31,9 @@ def cluster(tmp_path, marker):
                     http_listen="127.0.0.1:%d" % free_port(),
                     nodes={"node1": [node1.proc("a", "/bin/sleep", "8301",
                                                 env={"TOKEN": SECRET})],
-                           "node2": [node2.proc("b", "/bin/sleep", "8302"),
+                           "node2": [node2.proc("b", "/bin/sleep", "8302",
+                                                check={"exec": ["/bin/true"],
+                                                       "interval": 0.2}),
                                      node2.proc("once", "/bin/true",
                                                 restart=False),
                                      node2.proc("flop", "/bin/false",
@@ -115,6 +117,12 @@ def test_metrics_show_nodes_and_processes(cluster):
                  process="a", state="stopped") == 0
     assert value(samples, "diprocd_process_uptime_seconds", node="node1",
                  process="a") >= 0
+    assert value(samples, "diprocd_process_healthy", node="node2",
+                 process="b") == 1
+    assert value(samples, "diprocd_process_check_failures", node="node2",
+                 process="b") == 0
+    assert value(samples, "diprocd_process_healthy", node="node1",
+                 process="a") is None  # no check
     # Its first failure: 200 s ± 10 % from then (its node's clock).
     due = value(samples, "diprocd_process_next_start_time_seconds",
                 node="node2", process="flop")
@@ -129,6 +137,8 @@ def test_metrics_show_nodes_and_processes(cluster):
     assert content_type == "application/json"
     doc = json.loads(body)
     assert doc["nodes"]["node1"]["procs"]["a"]["state"] == "running"
+    assert doc["nodes"]["node2"]["procs"]["b"]["health"]["health"] == \
+        "healthy"
     assert doc["nodes"]["node2"]["procs"]["flop"]["next_start"] == due
     assert doc["nodes"]["node3"]["liveness"] == "never seen"
     assert not doc["nodes"]["node3"]["as_desired"]

@@ -289,6 +289,63 @@ NEAR = {
     "object of strings": st.dictionaries(STRINGS, STRINGS | NUMBERS,
                                          max_size=3),
 }
+CHECK_TARGETS = {
+    "exec": st.lists(STRINGS | NUMBERS, max_size=3) | st.builds(
+        lambda first, rest: [first] + rest, st.sampled_from(
+            ["/bin/true", "true", "/", "", "/a\0"]), st.lists(STRINGS,
+                                                             max_size=2)),
+    "tcp": NEAR["HOST:PORT"] | st.sampled_from(
+        ["256.0.0.1:1", "1.2.3:4", "01.2.3.4:5", "localhost:80"]),
+    "http": st.builds(
+        lambda scheme, host, port, path: scheme + host + port + path,
+        st.sampled_from(["http://", "https://", "HTTP://", "ftp://", ""]),
+        st.sampled_from(["127.0.0.1", "[::1]", "localhost", "a.b", "", "[]",
+                         "10.0.0.256"]),
+        st.sampled_from(["", ":80", ":0", ":65536", ":"]),
+        st.sampled_from(["", "/", "/health?x=1", "/a b", "/\n", "/\u00e9"])),
+}
+CHECK_NUMBERS = st.integers(-1, 1001) | st.floats(-1, 90000) | NUMBERS \
+    | st.sampled_from([0, 0.01, 0.005, 1000, 3600, 3600.5, 86400, 2.0])
+
+
+@st.composite
+def checks(draw):
+    """Health checks near what config.health_check takes, both sides."""
+    value = {}
+    for kind in draw(st.lists(st.sampled_from(sorted(CHECK_TARGETS)),
+                              min_size=0, max_size=2, unique=True)):
+        value[kind] = draw(CHECK_TARGETS[kind])
+    for key in draw(st.sets(st.sampled_from(
+            ["interval", "timeout", "failures", "grace", "every"]))):
+        value[key] = draw(CHECK_NUMBERS | SCALARS)
+    return value
+
+
+@st.composite
+def valid_checks(draw):
+    """Health checks config.health_check takes (the edges among them)."""
+    kind = draw(st.sampled_from(sorted(CHECK_TARGETS)))
+    value = {kind: draw({
+        "exec": st.builds(lambda first, rest: [first] + rest, st.builds(
+            str.__add__, st.just("/"), NOT_NUL), st.lists(NOT_NUL,
+                                                         max_size=2)),
+        "tcp": st.sampled_from(["127.0.0.1:1", "[::1]:65535", "localhost:80",
+                                "255.255.255.255:8", "0.0.0.0:99"]),
+        "http": st.sampled_from(["http://127.0.0.1", "http://[::1]:8/",
+                                 "http://localhost:65535/a?b=c&d=%20"]),
+    }[kind])}
+    for key, (low, high) in sorted(config.CHECK_NUMBERS.items()):
+        if draw(st.booleans()):
+            value[key] = draw(st.integers(low, high) if key == "failures"
+                              else st.sampled_from([low, high]) | st.floats(
+                                  low, high))
+    return value
+
+
+NEAR["health check"] = checks() | valid_checks() | st.builds(
+    lambda value, key, junk: dict(value, **{key: junk}), valid_checks(),
+    st.sampled_from(["exec", "tcp", "http", "interval", "timeout",
+                     "failures", "grace", "other"]), SCALARS)
 
 
 @pytest.mark.parametrize("where, check", every_check(),
@@ -365,6 +422,7 @@ def valid_fields(index, earlier):
             "{}{:03o}".format, st.sampled_from(["", "0", "0o", "0O", "00"]),
             st.integers(0, 0o777))),
         "depends": names,
+        "check": st.none() | valid_checks(),
     }
 
 
