@@ -1,7 +1,8 @@
 """``NodeOps``: the worker's real ``process.ProcessOps``.
 
 It does the I/O a Process asks for: launching through ``spawn`` with the
-ledger's journal slot, signalling and start times through ``kernel``,
+ledger's journal slot (and the worker's ``log_dir``, made when missing:
+root's, mode 0750), signalling and start times through ``kernel``,
 watching pids through ``pidwatch``, and the pid files of processes. The two
 notifications (``changed``, ``stopped``) go to the worker's callbacks.
 """
@@ -17,8 +18,9 @@ from diprocd.process import ProcessOps
 
 class NodeOps(ProcessOps):
     def __init__(self, ledger, pidwatch, log, on_changed, on_stopped,
-                 program_nofile=None):
+                 program_nofile=None, log_dir=None):
         self.ledger = ledger
+        self.log_dir = log_dir  # the worker's: the default logs' folder
         self.pidwatch = pidwatch
         self.log = log
         self.program_nofile = program_nofile
@@ -31,6 +33,8 @@ class NodeOps(ProcessOps):
                 # The daemon's pid file from an earlier run would be
                 # mistaken for the new one.
                 _unlink(spec.pid_file)
+            if self.log_dir and os.path.dirname(spec.logs) == self.log_dir:
+                _make_folder(self.log_dir, LOG_DIR_MODE)
             return spawn.launch(spec, self.ledger.slot(spec),
                                 self.program_nofile)
         except OSError as err:  # pid file, pipes, fork...: one start fails
@@ -84,6 +88,25 @@ class NodeOps(ProcessOps):
         if not ticks or (not_before is not None and ticks < not_before):
             return None
         return pid, ticks
+
+
+# The default logs' folder: the output of processes may hold secrets.
+LOG_DIR_MODE = 0o750
+
+
+def _make_folder(path, mode):
+    """``path`` made (its parents too) when missing, ``mode`` whatever the
+    umask; an existing one is left as it is."""
+    if os.path.isdir(path):
+        return
+    try:
+        os.makedirs(path, mode)
+        os.chmod(path, mode)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise SpawnError("logs: cannot make the folder %s: %s"
+                         % (path, err.strerror or err))
 
 
 def _unlink(path):

@@ -22,20 +22,28 @@ survives the worker:
       component and a missing folder are start errors (nothing created);
    d. ``_own_group``: ``setpgid(0, 0)``, so a stop signal reaches the whole
       group and nothing else;
-   e. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
+   e. ``_join_cgroups``: writes its own pid to the ``cgroup.procs`` of its
+      cgroups (``cgroup.Tree``: made by the worker before the fork), so
+      every descendant it will have is inside from the start, whatever
+      session or group it moves to; none where no hierarchy is writable;
+   f. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
       ``chdir(cwd)``, so a relative ``cwd`` resolves inside the chroot;
-   f. ``_become_user``: ``setgid``, ``setgroups`` (the user's groups, as
+   g. ``_set_limits``: the open-files limit the worker was started with
+      back, then each of ``limits`` (soft and hard), while still root:
+      raising a hard limit takes root, so before the user changes; a limit
+      the kernel refuses is a start error naming it;
+   h. ``_become_user``: ``setgid``, ``setgroups`` (the user's groups, as
       ``initgroups`` would set them, looked up by the worker), ``setuid``
       (as root); a worker that is not root only runs processes as itself;
-   g. ``umask``;
-   h. ``_redirect_stdio``: stdin from ``/dev/null``, stdout and stderr
+   i. ``umask``;
+   j. ``_redirect_stdio``: stdin from ``/dev/null``, stdout and stderr
       appended to ``logs``;
-   i. ``_close_other_fds``: every other descriptor (the pipe closes itself on
-      exec), and the open-files limit the worker was started with back;
-   j. ``_record``: appends the journal line of step b to the worker's
+   k. ``_close_other_fds``: every other descriptor up to the worker's own
+      bound (the pipe closes itself on exec), whatever ``nofile`` is now;
+   l. ``_record``: appends the journal line of step b to the worker's
       journal (the record a later worker adopts it by), so no program ever
       runs unrecorded, whenever the worker dies; a failed write stops here;
-   k. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
+   m. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
 4. The worker reads the pipe to its end (``Launch.wait``): a successful exec
@@ -123,7 +131,7 @@ class Plan:
     """What the final child needs, worked out by the worker before the fork
     (the child loads nothing: no NSS, no JSON)."""
 
-    def __init__(self, spec, journal, program_nofile):
+    def __init__(self, spec, journal, program_nofile, cgroup_procs=()):
         try:
             self.user = lookup_user(spec.user)
         except (KeyError, OverflowError, ValueError):
@@ -142,17 +150,24 @@ class Plan:
         self.env = clean_environment(spec, self.user)
         self.journal = journal
         self.program_nofile = program_nofile
+        self.cgroup_procs = tuple(cgroup_procs)
+        # The worker's bound, now: a lower nofile in the child (step g)
+        # must not hide the worker's descriptors from step k.
+        self.max_fd = kernel.max_fd()
+        self.limits = [(name, getattr(resource, "RLIMIT_" + name.upper()),
+                        pair) for name, pair in spec.limits]
 
 
-def launch(spec, journal=None, program_nofile=None):
+def launch(spec, journal=None, program_nofile=None, cgroup_procs=()):
     """Fork the intermediate child for ``spec`` and return a Launch at once;
     raise SpawnError for what fails before the fork.
 
     ``journal`` (a ``ledger.JournalSlot``: an O_APPEND fd and the line to
     complete with the child's pid and start time) makes the final child
     record itself before exec. ``program_nofile`` is the open-files limit the
-    program gets (the worker raised its own)."""
-    plan = Plan(spec, journal, program_nofile)
+    program gets (the worker raised its own). ``cgroup_procs``: the
+    ``cgroup.procs`` files the child joins (step e)."""
+    plan = Plan(spec, journal, program_nofile, cgroup_procs)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         middle = os.fork()
@@ -192,11 +207,15 @@ def _final_child(plan, report_fd):
         null_fd, log_fd = _open_files(spec.logs, plan.user, plan.groups)
         step = "setpgid"
         _own_group()
+        step = "cgroup"
+        _join_cgroups(plan.cgroup_procs)
         if spec.chroot:
             step = "chroot %s" % spec.chroot
             os.chroot(spec.chroot)
         step = "chdir %s" % spec.cwd
         _change_dir(spec.cwd)
+        step = "limits"
+        _set_limits(plan.program_nofile, plan.limits)
         step = "user %s" % spec.user
         _become_user(plan.user, plan.groups)
         step = "umask"
@@ -205,7 +224,7 @@ def _final_child(plan, report_fd):
         _redirect_stdio(null_fd, log_fd)
         step = "close fds"
         _close_other_fds((report_fd, plan.journal and plan.journal.fd),
-                         plan.program_nofile)
+                         plan.max_fd)
         step = "journal"
         _record(plan.journal, line)
         step = "exec %s" % spec.run
@@ -295,9 +314,42 @@ def _own_group():
     os.setpgid(0, 0)
 
 
+def _join_cgroups(procs_files):
+    pid = b"%d" % os.getpid()
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        except OSError as err:
+            raise OSError(err.errno, "%s: %s" % (path, err.strerror))
+        finally:
+            os.close(fd)
+
+
 def _change_dir(cwd):
     os.chdir("/")
     os.chdir(cwd)
+
+
+def _set_limits(program_nofile, limits):
+    """The worker's own nofile back, then ``limits`` ([(name, RLIMIT_*,
+    (soft, hard))]): the spec's nofile wins."""
+    if program_nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, program_nofile)
+    for name, which, (soft, hard) in limits:
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (OSError, ValueError) as err:
+            raise OSError(getattr(err, "errno", None) or errno.EINVAL,
+                          "%s %s: %s" % (name, _limit_words(soft, hard),
+                                         getattr(err, "strerror", None)
+                                         or err))
+
+
+def _limit_words(soft, hard):
+    def one(value):
+        return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+    return "[%s, %s]" % (one(soft), one(hard))
 
 
 def _become_user(user, groups):
@@ -313,14 +365,12 @@ def _redirect_stdio(null_fd, log_fd):
     os.dup2(log_fd, 2)
 
 
-def _close_other_fds(keep, program_nofile):
+def _close_other_fds(keep, max_fd):
     low = 3
     for fd in sorted(fd for fd in keep if fd is not None):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, kernel.max_fd())
-    if program_nofile is not None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, program_nofile)
+    os.closerange(low, max_fd)
 
 
 def _record(journal, line):

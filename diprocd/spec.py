@@ -11,6 +11,7 @@ worker would run the same thing: that equality *is* the reload diff.
 
 import dataclasses
 import functools
+import resource
 import signal
 import zlib
 
@@ -34,6 +35,10 @@ class Field:
     default_doc: str = None
     required: bool = False
     null_is_default: bool = False  # null stands for the default
+    # Left out of the fingerprint while at its default: a field added
+    # later then changes no fingerprint, so an upgraded worker restarts
+    # nothing it adopts.
+    added: bool = False
 
 
 # The fields, in the order the seed's README documents them.
@@ -53,10 +58,12 @@ FIELDS = (
     Field("pid_file", "normal path", "where the pid is written (replaced "
           "atomically; a symlink there is replaced, never followed)", None,
           "`<name>.pid` beside the worker's pid file", null_is_default=True),
-    Field("logs", "normal path", "stdout and stderr are appended there "
+    Field("logs", "logs", "stdout and stderr are appended there "
           "(opened before the chroot with the user's rights, never through "
-          "a symlink at its name, in a folder that must exist: see \"File "
-          "safety\")", "/dev/null", null_is_default=True),
+          "a symlink at its name, in a folder that must exist, but for the "
+          "default's: see \"File safety\"); `null`: `/dev/null`",
+          "/dev/null", "`<log_dir>/<name>.log` (the worker's `log_dir`; "
+          "`/dev/null` without one)"),
     Field("cwd", "text", "working directory; a relative path resolves "
           "inside the chroot", "/"),
     Field("write_pid", "boolean", "the worker writes `pid_file` (set "
@@ -73,6 +80,14 @@ FIELDS = (
           "number", 0o022),
     Field("depends", "names", "names that must be running before this one "
           "starts; stopped in reverse order when removed together", ()),
+    Field("limits", "limits", "resource limits set before exec, soft and "
+          "hard: `nofile`, `nproc`, `core`, `as`, `stack`, `cpu`, `memlock`, "
+          "each a number (bytes, seconds for `cpu`), `\"unlimited\"` or "
+          "`[soft, hard]`", (), "none (the worker's own)", added=True),
+    Field("memory_max", "bytes", "memory limit of the process and its "
+          "descendants, in bytes, enforced by a cgroup (`memory.max`, v1 "
+          "`memory.limit_in_bytes`) where one is writable, else not: "
+          "`--check` warns", None, "none", null_is_default=True, added=True),
 )
 
 # Field name -> the spec's default (``None`` for user and pid_file: derived
@@ -113,6 +128,8 @@ class ProcessSpec:
         out["depends"] = list(self.depends)
         out["stop_signal"] = signal.Signals(self.stop_signal).name
         out["umask"] = "0o%03o" % self.umask
+        out["limits"] = {name: [_limit_json(soft), _limit_json(hard)]
+                         for name, (soft, hard) in self.limits}
         return out
 
     def fingerprint(self):
@@ -126,5 +143,19 @@ class ProcessSpec:
         # frozen dataclass allows; it is not a field, so equality ignores it.
         # Two checksums, 64 bits: enough to notice a change, and zlib keeps
         # OpenSSL (hashlib) out of the worker, whose size every fork copies.
-        data = json.dumps(self.to_json(), sort_keys=True).encode("utf-8")
+        out = self.to_json()
+        for field in FIELDS:
+            if field.added and getattr(self, field.name) == field.default:
+                del out[field.name]
+        data = json.dumps(out, sort_keys=True).encode("utf-8")
         return "%08x%08x" % (zlib.crc32(data), zlib.adler32(data))
+
+
+# The resource limits a process may set (``limits``), each an
+# RLIMIT_<NAME> of setrlimit(2), and the value that means "no limit".
+LIMIT_NAMES = ("nofile", "nproc", "core", "as", "stack", "cpu", "memlock")
+UNLIMITED = resource.RLIM_INFINITY
+
+
+def _limit_json(value):
+    return "unlimited" if value == UNLIMITED else value

@@ -57,7 +57,8 @@ class Worker:
         self.ledger = Ledger(config.pid_file, kernel.boot_id())
         self.pidwatch = PidWatch(self.loop, self._on_exit, log)
         self.ops = ops or NodeOps(self.ledger, self.pidwatch, log,
-                                  self._changed, self._stopped)
+                                  self._changed, self._stopped,
+                                  log_dir=config.log_dir)
         self.procs = {}
         self._status_dirty = True
         self._schedule_dirty = True
@@ -216,6 +217,7 @@ class Worker:
                 config.pid_file):
             config = self._keep_pid_file(config)
         self.config = config
+        self.ops.log_dir = config.log_dir
         self._serve_config_owner()
         if force:
             self._retry_all()

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import kill_marked  # noqa: E402
+from helpers import Node, kill_marked  # noqa: E402
 
 
 @pytest.fixture
@@ -19,6 +19,17 @@ def marker():
     value = "dpdtest-" + uuid.uuid4().hex[:12]
     yield value
     kill_marked(value)
+
+
+@pytest.fixture
+def node(tmp_path, marker):
+    """A dpd-workerd's node in tmp_path (helpers.Node), its daemons ended
+    at teardown; tmp_path reachable (0755) for processes running as
+    nobody."""
+    os.chmod(str(tmp_path), 0o755)
+    node = Node(tmp_path, marker)
+    yield node
+    node.close()
 
 
 requires_root = pytest.mark.skipif(

@@ -40,7 +40,7 @@ def test_the_fields_live_once():
         f.name: f.default for f in spec.FIELDS if not f.required}
     assert list(config.PROC_FIELDS) == names[1:]  # the name: _process_label
     assert set(config.FIELD_TYPES) == {field.type for field in spec.FIELDS}
-    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs")
+    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "memory_max")
     assert spec.REQUIRED == ("name", "run")
 
 

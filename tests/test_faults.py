@@ -48,14 +48,6 @@ from helpers import (Master, Node, endpoint, marked_env, patched_python,
 USER = pwd.getpwuid(os.geteuid()).pw_name
 
 
-@pytest.fixture
-def node(tmp_path, marker):
-    os.chmod(str(tmp_path), 0o755)  # processes running as nobody may need it
-    node = Node(tmp_path, marker)
-    yield node
-    node.close()
-
-
 def sleeper(node, name, tag, **fields):
     return node.proc(name, "/bin/sleep", str(tag), **fields)
 

@@ -18,16 +18,8 @@ import pytest
 from conftest import requires_root
 from diprocd.daemon import read_pid
 from diprocd.kernel import cpu_ticks, is_alive
-from helpers import (Node, free_port, marked_env, patched_python, run_command,
+from helpers import (free_port, marked_env, patched_python, run_command,
                      wait_for, write_json)
-
-
-@pytest.fixture
-def node(tmp_path, marker):
-    os.chmod(tmp_path, 0o755)  # processes running as nobody may need it
-    node = Node(tmp_path, marker)
-    yield node
-    node.close()
 
 
 def sleeper(node, name, **fields):
