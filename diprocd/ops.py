@@ -5,11 +5,19 @@ ledger's journal slot (and the worker's ``log_dir``, made when missing:
 root's, mode 0750), signalling and start times through ``kernel``,
 watching pids through ``pidwatch``, and the pid files of processes. The two
 notifications (``changed``, ``stopped``) go to the worker's callbacks.
+
+Where ``tree`` (a ``cgroup.Tree``) has a hierarchy, each process is started
+in its own cgroup, a SIGKILL of its main pid (the stop deadline) ends its
+whole cgroup, and what is left in it once it is stopped is killed and the
+folder removed (``end_tree``); ``sweep_trees`` does the same at the
+worker's start for every folder no adopted process owns.
 """
 
 import os
 
-from diprocd import kernel, spawn
+import signal
+
+from diprocd import cgroup, kernel, spawn
 from diprocd.daemon import read_pid
 from diprocd.errors import SpawnError
 from diprocd.fileio import atomic_write
@@ -18,9 +26,12 @@ from diprocd.process import ProcessOps
 
 class NodeOps(ProcessOps):
     def __init__(self, ledger, pidwatch, log, on_changed, on_stopped,
-                 program_nofile=None, log_dir=None):
+                 program_nofile=None, log_dir=None, tree=None):
         self.ledger = ledger
         self.log_dir = log_dir  # the worker's: the default logs' folder
+        self.tree = tree or cgroup.Tree(cgroup.PROCESS_GROUP)
+        self._tree_of_pid = {}  # main pid -> its process's name (in its cgroup)
+        self._oom_kills = {}  # name -> its cgroup's OOM kills at its start
         self.pidwatch = pidwatch
         self.log = log
         self.program_nofile = program_nofile
@@ -36,10 +47,30 @@ class NodeOps(ProcessOps):
             if self.log_dir and os.path.dirname(spec.logs) == self.log_dir:
                 _make_folder(self.log_dir, LOG_DIR_MODE)
             return spawn.launch(spec, self.ledger.slot(spec),
-                                self.program_nofile)
+                                self.program_nofile, self._prepare_tree(spec))
         except OSError as err:  # pid file, pipes, fork...: one start fails
             raise SpawnError("%s: %s" % (err.filename or "start",
                                          err.strerror or err))
+
+    def _prepare_tree(self, spec):
+        """The cgroup.procs files ``spec``'s process joins (none without a
+        hierarchy); what its last run left there is killed first."""
+        if spec.memory_max is not None and self.tree.memory is None:
+            self.log.warning("%s: memory_max is not enforced here: %s",
+                             spec.name, self.tree.why or "no memory cgroup")
+        if not self.tree.enabled:
+            return []
+        left = self.tree.members(spec.name)
+        try:
+            procs_files = self.tree.prepare(spec.name, spec.memory_max)
+        except OSError as err:
+            raise SpawnError("cgroup: %s: %s" % (
+                err.filename or self.tree.base, err.strerror or err))
+        if left:
+            self.log.warning("%s: %d processes left in its cgroup by its "
+                             "last run: killed", spec.name, len(left))
+        self._oom_kills[spec.name] = self.tree.oom_kills(spec.name)
+        return procs_files
 
     def wait_launch(self, handle):
         try:
@@ -54,13 +85,69 @@ class NodeOps(ProcessOps):
         return kernel.start_ticks(pid, zombie_ok)
 
     def kill(self, pid, signum):
-        return kernel.signal_process(pid, signum)
+        alive = kernel.signal_process(pid, signum)
+        name = self._tree_of_pid.get(pid)
+        if signum == signal.SIGKILL and name is not None:
+            try:  # the whole tree, descendants that left the group too
+                self.tree.kill(name)
+            except OSError as err:
+                self.log.error("%s: cannot kill its cgroup: %s", name,
+                               err.strerror or err)
+        return alive
 
     def watch(self, proc, pid, kind):
+        if kind == "main" and self.tree.contains(proc.spec.name, pid):
+            self._tree_of_pid[pid] = proc.spec.name
         self.pidwatch.watch(proc, pid, kind)
 
     def unwatch(self, pid):
+        self._tree_of_pid.pop(pid, None)
         self.pidwatch.unwatch(pid)
+
+    def end_tree(self, spec):
+        left = self.tree.members(spec.name)
+        if left:
+            self.log.info("%s: %d processes left in its cgroup after its "
+                          "main process: killed", spec.name, len(left))
+        if not self.tree.remove(spec.name):
+            self.log.warning("%s: its cgroup is not empty yet: removed at "
+                             "its next start or the worker's", spec.name)
+        self._oom_kills.pop(spec.name, None)
+
+    def exit_words(self, spec, how):
+        before = self._oom_kills.get(spec.name)
+        after = self.tree.oom_kills(spec.name)
+        if before is None or after is None or after <= before:
+            return how
+        self._oom_kills[spec.name] = after
+        return "%s (out of memory: memory_max %d bytes)" % (how,
+                                                             spec.memory_max)
+
+    def sweep_trees(self, procs):
+        """At the worker's start, after adoption: each cgroup folder of
+        this worker that no live adopted process of ``procs`` owns holds
+        what a dead main process left: killed, and the folder removed."""
+        for name in self.tree.names():
+            proc = procs.get(name)
+            members = self.tree.members(name)
+            if proc is not None and proc.alive:
+                if proc.pid is not None and proc.pid not in members:
+                    self.log.warning("%s: adopted pid %d is not in its "
+                                     "cgroup: its descendants are not "
+                                     "reached", name, proc.pid)
+                elif proc.pid is not None:
+                    self.log.info("%s: adopted with its cgroup (%d "
+                                  "processes)", name, len(members))
+                continue
+            if members:
+                self.log.warning("%s: %d processes in its cgroup, their main "
+                                 "process gone: killed", name, len(members))
+            self.tree.remove(name)
+
+    def tidy_trees(self):
+        """At the worker's exit: the empty folders go (processes keep
+        running in theirs)."""
+        self.tree.tidy()
 
     def write_pid_file(self, spec, pid):
         if not spec.pid_file:

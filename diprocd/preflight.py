@@ -28,6 +28,7 @@ import importlib
 import os
 import stat
 
+from diprocd import cgroup
 from diprocd import config as config_mod
 from diprocd.errors import ConfigError
 
@@ -56,6 +57,7 @@ def check(loader, path):
     if isinstance(loaded, config_mod.WorkerConfig):
         for spec in loaded.procs:
             warnings += _process_files(path, spec, loaded.log_dir)
+        warnings += _memory_limits(loaded)
     if isinstance(loaded, config_mod.ClientConfig):
         facts.append('node name "%s"' % loaded.node_name)
     if isinstance(loaded, config_mod.MasterConfig) and loaded.http_listen:
@@ -117,6 +119,21 @@ def _process_files(path, spec, log_dir):
         if why:
             warn("logs", why)
     return out
+
+
+def _memory_limits(loaded):
+    """memory_max where no cgroup would enforce it (nothing is made to
+    find out: ``cgroup.detect`` without ``create``)."""
+    limited = [spec.name for spec in loaded.procs
+               if spec.memory_max is not None]
+    if not limited:
+        return []
+    tree = cgroup.detect(loaded.pid_file, create=False)
+    if tree.memory is not None:
+        return []
+    return ['%s: process "%s": field "memory_max": not enforced on this '
+            "machine: %s" % (loaded.path, name, tree.why or "no memory cgroup")
+            for name in limited]
 
 
 def _within(root, path):
