@@ -46,23 +46,25 @@ class NodeOps(ProcessOps):
                 _unlink(spec.pid_file)
             if self.log_dir and os.path.dirname(spec.logs) == self.log_dir:
                 _make_folder(self.log_dir, LOG_DIR_MODE)
+            folders, born_inside = self._prepare_tree(spec)
             return spawn.launch(spec, self.ledger.slot(spec),
-                                self.program_nofile, self._prepare_tree(spec))
+                                self.program_nofile, folders, born_inside)
         except OSError as err:  # pid file, pipes, fork...: one start fails
             raise SpawnError("%s: %s" % (err.filename or "start",
                                          err.strerror or err))
 
     def _prepare_tree(self, spec):
-        """The cgroup.procs files ``spec``'s process joins (none without a
-        hierarchy); what its last run left there is killed first."""
+        """(The cgroup folders ``spec``'s process joins, none without a
+        hierarchy; whether it is born in the first): what its last run
+        left there is killed first."""
         if spec.memory_max is not None and self.tree.memory is None:
             self.log.warning("%s: memory_max is not enforced here: %s",
                              spec.name, self.tree.why or "no memory cgroup")
         if not self.tree.enabled:
-            return []
+            return [], False
         left = self.tree.members(spec.name)
         try:
-            procs_files = self.tree.prepare(spec.name, spec.memory_max)
+            folders, fresh = self.tree.prepare(spec.name, spec.memory_max)
         except OSError as err:
             raise SpawnError("cgroup: %s: %s" % (
                 err.filename or self.tree.base, err.strerror or err))
@@ -70,7 +72,7 @@ class NodeOps(ProcessOps):
             self.log.warning("%s: %d processes left in its cgroup by its "
                              "last run: killed", spec.name, len(left))
         self._oom_kills[spec.name] = self.tree.oom_kills(spec.name)
-        return procs_files
+        return folders, fresh and self.tree.born_inside
 
     def wait_launch(self, handle):
         try:

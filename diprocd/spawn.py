@@ -6,7 +6,8 @@ survives the worker:
 1. The worker creates a close-on-exec report pipe and forks an
    intermediate child (``launch``).
 2. The intermediate child calls ``setsid`` (a new session, no controlling
-   terminal), forks the final child, writes the final child's pid on the
+   terminal), forks the final child (with cgroup v2, born in its cgroup:
+   ``kernel.fork_into_cgroup``), writes the final child's pid on the
    pipe and exits at once; the worker reaps it (``_intermediate``).
 3. The final child (``_final_child``), one function a step, in this order:
    a. ``_reset_signals``: default dispositions, empty mask (Python ignores
@@ -23,9 +24,10 @@ survives the worker:
    d. ``_own_group``: ``setpgid(0, 0)``, so a stop signal reaches the whole
       group and nothing else;
    e. ``_join_cgroups``: writes its own pid to the ``cgroup.procs`` of its
-      cgroups (``cgroup.Tree``: made by the worker before the fork), so
-      every descendant it will have is inside from the start, whatever
-      session or group it moves to; none where no hierarchy is writable;
+      cgroups (``cgroup.Tree``: made by the worker before the fork) but
+      the one it was born in, so every descendant it will have is inside
+      from the start, whatever session or group it moves to; none where
+      no hierarchy is writable;
    f. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
       ``chdir(cwd)``, so a relative ``cwd`` resolves inside the chroot;
    g. ``_set_limits``: the open-files limit the worker was started with
@@ -131,7 +133,8 @@ class Plan:
     """What the final child needs, worked out by the worker before the fork
     (the child loads nothing: no NSS, no JSON)."""
 
-    def __init__(self, spec, journal, program_nofile, cgroup_procs=()):
+    def __init__(self, spec, journal, program_nofile, cgroups=(),
+                 born_inside=False):
         try:
             self.user = lookup_user(spec.user)
         except (KeyError, OverflowError, ValueError):
@@ -150,7 +153,17 @@ class Plan:
         self.env = clean_environment(spec, self.user)
         self.journal = journal
         self.program_nofile = program_nofile
-        self.cgroup_procs = tuple(cgroup_procs)
+        self.cgroups = tuple(cgroups)
+        # The first cgroup as a folder descriptor, to be born in it.
+        self.cgroup_fd = None
+        if born_inside and self.cgroups:
+            try:
+                self.cgroup_fd = os.open(self.cgroups[0], os.O_RDONLY
+                                         | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as err:
+                raise SpawnError("cgroup: %s: %s" % (self.cgroups[0],
+                                                     err.strerror))
+            kernel.prepare_fork_into_cgroup()
         # The worker's bound, now: a lower nofile in the child (step g)
         # must not hide the worker's descriptors from step k.
         self.max_fd = kernel.max_fd()
@@ -158,25 +171,30 @@ class Plan:
                         pair) for name, pair in spec.limits]
 
 
-def launch(spec, journal=None, program_nofile=None, cgroup_procs=()):
+def launch(spec, journal=None, program_nofile=None, cgroups=(),
+           born_inside=False):
     """Fork the intermediate child for ``spec`` and return a Launch at once;
     raise SpawnError for what fails before the fork.
 
     ``journal`` (a ``ledger.JournalSlot``: an O_APPEND fd and the line to
     complete with the child's pid and start time) makes the final child
     record itself before exec. ``program_nofile`` is the open-files limit the
-    program gets (the worker raised its own). ``cgroup_procs``: the
-    ``cgroup.procs`` files the child joins (step e)."""
-    plan = Plan(spec, journal, program_nofile, cgroup_procs)
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    program gets (the worker raised its own). ``cgroups``: the folders the
+    child joins (step e), born in the first one with ``born_inside``."""
+    plan = Plan(spec, journal, program_nofile, cgroups, born_inside)
     try:
-        middle = os.fork()
-    except OSError as err:
-        os.close(read_end)
-        os.close(write_end)
-        raise SpawnError("fork: %s" % err.strerror)
-    if middle == 0:
-        _intermediate(plan, read_end, write_end)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            middle = os.fork()
+        except OSError as err:
+            os.close(read_end)
+            os.close(write_end)
+            raise SpawnError("fork: %s" % err.strerror)
+        if middle == 0:
+            _intermediate(plan, read_end, write_end)
+    finally:
+        if plan.cgroup_fd is not None:  # the children have their own
+            os.close(plan.cgroup_fd)
     os.close(write_end)
     return Launch(spec, middle, read_end)
 
@@ -186,17 +204,27 @@ def _intermediate(plan, read_end, write_end):
     try:
         os.close(read_end)
         os.setsid()
-        final = os.fork()
+        final, born_inside = _fork_final(plan)
         if final == 0:
-            _final_child(plan, write_end)
+            _final_child(plan, write_end, born_inside)
         os.write(write_end, b"P%d\n" % final)
     except BaseException:
         os._exit(1)
     os._exit(0)
 
 
-def _final_child(plan, report_fd):
-    """Step 3, a-k in order; never returns."""
+def _fork_final(plan):
+    """(os.fork()'s result, whether the child was born in its cgroup)."""
+    if plan.cgroup_fd is not None:
+        try:
+            return kernel.fork_into_cgroup(plan.cgroup_fd), True
+        except OSError:
+            pass  # an older kernel: fork, then move (step e)
+    return os.fork(), False
+
+
+def _final_child(plan, report_fd, born_inside=False):
+    """Step 3, a-m in order; never returns."""
     spec = plan.spec
     step = "signals"
     try:
@@ -208,7 +236,7 @@ def _final_child(plan, report_fd):
         step = "setpgid"
         _own_group()
         step = "cgroup"
-        _join_cgroups(plan.cgroup_procs)
+        _join_cgroups(plan.cgroups[1:] if born_inside else plan.cgroups)
         if spec.chroot:
             step = "chroot %s" % spec.chroot
             os.chroot(spec.chroot)
@@ -314,9 +342,10 @@ def _own_group():
     os.setpgid(0, 0)
 
 
-def _join_cgroups(procs_files):
+def _join_cgroups(folders):
     pid = b"%d" % os.getpid()
-    for path in procs_files:
+    for folder in folders:
+        path = os.path.join(folder, "cgroup.procs")
         fd = os.open(path, os.O_WRONLY)
         try:
             os.write(fd, pid)

@@ -10,7 +10,47 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from diprocd import cgroup  # noqa: E402
 from helpers import Node, kill_marked  # noqa: E402
+
+# Where the workers of this machine make their cgroup folders (one per
+# worker, below each hierarchy's diprocd/), or none.
+_PROBE = cgroup.detect("/run/dpd-test-probe.pid", create=False)
+_CGROUP_PARENTS = sorted({os.path.dirname(folder) for folder in (
+    _PROBE.base, _PROBE.memory_base) if folder})
+
+
+def _worker_cgroups():
+    out = set()
+    for parent in _CGROUP_PARENTS:
+        try:
+            out.update(entry.path for entry in os.scandir(parent)
+                       if entry.is_dir(follow_symlinks=False))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_cgroup_left():
+    """The cgroup folders this test's workers made go once empty (a worker
+    keeps them while its processes run; a test ends those by marker, often
+    after its worker). rmdir only: the kernel refuses to remove a cgroup
+    that has processes, so nothing running loses its folder."""
+    before = _worker_cgroups()
+    yield
+    for folder in _worker_cgroups() - before:
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                _rmdir(entry.path)
+        _rmdir(folder)
+
+
+def _rmdir(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 @pytest.fixture

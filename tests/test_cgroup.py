@@ -13,7 +13,8 @@ import pytest
 from conftest import requires_root
 from diprocd import cgroup
 from diprocd.kernel import is_alive
-from helpers import marked_env, read_text, run_command, wait_for
+from helpers import (holds_within, marked_env, read_text, run_command,
+                     wait_for)
 
 PROBE = cgroup.detect("/run/dpd-test-probe.pid", create=False)
 requires_cgroup = pytest.mark.skipif(
@@ -110,7 +111,18 @@ def test_the_stop_deadline_kills_the_whole_cgroup(node):
     node.write([node.proc("deaf", "/bin/sh", "-c", script, stop_timeout=1,
                           user="root")])
     node.start()
-    pid = node.wait_running("deaf")
+    first = node.wait_running("deaf")
+    first_child = child_pid(child_file)
+    os.unlink(child_file)
+    # A restart: the same folder, killed at the deadline, then a new start
+    # that must run (a child born in a v2 folder after its cgroup.kill is
+    # killed at birth: the folder is made anew).
+    assert dpdctl(node, "restart", "deaf").returncode == 0
+    pid = wait_for(lambda: node.state("deaf").get("pid") not in (None, first)
+                   and node.state("deaf")["pid"], what="the restart")
+    assert not holds_within(lambda: not is_alive(pid), 1.0)  # it stays
+    assert node.state("deaf")["starts"] == 2
+    assert not is_alive(first_child)
     child = child_pid(child_file)
     assert dpdctl(node, "stop", "deaf").returncode == 0
     entry = node.wait_state("deaf", "stopped")
@@ -172,11 +184,11 @@ def test_each_mechanism_ends_a_whole_tree(mechanism, tmp_path, marker):
     if tree.mechanism != mechanism:
         pytest.skip("no writable %s here: %s" % (mechanism, tree.why))
     try:
-        procs_files = tree.prepare("t", None)
+        folders, _ = tree.prepare("t", None)
 
         def join():
-            for path in procs_files:
-                with open(path, "w") as handle:
+            for folder in folders:
+                with open(os.path.join(folder, "cgroup.procs"), "w") as handle:
                     handle.write(str(os.getpid()))
 
         main = subprocess.Popen(

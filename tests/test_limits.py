@@ -2,13 +2,17 @@
 processes, /proc/PID/limits and real files."""
 
 import os
+import shutil
 import stat
+import subprocess
 
 import pytest
 
 from conftest import requires_root
 from diprocd import config
 from helpers import run_command, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def proc_limits(pid):
@@ -168,3 +172,36 @@ def test_without_log_file_nor_log_dir_output_goes_to_dev_null(tmp_path):
     os.chmod(str(path), 0o644)
     loaded = config.load_worker_config(str(path))
     assert loaded.log_dir is None and loaded.procs[0].logs == "/dev/null"
+
+
+@pytest.mark.skipif(not shutil.which("logrotate"), reason="needs logrotate")
+def test_the_shipped_logrotate_rule_rotates_default_logs(node, tmp_path):
+    """debian/diprocd.logrotate on the default logs of a running process:
+    copytruncate, and the process (O_APPEND) writes on at the new end, no
+    hole of NULs where the old output was."""
+    script = "i=0; while :; do i=$((i+1)); echo line $i; sleep 0.01; done"
+    node.write([node.proc("chatty", "/bin/sh", "-c", script)])
+    node.start()
+    node.wait_running("chatty")
+    log = tmp_path / "procs" / "chatty.log"
+    wait_for(lambda: log.exists() and log.stat().st_size > 200,
+             what="some output")
+    with open(os.path.join(ROOT, "debian", "diprocd.logrotate")) as handle:
+        rule = handle.read()
+    shipped = ("/var/log/diprocd/*.log /var/log/diprocd/procs/*.log "
+               "/var/log/diprocd/client/*.log")
+    assert shipped in rule
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(rule.replace(shipped, str(tmp_path / "procs" / "*.log")))
+    result = subprocess.run(["logrotate", "-f", "--state",
+                             str(tmp_path / "state"), str(conf)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    rotated = tmp_path / "procs" / "chatty.log.1"
+    assert rotated.exists() and rotated.read_text().startswith("line 1\n")
+    last = int(rotated.read_text().splitlines()[-1].split()[1])
+    wait_for(lambda: "line %d\n" % (last + 20) in log.read_text(),
+             what="more output after the rotation")
+    text = log.read_text()
+    assert "\0" not in text and text.startswith("line ")
+    assert int(text.split()[1]) > last - 5  # (copy, then truncate)
