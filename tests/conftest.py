@@ -1,6 +1,8 @@
+import glob
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -11,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diprocd import cgroup  # noqa: E402
-from helpers import Node, kill_marked  # noqa: E402
+from helpers import Node, clean_copy, kill_marked  # noqa: E402
 
 # Where the workers of this machine make their cgroup folders (one per
 # worker, below each hierarchy's diprocd/), or none.
@@ -84,3 +86,31 @@ def reachable_dir():
     os.chmod(folder, 0o755)
     yield pathlib.Path(folder)
     shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="session")
+def built_deb(tmp_path_factory):
+    """Build the .deb once a run: dpkg-buildpackage -us -uc -b in a clean
+    copy (tests/test_packaging.py, tests/test_deb_install.py)."""
+    for tool in ("dpkg-buildpackage", "dh", "pybuild", "fakeroot"):
+        if not shutil.which(tool):
+            pytest.skip("%s missing (tests/setup-system.sh installs debhelper, "
+                        "dh-python, lintian with apt as root)" % tool)
+    top = tmp_path_factory.mktemp("deb")
+    source = clean_copy(top / "diprocd")
+    deps = subprocess.run(["dpkg-checkbuilddeps"], cwd=source,
+                          capture_output=True, text=True)
+    if deps.returncode:
+        pytest.skip("build dependencies missing: %s" % deps.stderr.strip())
+    # Rules-Requires-Root: no, so the build runs as a user would run it.
+    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"],
+                            cwd=source, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (deb,) = glob.glob(str(top / "diprocd_*_all.deb"))
+    extracted = top / "root"
+    subprocess.run(["dpkg-deb", "-x", deb, str(extracted)], check=True)
+    control = top / "control"
+    subprocess.run(["dpkg-deb", "-e", deb, str(control)], check=True)
+    return {"deb": deb, "root": str(extracted), "control": str(control),
+            "changes": glob.glob(str(top / "diprocd_*.changes"))[0]}

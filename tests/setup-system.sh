@@ -16,11 +16,13 @@ command -v tcpdump >/dev/null 2>&1 || need="$need tcpdump"
 # browser, headless.
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 # The init script tests run the daemons under Debian's python3 (as the .deb
-# does); the package test builds and lints the .deb.
+# does); the package test builds and lints the .deb; tests/test_deb_install.py
+# installs it in a debootstrapped Debian 12 root (ip: its loopback);
+# tests/test_manpages.py renders the man pages.
 for pkg in python3-zmq python3-simplejson python3-daemon python3-nacl \
            python3-prometheus-client \
            debhelper dh-python python3-all python3-setuptools fakeroot lintian \
-           insserv logrotate; do
+           insserv logrotate debootstrap iproute2 groff-base man-db; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
         || need="$need $pkg"
 done
