@@ -14,7 +14,6 @@ worker's start for every folder no adopted process owns.
 """
 
 import os
-
 import signal
 
 from diprocd import cgroup, kernel, spawn

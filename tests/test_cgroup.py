@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import requires_root
-from diprocd import cgroup
+from diprocd import cgroup, status
 from diprocd.kernel import is_alive
 from helpers import (holds_within, marked_env, read_text, run_command,
                      wait_for)
@@ -23,7 +23,11 @@ requires_cgroup = pytest.mark.skipif(
 requires_memory = pytest.mark.skipif(
     PROBE.memory is None, reason="no writable memory cgroup here: %s"
     % PROBE.why)
-pytestmark = [requires_root, requires_cgroup]
+
+
+def on_this_machine(test):
+    """Root, and a writable hierarchy: the real thing."""
+    return requires_root(requires_cgroup(test))
 
 
 def tree_of(node):
@@ -64,6 +68,7 @@ def dpdctl(node, *args):
     return run_command("dpdctl", ["--worker", node.config_path] + list(args))
 
 
+@on_this_machine
 def test_the_mechanism_is_in_the_status(node):
     node.write([])
     node.start()
@@ -80,6 +85,7 @@ def test_the_mechanism_is_in_the_status(node):
     assert "a cgroup per process: %s" % tree["mechanism"] in node.log()
 
 
+@on_this_machine
 def test_stop_ends_a_descendant_that_called_setsid(node):
     pid, child, child_file = start_escaping(node, "escaper", 7401)
     tree = tree_of(node)
@@ -94,6 +100,7 @@ def test_stop_ends_a_descendant_that_called_setsid(node):
         "process: killed" in node.log()
 
 
+@on_this_machine
 def test_removal_ends_the_tree_and_removes_its_cgroup(node):
     _, child, _ = start_escaping(node, "removed", 7403)
     node.write([])
@@ -102,6 +109,7 @@ def test_removal_ends_the_tree_and_removes_its_cgroup(node):
     assert tree_of(node).names() == []
 
 
+@on_this_machine
 def test_the_stop_deadline_kills_the_whole_cgroup(node):
     """A main process deaf to SIGTERM: at stop_timeout its whole cgroup is
     killed, the setsid'd child with it."""
@@ -131,6 +139,7 @@ def test_the_stop_deadline_kills_the_whole_cgroup(node):
              what="the tree to end")
 
 
+@on_this_machine
 @requires_memory
 def test_memory_max_kills_a_program_that_allocates_past_it(node):
     script = ("import time\nheld = []\nwhile True:\n"
@@ -144,6 +153,7 @@ def test_memory_max_kills_a_program_that_allocates_past_it(node):
                                   "memory_max %d bytes)" % limit), entry
 
 
+@on_this_machine
 def test_adoption_after_kill_9_finds_the_tree(node):
     """The worker killed with -9; the next one adopts the process (no
     second start) and its cgroup: a stop still ends the setsid'd child."""
@@ -159,6 +169,7 @@ def test_adoption_after_kill_9_finds_the_tree(node):
     wait_for(lambda: not is_alive(child), what="the setsid'd child to end")
 
 
+@on_this_machine
 def test_what_a_dead_main_process_left_is_killed_at_the_next_start(node):
     """Main process gone while no worker ran: its setsid'd child is killed
     and the process started afresh, alone in its cgroup."""
@@ -176,6 +187,7 @@ def test_what_a_dead_main_process_left_is_killed_at_the_next_start(node):
     assert child_pid(child_file) in tree_of(node).members("orphaned")
 
 
+@on_this_machine
 @pytest.mark.parametrize("mechanism", cgroup.MECHANISMS)
 def test_each_mechanism_ends_a_whole_tree(mechanism, tmp_path, marker):
     """cgroup.kill (v2), freeze+kill+thaw (v1 freezer), kill until empty
@@ -207,3 +219,51 @@ def test_each_mechanism_ends_a_whole_tree(mechanism, tmp_path, marker):
         tree.remove("t")
         tree.tidy()
     assert not os.path.exists(tree.base)
+
+
+# -- detection, on files shaped as the kernel's (any user, any machine) -----
+
+def fake_proc(tmp_path, monkeypatch, mountinfo, own):
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    (tmp_path / "cgroup").write_text(own)
+    monkeypatch.setattr(cgroup, "MOUNTINFO", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(cgroup, "OWN_CGROUPS", str(tmp_path / "cgroup"))
+
+
+@pytest.mark.parametrize("mechanism", cgroup.MECHANISMS)
+def test_without_a_hierarchy_it_is_the_process_group(mechanism, tmp_path,
+                                                     monkeypatch):
+    fake_proc(tmp_path, monkeypatch,
+              "22 1 0:21 / /proc rw - proc proc rw\n", "0::/\n")
+    tree = cgroup.detect(str(tmp_path / "w.pid"), mechanisms=(mechanism,))
+    assert (tree.mechanism, tree.base, tree.memory) == (
+        "process group", None, None)
+    assert tree.why == "no cgroup hierarchy mounted"
+    assert tree.members("x") == [] and tree.prepare("x", 1) == ([], False)
+    assert tree.kill("x") == 0 and tree.remove("x")
+    line = status.tree_line(tree.describe())
+    assert line.startswith("process trees: process group (no writable "
+                           "cgroup: a descendant that calls setsid survives "
+                           "a stop; memory_max not enforced)")
+
+
+def test_a_hierarchy_is_found_under_the_workers_own_cgroup(tmp_path,
+                                                            monkeypatch):
+    """A cgroup2 mount (a folder here) and the worker's own cgroup in it:
+    diprocd/<pid file name>.<crc> below that; nothing made without
+    create."""
+    mount = tmp_path / "unified"
+    (mount / "system.slice" / "dpd.service").mkdir(parents=True)
+    fake_proc(tmp_path, monkeypatch,
+              "30 23 0:27 / %s rw - cgroup2 cgroup2 rw\n" % mount,
+              "0::/system.slice/dpd.service\n")
+    pid_file = str(tmp_path / "run" / "dpd-workerd.pid")
+    tree = cgroup.detect(pid_file, create=False)
+    name = cgroup.worker_folder_name(pid_file)
+    assert name.startswith("dpd-workerd.") and len(name) == 12 + 8
+    assert tree.mechanism == "cgroup v2"
+    assert tree.base == str(mount / "system.slice" / "dpd.service" /
+                            "diprocd" / name)
+    assert not os.path.exists(str(mount / "system.slice" / "dpd.service" /
+                                  "diprocd"))
+    assert cgroup.worker_folder_name(pid_file + "x") != name
