@@ -4,6 +4,7 @@ skipped where no hierarchy is writable (the worker then signals process
 groups, as test_worker.py checks). The node fixture (conftest) removes this
 test's cgroups, with anything left in them."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import requires_root
-from diprocd import cgroup, status
+from diprocd import cgroup, config, preflight, status
 from diprocd.kernel import is_alive
 from helpers import (holds_within, marked_env, read_text, run_command,
                      wait_for)
@@ -267,3 +268,21 @@ def test_a_hierarchy_is_found_under_the_workers_own_cgroup(tmp_path,
     assert not os.path.exists(str(mount / "system.slice" / "dpd.service" /
                                   "diprocd"))
     assert cgroup.worker_folder_name(pid_file + "x") != name
+
+
+def test_check_warns_where_memory_max_cannot_be_enforced(tmp_path,
+                                                         monkeypatch):
+    fake_proc(tmp_path, monkeypatch,
+              "22 1 0:21 / /proc rw - proc proc rw\n", "0::/\n")
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({
+        "pid_file": str(tmp_path / "w.pid"),
+        "procs": [{"name": "capped", "run": "/bin/sleep", "logs": None,
+                   "memory_max": 1 << 30},
+                  {"name": "free", "run": "/bin/sleep"}]}))
+    os.chmod(str(path), 0o644)
+    report = preflight.check(config.load_worker_config, str(path))
+    assert report.ok
+    assert report.warnings == [
+        '%s: process "capped": field "memory_max": not enforced on this '
+        'machine: no cgroup hierarchy mounted' % path]
