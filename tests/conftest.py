@@ -33,19 +33,39 @@ def _worker_cgroups():
     return out
 
 
+# The worker folders this session's tests made that are not removed yet.
+_CGROUPS_MADE = set()
+
+
 @pytest.fixture(autouse=True)
 def no_cgroup_left():
     """The cgroup folders this test's workers made go once empty (a worker
     keeps them while its processes run; a test ends those by marker, often
-    after its worker). rmdir only: the kernel refuses to remove a cgroup
-    that has processes, so nothing running loses its folder."""
+    after its worker), or after a later test, or at the session's end when
+    still in use (3000 processes take a while to end). rmdir only: the
+    kernel refuses to remove a cgroup that has processes, so nothing
+    running loses its folder."""
     before = _worker_cgroups()
     yield
-    for folder in _worker_cgroups() - before:
-        for entry in os.scandir(folder):
-            if entry.is_dir(follow_symlinks=False):
-                _rmdir(entry.path)
+    _CGROUPS_MADE.update(_worker_cgroups() - before)
+    _remove_cgroups_made()
+
+
+def pytest_sessionfinish(session):
+    _remove_cgroups_made()
+
+
+def _remove_cgroups_made():
+    for folder in sorted(_CGROUPS_MADE):
+        try:
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    _rmdir(entry.path)
+        except OSError:
+            pass
         _rmdir(folder)
+        if not os.path.exists(folder):
+            _CGROUPS_MADE.discard(folder)
 
 
 def _rmdir(path):
