@@ -6,7 +6,8 @@ in a terminal. Three things differ, each said here: ``make venv-run`` is
 not run (``make test`` made the venv), ``DIR=`` names the test's own
 folder, and ``$SRC/.venv/bin/`` is the venv running the tests when the
 checkout has none (a git worktree). The examples' loopback ports are used
-as written.
+as written; as root, the shell runs in a network namespace of its own, so
+that another suite running meanwhile cannot answer on them.
 
 After each command whose outcome the README tells, the test checks it on
 its own, with deadlines: the worker runs the example's processes, the
@@ -24,9 +25,9 @@ import queue
 import re
 import signal
 import subprocess
+import shutil
 import sys
 import threading
-import urllib.request
 import uuid
 
 import pytest
@@ -69,12 +70,25 @@ def commands(lines):
     return found
 
 
+def private_network():
+    """As root, the words that run the shell in a network namespace of its
+    own, its loopback up: the walkthrough's fixed ports are then its own,
+    whatever else runs on this machine (another suite in another checkout).
+    Elsewhere, nothing: the ports are shared."""
+    if os.geteuid() != 0 or not (shutil.which("unshare")
+                                 and shutil.which("ip")):
+        return []
+    return ["unshare", "--net", "--", "sh", "-c",
+            'ip link set lo up && exec "$@"', "sh"]
+
+
 class Shell:
     """One bash reading commands on its stdin, as a terminal's would."""
 
     def __init__(self, env, cwd):
         self.proc = subprocess.Popen(
-            ["bash", "--noprofile", "--norc", "-s"], stdin=subprocess.PIPE,
+            private_network() + ["bash", "--noprofile", "--norc", "-s"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=env, cwd=cwd, start_new_session=True)
         self.lines = queue.Queue()
@@ -224,8 +238,12 @@ def test_from_a_checkout_as_written(marker, tmp_path):
         with open(README) as handle:
             (url,) = re.findall(
                 r"dashboard is on <(http://127\.0\.0\.1:\d+/)>", handle.read())
-        with urllib.request.urlopen(url, timeout=10) as page:
-            assert page.status == 200 and b"<html" in page.read().lower()
+        # Asked from the walkthrough's shell: its network is the master's.
+        code, page = shell.run(
+            "%s -c 'import urllib.request; print(urllib.request.urlopen("
+            "\"%s\", timeout=10).read().decode().lower())'"
+            % (sys.executable, url))
+        assert code == 0 and "<html" in page, page
 
     def after_edit(code, output):
         assert code == 0, output
