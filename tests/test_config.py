@@ -109,7 +109,8 @@ def test_a_definition_without_the_new_fields_keeps_its_fingerprint():
     explicit = dataclasses.replace(web, restart_delay=0, give_up_after=None)
     assert explicit.fingerprint() == web.fingerprint()
     for field in spec.ADDED_LATER:
-        changed = dataclasses.replace(web, **{field.name: 7})
+        value = (("core", (0, 0)),) if field.type == "limits" else 7
+        changed = dataclasses.replace(web, **{field.name: value})
         assert changed.fingerprint() != web.fingerprint(), field.name
 
 

@@ -103,25 +103,6 @@ def test_invalid_limits_name_the_limit(limits, why):
         problems
 
 
-def test_new_fields_at_their_defaults_keep_the_fingerprint():
-    """An upgraded worker must not restart what it adopts: limits and
-    memory_max at their defaults leave the fingerprint as it was."""
-    plain = config.validate_procs([{"name": "p", "run": "/bin/true"}], "w",
-                                  check_users=False)[0][0]
-    limited = config.validate_procs([{"name": "p", "run": "/bin/true",
-                                      "limits": {"core": 0}}], "w",
-                                    check_users=False)[0][0]
-    assert "limits" not in plain.to_json() or plain.limits == ()
-    assert plain.fingerprint() != limited.fingerprint()
-    import json as std_json
-    import zlib
-    out = plain.to_json()
-    del out["limits"], out["memory_max"]
-    data = std_json.dumps(out, sort_keys=True).encode("utf-8")
-    assert plain.fingerprint() == "%08x%08x" % (zlib.crc32(data),
-                                                zlib.adler32(data))
-
-
 # -- output kept by default ---------------------------------------------------
 
 
