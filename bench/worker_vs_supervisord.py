@@ -56,6 +56,7 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from diprocd import cgroup  # noqa: E402
 from diprocd.kernel import cpu_ticks, rss_bytes, is_alive  # noqa: E402
 
 MARKER_VAR = "DPD_BENCH_MARKER"
@@ -288,6 +289,15 @@ class DpdWorker(Supervisor):
     def command(self):
         return [sys.executable, os.path.join(ROOT, "bin", "dpd-workerd"),
                 "-f", self.config_path]
+
+    def stop(self, timeout=15.0):
+        """As any supervisor's, then its cgroups go, with what is left in
+        them (folders named after this run's pid file: its own)."""
+        super().stop(timeout)
+        tree = cgroup.detect(self.pid_file, create=False)
+        for name in tree.names():
+            tree.remove(name)
+        tree.tidy()
 
     def write_config(self, names):
         """Write CONFIG next to itself; return a callable that renames it

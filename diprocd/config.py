@@ -30,7 +30,8 @@ import simplejson as json
 from diprocd import jsonin, keys, protocol, trust
 from diprocd.daemon import beside_pid_file
 from diprocd.errors import ConfigError, ProtocolError
-from diprocd.spec import DEFAULTS, FIELDS, REQUIRED, CheckSpec, ProcessSpec
+from diprocd.spec import (DEFAULTS, FIELDS, LIMIT_NAMES, REQUIRED, UNLIMITED,
+                          CheckSpec, ProcessSpec)
 
 # The largest configuration file we agree to parse (a sanity bound).
 MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -380,6 +381,70 @@ def node_name(value):
         raise Invalid(str(err))
 
 
+# Bytes and limits: below 2**63, what the kernel's 64-bit values hold.
+MAX_BYTES = 2 ** 63 - 1
+
+
+@accepts({"title": "bytes", "type": "integer", "minimum": 1,
+          "maximum": MAX_BYTES})
+def byte_count(value):
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 1 <= value <= MAX_BYTES:
+        raise Invalid("must be a whole number of bytes (1 or more), got %s"
+                      % json.dumps(value))
+    return value
+
+
+LIMIT_VALUE = {"anyOf": [{"type": "integer", "minimum": 0,
+                          "maximum": MAX_BYTES},
+                         {"const": "unlimited"}]}
+
+
+@accepts({"title": "object {limit: N, \"unlimited\" or [soft, hard]}",
+          "type": "object",
+          "propertyNames": {"enum": list(LIMIT_NAMES)},
+          "additionalProperties": {"anyOf": [
+              LIMIT_VALUE, {"type": "array", "items": LIMIT_VALUE,
+                            "minItems": 2, "maxItems": 2}]}})
+def limits(value):
+    """{"nofile": 4096, "core": [0, "unlimited"]} -> sorted (name, (soft,
+    hard)) pairs; a single value sets both."""
+    if not isinstance(value, dict):
+        raise Invalid("must be an object such as {\"nofile\": 4096}, got %s"
+                      % json.dumps(value))
+    out = []
+    for name, given in sorted(value.items()):
+        if name not in LIMIT_NAMES:
+            raise Invalid('unknown limit "%s" (known: %s)'
+                          % (name, ", ".join(LIMIT_NAMES)))
+        pair = given if isinstance(given, list) else [given, given]
+        if len(pair) != 2:
+            raise Invalid('limit "%s": a list must be [soft, hard], got %s'
+                          % (name, json.dumps(given)))
+        soft, hard = (_limit_value(name, item) for item in pair)
+        if hard != UNLIMITED and (soft == UNLIMITED or soft > hard):
+            raise Invalid('limit "%s": soft %s is above hard %s'
+                          % (name, json.dumps(pair[0]), json.dumps(pair[1])))
+        out.append((name, (soft, hard)))
+    return tuple(out)
+
+
+def _limit_value(name, value):
+    if value == "unlimited":
+        return UNLIMITED
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 <= value <= MAX_BYTES:
+        raise Invalid('limit "%s": must be a number (0 or more) or '
+                      '"unlimited", got %s' % (name, json.dumps(value)))
+    return value
+
+
+@accepts({"title": "absolute path or null (/dev/null)", "anyOf": [
+    normal_path.schema, {"type": "null"}]})
+def logs_path(value):
+    return "/dev/null" if value is None else normal_path(value)
+
+
 def parse_signal(value):
     """'TERM', 'SIGTERM', 15 -> signal number; raise ValueError otherwise."""
     if isinstance(value, bool):
@@ -485,6 +550,9 @@ FIELD_TYPES = {
     "count": count(1, 10 ** 9),
     "umask": umask,
     "check": health_check,
+    "limits": limits,
+    "bytes": byte_count,
+    "logs": logs_path,
 }
 
 # A process's fields: name -> check, from spec.FIELDS. The name is checked
@@ -511,13 +579,16 @@ class _Where:
                              % (self.where, label, field, why))
 
 
-def validate_procs(raw, where, pid_dir=None, check_users=True):
+def validate_procs(raw, where, pid_dir=None, check_users=True,
+                   log_dir=None):
     """Validate a list of process definitions.
 
     ``where`` names the file (and node) in messages. ``pid_dir`` is the folder
     of default pid files (``<name>.pid``); with ``None`` (the master, which
     does not know the node's folders) the default is left unset.
     ``check_users`` looks users up in this machine's passwd database.
+    ``log_dir`` is the folder of default ``logs`` (``<name>.log``); with
+    ``None``, a process without ``logs`` gets ``/dev/null``.
 
     Returns ``(specs, problems, warnings)``: specs of the valid processes, and
     one message per problem or warning.
@@ -530,7 +601,8 @@ def validate_procs(raw, where, pid_dir=None, check_users=True):
         return specs, out.problems, out.warnings
     seen = set()
     for index, item in enumerate(raw):
-        spec = _validate_one(item, index, out, pid_dir, check_users, seen)
+        spec = _validate_one(item, index, out, (pid_dir, log_dir),
+                             check_users, seen)
         if spec is not None:
             specs.append(spec)
     _check_list(specs, seen, out)
@@ -562,7 +634,7 @@ def _process_label(item, index, out, seen):
     return label
 
 
-def _validate_one(item, index, out, pid_dir, check_users, seen):
+def _validate_one(item, index, out, folders, check_users, seen):
     label = _process_label(item, index, out, seen)
     if label is None:
         return None
@@ -583,7 +655,7 @@ def _validate_one(item, index, out, pid_dir, check_users, seen):
             values[key] = check(item[key])
         except Invalid as err:
             out.problem(label, key, err)
-    _machine_defaults(values, item, label, out, pid_dir, check_users)
+    _machine_defaults(values, item, label, out, folders, check_users)
     if values.get("daemon") and values.get("write_pid", True):
         out.problem(label, "daemon", 'a daemon writes its own pid file: set '
                     '"write_pid" to false')
@@ -595,8 +667,10 @@ def _validate_one(item, index, out, pid_dir, check_users, seen):
     return ProcessSpec(**values)
 
 
-def _machine_defaults(values, item, label, out, pid_dir, check_users):
-    """The user (looked up on this machine) and the default pid file."""
+def _machine_defaults(values, item, label, out, folders, check_users):
+    """The user (looked up on this machine), the default pid file and the
+    default logs (``folders``: their folders, or None)."""
+    pid_dir, log_dir = folders
     if "user" in values and check_users:
         try:
             lookup_user(values["user"])
@@ -606,6 +680,8 @@ def _machine_defaults(values, item, label, out, pid_dir, check_users):
         values["user"] = default_user()
     if "pid_file" not in values and pid_dir is not None:
         values["pid_file"] = os.path.join(pid_dir, values["name"] + ".pid")
+    if "logs" not in item and log_dir is not None:
+        values["logs"] = os.path.join(log_dir, values["name"] + ".log")
 
 
 def _check_list(specs, seen, out):
@@ -663,14 +739,16 @@ def find_cycle(specs):
     return None
 
 
-def validate_worker_procs(raw, where, worker_pid_file):
+def validate_worker_procs(raw, where, worker_pid_file, log_dir=None):
     """``validate_procs`` as the worker applies it on this machine (users
     looked up, pid files defaulting beside ``worker_pid_file``), plus the
     check that no process claims the worker's own pid file. The client calls
-    it on every update before writing the worker's file."""
+    it on every update before writing the worker's file. ``log_dir``: the
+    worker's (``worker_log_dir``), for the default ``logs``."""
     pid_dir = os.path.dirname(worker_pid_file) if worker_pid_file else None
     specs, problems, warnings = validate_procs(raw, where, pid_dir=pid_dir,
-                                               check_users=True)
+                                               check_users=True,
+                                               log_dir=log_dir)
     if worker_pid_file:
         for spec in specs:
             if spec.pid_file == worker_pid_file:
@@ -712,6 +790,22 @@ class DaemonConfig:
 @dataclasses.dataclass
 class WorkerConfig(DaemonConfig):
     procs: tuple = ()
+    log_dir: str = None  # resolved: worker_log_dir()
+
+
+# The folder of the processes' default logs, beside the worker's log file.
+LOG_DIR_NAME = "procs"
+
+
+def worker_log_dir(log_dir, log_file):
+    """The worker's ``log_dir``: as given, else ``procs`` in the folder of
+    its ``log_file`` (/var/log/diprocd/dpd-workerd.log ->
+    /var/log/diprocd/procs), else None (no default logs: /dev/null)."""
+    if log_dir is not None:
+        return log_dir
+    if log_file is not None:
+        return os.path.join(os.path.dirname(log_file), LOG_DIR_NAME)
+    return None
 
 
 @dataclasses.dataclass
@@ -773,7 +867,8 @@ COMMON_KEYS = {"$schema": Key(schema_reference),
 ENDPOINT_KEYS = {"master_stats": Key(endpoint, required=True),
                  "master_updates": Key(endpoint, required=True),
                  "curve_secret_key": Key(absolute_path)}
-WORKER_KEYS = dict(COMMON_KEYS, procs=Key(None, required=True, default=[]))
+WORKER_KEYS = dict(COMMON_KEYS, log_dir=Key(normal_path),
+                   procs=Key(None, required=True, default=[]))
 MASTER_KEYS = dict(COMMON_KEYS, **ENDPOINT_KEYS,
                    master_control=Key(endpoint),
                    nodes=Key(_nodes_object, required=True, default={}),
@@ -839,8 +934,9 @@ def load_worker_config(path, owners=()):
     ConfigError with every problem, or return a WorkerConfig (whose
     warnings the caller logs)."""
     values, problems, warnings = _read_keys(path, WORKER_KEYS, owners)
+    values["log_dir"] = worker_log_dir(values["log_dir"], values["log_file"])
     specs, proc_problems, proc_warnings = validate_worker_procs(
-        values["procs"], path, values["pid_file"])
+        values["procs"], path, values["pid_file"], values["log_dir"])
     problems += proc_problems
     warnings += proc_warnings
     if problems:

@@ -295,11 +295,15 @@ def cmd_status(link, args, node, names):
         if args.json:
             print(json.dumps({"worker_pid": reply["worker_pid"],
                               "config_error": reply["config_error"],
+                              "tree": reply.get("tree"),
                               "procs": _live(procs)}, indent=1,
                              sort_keys=True))
         else:
             text, ok = status.render(procs, time.time())
             print(text)
+            line = status.tree_line(reply.get("tree"))
+            if line:
+                print(line)
             if reply.get("config_error"):
                 print("warning: CONFIG is invalid now (the worker keeps the "
                       "last good one): %s" % reply["config_error"])
@@ -319,6 +323,10 @@ def cmd_status(link, args, node, names):
         print(json.dumps({"nodes": nodes}, indent=1, sort_keys=True))
     else:
         print(status.table(FLEET_HEADER, fleet_rows(nodes, time.time())))
+        for name, node in sorted(nodes.items()):
+            line = status.tree_line(node.get("tree"))
+            if line:
+                print("%s: %s" % (name, line))
     for warning in reply.get("warnings") or ():
         print("warning: %s" % warning, file=sys.stderr)
     return EXIT_OK if ok else EXIT_NOT_OK

@@ -50,13 +50,14 @@ def node_status(name, seen, configured, now, silent_after, epoch, seq):
     elif not in_sync:
         reason = "holds seq %s of epoch %s, the master has seq %s" % (
             seen.seq, seen.epoch, seq)
-    procs = {}
+    procs, tree = {}, None
     if seen is not None and isinstance(seen.status, dict) and isinstance(
             seen.status.get("procs"), dict):
         procs = seen.status["procs"]
+        tree = seen.status.get("tree")
     return {"liveness": live, "in_sync": in_sync, "reason": reason,
             "quiet": None if seen is None else round(now - seen.monotonic, 1),
-            "procs": procs}
+            "procs": procs, "tree": tree if isinstance(tree, dict) else None}
 
 
 def as_desired(node):

@@ -7,6 +7,8 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
 
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
        "updated": T,
+       "tree":    {"mechanism": M, "path": P, "memory": M, "note": N},
+                                    # how process trees are grouped (cgroup)
        "procs":   {NAME: view},     # --status, the client, the master
        "records": {NAME: record},   # adoption: the next worker's memory
        "held":    {NAME: fingerprint}}  # stopped by the operator
@@ -17,8 +19,8 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
   result and output). A *record* is what a later worker
   needs to take a process over without starting a duplicate: pid and
   kernel start time (or, for a daemon still starting, its launcher's),
-  the definition's fingerprint, and how to stop it. Only views travel to
-  the master (``read_view``).
+  the definition's fingerprint, and how to stop it. Only views (and
+  ``tree``) travel to the master (``read_view``).
 
 - ``dpd-workerd.journal``: one line per process started since the status
   file was last written, appended by the new process itself just before
@@ -219,14 +221,15 @@ class Ledger:
             "stop": [spec.stop_signal, spec.stop_timeout]})
         return JournalSlot(self.journal_fd, record.encode("utf-8"))
 
-    def write(self, worker_pid, config_path, updated, procs):
+    def write(self, worker_pid, config_path, updated, procs, tree=None):
         """Replace the status file with ``procs`` ({name: Process}) and
-        empty the journal (all in the status now). OSError propagates: the
-        old file is kept and the caller retries."""
+        ``tree`` (``cgroup.Tree.describe()``), and empty the journal (all
+        in the status now). OSError propagates: the old file is kept and
+        the caller retries."""
         document = {
             "version": STATUS_VERSION, "worker_pid": worker_pid,
             "config": config_path, "boot_id": self.boot_id,
-            "updated": updated,
+            "updated": updated, "tree": tree,
             "procs": {name: view_of(proc)
                       for name, proc in sorted(procs.items())},
             "records": {name: Record.of(proc).to_json()
@@ -336,4 +339,4 @@ def read_view(path):
     if document is None:
         return None
     return {key: document.get(key) for key in (
-        "version", "worker_pid", "config", "updated", "procs")}
+        "version", "worker_pid", "config", "updated", "tree", "procs")}

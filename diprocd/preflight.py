@@ -13,8 +13,9 @@ and warnings about this machine's files that a start would trip on:
 - the master with ``http_listen``: prometheus_client can be imported;
 - the worker, for each process: ``run`` (a file with an execute bit),
   ``chroot`` and ``cwd`` (folders; ``run`` and ``cwd`` inside the chroot),
-  and the ``logs`` file (its folder is never made, and a symlink at its
-  name never followed: both start errors). Its users
+  and the ``logs`` file (its folder is never made, but for the worker's
+  ``log_dir``, and a symlink at its name never followed: both start
+  errors); ``memory_max`` where no cgroup can enforce it. Its users
   are the validator's: an unknown one is already an error.
 
 The master's node lists name other machines' files, and a client's users
@@ -27,6 +28,7 @@ import importlib
 import os
 import stat
 
+from diprocd import cgroup
 from diprocd import config as config_mod
 from diprocd.errors import ConfigError
 
@@ -54,7 +56,8 @@ def check(loader, path):
     warnings += _daemon_files(loaded)
     if isinstance(loaded, config_mod.WorkerConfig):
         for spec in loaded.procs:
-            warnings += _process_files(path, spec)
+            warnings += _process_files(path, spec, loaded.log_dir)
+        warnings += _memory_limits(loaded)
     if isinstance(loaded, config_mod.ClientConfig):
         facts.append('node name "%s"' % loaded.node_name)
     if isinstance(loaded, config_mod.MasterConfig) and loaded.http_listen:
@@ -88,7 +91,7 @@ def _metrics_library(loaded):
     return []
 
 
-def _process_files(path, spec):
+def _process_files(path, spec, log_dir):
     """What would stop ``spec`` from starting on this machine."""
     where = '%s: process "%s"' % (path, spec.name)
     out = []
@@ -112,10 +115,25 @@ def _process_files(path, spec):
     if why:
         warn("cwd", "%s%s %s" % (spec.cwd, inside, why))
     if spec.logs != "/dev/null":
-        why = _log_cannot_open(spec.logs)
+        why = _log_cannot_open(spec.logs, log_dir)
         if why:
             warn("logs", why)
     return out
+
+
+def _memory_limits(loaded):
+    """memory_max where no cgroup would enforce it (nothing is made to
+    find out: ``cgroup.detect`` without ``create``)."""
+    limited = [spec.name for spec in loaded.procs
+               if spec.memory_max is not None]
+    if not limited:
+        return []
+    tree = cgroup.detect(loaded.pid_file, create=False)
+    if tree.memory is not None:
+        return []
+    return ['%s: process "%s": field "memory_max": not enforced on this '
+            "machine: %s" % (loaded.path, name, tree.why or "no memory cgroup")
+            for name in limited]
 
 
 def _within(root, path):
@@ -156,12 +174,15 @@ def _not_a_folder(path, named=True):
     return "%s %s" % (path, why) if named else why
 
 
-def _log_cannot_open(path):
+def _log_cannot_open(path, log_dir):
     """Why the worker would not open ``path`` as a process's logs (see
-    spawn.py: no symlink followed, no folder made), or None."""
+    spawn.py: no symlink followed, no folder made but ``log_dir``), or
+    None."""
     if os.path.islink(path):
         return "%s is a symbolic link (never followed)" % path
     folder = os.path.dirname(path)
+    if folder == log_dir:  # the worker makes it when missing
+        return _cannot_write(path)
     if os.path.lexists(folder) and not os.path.isdir(folder):
         return "%s is not a folder" % folder
     if not os.path.isdir(folder):

@@ -122,6 +122,17 @@ class ProcessOps:
         """Notification: ``proc`` stopped for good (or for a removal)."""
         raise NotImplementedError
 
+    # The whole tree of a process (``cgroup``), beyond its pid: what
+    # ``ops.NodeOps`` does where a cgroup hierarchy is writable. By default
+    # there is none.
+    def end_tree(self, spec):
+        """``spec``'s process is stopped: end what is left of its tree."""
+
+    def exit_words(self, spec, how):
+        """``how`` the main pid of ``spec`` ended, said more exactly where
+        the tree knows more (killed for ``memory_max``)."""
+        return how
+
 
 class StartLimiter:
     """Remembers start times; allows a start while fewer than ``limit``

@@ -65,7 +65,8 @@ def _number(value):
 def field_default(field):
     """The default of a field as a file would write it, or None when it
     has none to write (required, or derived on the worker's machine)."""
-    if field.required or field.default is None:
+    if field.required or field.default is None \
+            or field.default_doc is not None:  # derived, said in words
         return None
     # A spec of defaults writes each as the state file keeps it.
     defaults = ProcessSpec(name="-", run="/-").to_json()

@@ -6,7 +6,8 @@ survives the worker:
 1. The worker creates a close-on-exec report pipe and forks an
    intermediate child (``launch``).
 2. The intermediate child calls ``setsid`` (a new session, no controlling
-   terminal), forks the final child, writes the final child's pid on the
+   terminal), forks the final child (with cgroup v2, born in its cgroup:
+   ``kernel.fork_into_cgroup``), writes the final child's pid on the
    pipe and exits at once; the worker reaps it (``_intermediate``).
 3. The final child (``_final_child``), one function a step, in this order:
    a. ``_reset_signals``: default dispositions, empty mask (Python ignores
@@ -22,20 +23,29 @@ survives the worker:
       component and a missing folder are start errors (nothing created);
    d. ``_own_group``: ``setpgid(0, 0)``, so a stop signal reaches the whole
       group and nothing else;
-   e. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
+   e. ``_join_cgroups``: writes its own pid to the ``cgroup.procs`` of its
+      cgroups (``cgroup.Tree``: made by the worker before the fork) but
+      the one it was born in, so every descendant it will have is inside
+      from the start, whatever session or group it moves to; none where
+      no hierarchy is writable;
+   f. ``chroot`` (when set), then ``_change_dir``: ``chdir("/")`` and
       ``chdir(cwd)``, so a relative ``cwd`` resolves inside the chroot;
-   f. ``_become_user``: ``setgid``, ``setgroups`` (the user's groups, as
+   g. ``_set_limits``: the open-files limit the worker was started with
+      back, then each of ``limits`` (soft and hard), while still root:
+      raising a hard limit takes root, so before the user changes; a limit
+      the kernel refuses is a start error naming it;
+   h. ``_become_user``: ``setgid``, ``setgroups`` (the user's groups, as
       ``initgroups`` would set them, looked up by the worker), ``setuid``
       (as root); a worker that is not root only runs processes as itself;
-   g. ``umask``;
-   h. ``_redirect_stdio``: stdin from ``/dev/null``, stdout and stderr
+   i. ``umask``;
+   j. ``_redirect_stdio``: stdin from ``/dev/null``, stdout and stderr
       appended to ``logs``;
-   i. ``_close_other_fds``: every other descriptor (the pipe closes itself on
-      exec), and the open-files limit the worker was started with back;
-   j. ``_record``: appends the journal line of step b to the worker's
+   k. ``_close_other_fds``: every other descriptor up to the worker's own
+      bound (the pipe closes itself on exec), whatever ``nofile`` is now;
+   l. ``_record``: appends the journal line of step b to the worker's
       journal (the record a later worker adopts it by), so no program ever
       runs unrecorded, whenever the worker dies; a failed write stops here;
-   k. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
+   m. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
    Steps d-g are ``_confine``, shared with ``start_check``.
@@ -129,7 +139,8 @@ class Plan:
     """What the final child needs, worked out by the worker before the fork
     (the child loads nothing: no NSS, no JSON)."""
 
-    def __init__(self, spec, journal, program_nofile, argv=None):
+    def __init__(self, spec, journal, program_nofile, cgroups=(),
+                 born_inside=False, argv=None):
         try:
             self.user = lookup_user(spec.user)
         except (KeyError, OverflowError, ValueError):
@@ -148,20 +159,42 @@ class Plan:
         self.env = clean_environment(spec, self.user)
         self.journal = journal
         self.program_nofile = program_nofile
+        self.cgroups = tuple(cgroups)
+        # The first cgroup as a folder descriptor, to be born in it.
+        self.cgroup_fd = None
+        if born_inside and self.cgroups:
+            try:
+                self.cgroup_fd = os.open(self.cgroups[0], os.O_RDONLY
+                                         | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as err:
+                raise SpawnError("cgroup: %s: %s" % (self.cgroups[0],
+                                                     err.strerror))
+            kernel.prepare_fork_into_cgroup()
+        # The worker's bound, now: a lower nofile in the child (step g)
+        # must not hide the worker's descriptors from step k.
+        self.max_fd = kernel.max_fd()
+        self.limits = [(name, getattr(resource, "RLIMIT_" + name.upper()),
+                        pair) for name, pair in spec.limits]
 
 
-def launch(spec, journal=None, program_nofile=None):
+def launch(spec, journal=None, program_nofile=None, cgroups=(),
+           born_inside=False):
     """Fork the intermediate child for ``spec`` and return a Launch at once;
     raise SpawnError for what fails before the fork.
 
     ``journal`` (a ``ledger.JournalSlot``: an O_APPEND fd and the line to
     complete with the child's pid and start time) makes the final child
     record itself before exec. ``program_nofile`` is the open-files limit the
-    program gets (the worker raised its own)."""
-    plan = Plan(spec, journal, program_nofile)
-    middle, read_end, write_end = _fork_with_pipe()
-    if middle == 0:
-        _intermediate(plan, read_end, write_end)
+    program gets (the worker raised its own). ``cgroups``: the folders the
+    child joins (step e), born in the first one with ``born_inside``."""
+    plan = Plan(spec, journal, program_nofile, cgroups, born_inside)
+    try:
+        middle, read_end, write_end = _fork_with_pipe()
+        if middle == 0:
+            _intermediate(plan, read_end, write_end)
+    finally:
+        if plan.cgroup_fd is not None:  # the children have their own
+            os.close(plan.cgroup_fd)
     os.close(write_end)
     return Launch(spec, middle, read_end)
 
@@ -183,17 +216,27 @@ def _intermediate(plan, read_end, write_end):
     try:
         os.close(read_end)
         os.setsid()
-        final = os.fork()
+        final, born_inside = _fork_final(plan)
         if final == 0:
-            _final_child(plan, write_end)
+            _final_child(plan, write_end, born_inside)
         os.write(write_end, b"P%d\n" % final)
     except BaseException:
         os._exit(1)
     os._exit(0)
 
 
-def _final_child(plan, report_fd):
-    """Step 3, a-k in order; never returns."""
+def _fork_final(plan):
+    """(os.fork()'s result, whether the child was born in its cgroup)."""
+    if plan.cgroup_fd is not None:
+        try:
+            return kernel.fork_into_cgroup(plan.cgroup_fd), True
+        except OSError:
+            pass  # an older kernel: fork, then move (step e)
+    return os.fork(), False
+
+
+def _final_child(plan, report_fd, born_inside=False):
+    """Step 3, a-m in order; never returns."""
     spec = plan.spec
     step = ["signals"]  # the step under way, for the report
     try:
@@ -202,12 +245,13 @@ def _final_child(plan, report_fd):
         line = _journal_line(plan.journal)
         step[0] = "logs"
         null_fd, log_fd = _open_files(spec.logs, plan.user, plan.groups)
-        _confine(plan, step)
+        _confine(plan, step,
+                 plan.cgroups[1:] if born_inside else plan.cgroups)
         step[0] = "stdio"
         _redirect_stdio(null_fd, log_fd)
         step[0] = "close fds"
         _close_other_fds((report_fd, plan.journal and plan.journal.fd),
-                         plan.program_nofile)
+                         plan.max_fd)
         step[0] = "journal"
         _record(plan.journal, line)
         step[0] = "exec %s" % plan.argv[0]
@@ -216,17 +260,21 @@ def _final_child(plan, report_fd):
         _report_and_exit(report_fd, "E%s: " % step[0], err)
 
 
-def _confine(plan, step):
-    """Steps d-g: own group, chroot, working directory, user, umask;
-    ``step[0]`` names the one under way."""
+def _confine(plan, step, cgroups=()):
+    """Steps d-i: own group, ``cgroups`` joined, chroot, working directory,
+    limits, user, umask; ``step[0]`` names the one under way."""
     spec = plan.spec
     step[0] = "setpgid"
     _own_group()
+    step[0] = "cgroup"
+    _join_cgroups(cgroups)
     if spec.chroot:
         step[0] = "chroot %s" % spec.chroot
         os.chroot(spec.chroot)
     step[0] = "chdir %s" % spec.cwd
     _change_dir(spec.cwd)
+    step[0] = "limits"
+    _set_limits(plan.program_nofile, plan.limits)
     step[0] = "user %s" % spec.user
     _become_user(plan.user, plan.groups)
     step[0] = "umask"
@@ -244,8 +292,9 @@ def _report_and_exit(fd, prefix, err):
 def start_check(spec, program_nofile=None):
     """Start ``spec``'s exec health check as a child of the worker, with
     the process's user, chroot, working directory, umask and environment
-    (steps a and d-i, k of a start: no double fork, no journal, no
-    ``logs``: a check is not supervised, not recorded, not adopted).
+    (steps a, d and f-k of a start, its limits too: no double fork, no
+    cgroup, no journal, no ``logs``: a check is not supervised, not
+    recorded, not adopted).
     Returns (pid, fd): the fd (non-blocking) reads its stdout and stderr,
     and a failure before exec (``cannot <step>: <reason>``, exit 127).
     Raise SpawnError for what fails before the fork."""
@@ -260,7 +309,7 @@ def start_check(spec, program_nofile=None):
             _redirect_stdio(os.open("/dev/null", os.O_RDONLY), write_end)
             _confine(plan, step)
             step[0] = "close fds"
-            _close_other_fds((), plan.program_nofile)
+            _close_other_fds((), plan.max_fd)
             step[0] = "exec %s" % plan.argv[0]
             os.execve(plan.argv[0], plan.argv, plan.env)
         except BaseException as err:
@@ -346,9 +395,43 @@ def _own_group():
     os.setpgid(0, 0)
 
 
+def _join_cgroups(folders):
+    pid = b"%d" % os.getpid()
+    for folder in folders:
+        path = os.path.join(folder, "cgroup.procs")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        except OSError as err:
+            raise OSError(err.errno, "%s: %s" % (path, err.strerror))
+        finally:
+            os.close(fd)
+
+
 def _change_dir(cwd):
     os.chdir("/")
     os.chdir(cwd)
+
+
+def _set_limits(program_nofile, limits):
+    """The worker's own nofile back, then ``limits`` ([(name, RLIMIT_*,
+    (soft, hard))]): the spec's nofile wins."""
+    if program_nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, program_nofile)
+    for name, which, (soft, hard) in limits:
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (OSError, ValueError) as err:
+            raise OSError(getattr(err, "errno", None) or errno.EINVAL,
+                          "%s %s: %s" % (name, _limit_words(soft, hard),
+                                         getattr(err, "strerror", None)
+                                         or err))
+
+
+def _limit_words(soft, hard):
+    def one(value):
+        return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+    return "[%s, %s]" % (one(soft), one(hard))
 
 
 def _become_user(user, groups):
@@ -364,14 +447,12 @@ def _redirect_stdio(null_fd, log_fd):
     os.dup2(log_fd, 2)
 
 
-def _close_other_fds(keep, program_nofile):
+def _close_other_fds(keep, max_fd):
     low = 3
     for fd in sorted(fd for fd in keep if fd is not None):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, kernel.max_fd())
-    if program_nofile is not None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, program_nofile)
+    os.closerange(low, max_fd)
 
 
 def _record(journal, line):

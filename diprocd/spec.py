@@ -11,6 +11,7 @@ worker would run the same thing: that equality *is* the reload diff.
 
 import dataclasses
 import functools
+import resource
 import signal
 import zlib
 
@@ -58,10 +59,12 @@ FIELDS = (
     Field("pid_file", "normal path", "where the pid is written (replaced "
           "atomically; a symlink there is replaced, never followed)", None,
           "`<name>.pid` beside the worker's pid file", null_is_default=True),
-    Field("logs", "normal path", "stdout and stderr are appended there "
+    Field("logs", "logs", "stdout and stderr are appended there "
           "(opened before the chroot with the user's rights, never through "
-          "a symlink at its name, in a folder that must exist: see \"File "
-          "safety\")", "/dev/null", null_is_default=True),
+          "a symlink at its name, in a folder that must exist, but for the "
+          "default's: see \"File safety\"); `null`: `/dev/null`",
+          "/dev/null", "`<log_dir>/<name>.log` (the worker's `log_dir`; "
+          "`/dev/null` without one)"),
     Field("cwd", "text", "working directory; a relative path resolves "
           "inside the chroot", "/"),
     Field("write_pid", "boolean", "the worker writes `pid_file` (set "
@@ -100,7 +103,17 @@ FIELDS = (
           "`grace` (0 s) inside it; `starting` until it first passes, "
           "restarted after `failures` failures in a row (see \"Health "
           "checks\")", None, "none", null_is_default=True, added_later=True),
+    Field("limits", "limits", "resource limits set before exec, soft and "
+          "hard: `nofile`, `nproc`, `core`, `as`, `stack`, `cpu`, `memlock`, "
+          "each a number (bytes, seconds for `cpu`), `\"unlimited\"` or "
+          "`[soft, hard]`", (), "none (the worker's own)", added_later=True),
+    Field("memory_max", "bytes", "memory limit of the process and its "
+          "descendants, in bytes, enforced by a cgroup (`memory.max`, v1 "
+          "`memory.limit_in_bytes`) where one is writable, else not: "
+          "`--check` warns", None, "none", null_is_default=True,
+          added_later=True),
 )
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckSpec:
@@ -163,6 +176,8 @@ class ProcessSpec:
         out["stop_signal"] = signal.Signals(self.stop_signal).name
         out["umask"] = "0o%03o" % self.umask
         out["check"] = self.check.to_json() if self.check else None
+        out["limits"] = {name: [_limit_json(soft), _limit_json(hard)]
+                         for name, (soft, hard) in self.limits}
         return out
 
     def fingerprint(self):
@@ -182,3 +197,13 @@ class ProcessSpec:
                 del fields[field.name]
         data = json.dumps(fields, sort_keys=True).encode("utf-8")
         return "%08x%08x" % (zlib.crc32(data), zlib.adler32(data))
+
+
+# The resource limits a process may set (``limits``), each an
+# RLIMIT_<NAME> of setrlimit(2), and the value that means "no limit".
+LIMIT_NAMES = ("nofile", "nproc", "core", "as", "stack", "cpu", "memlock")
+UNLIMITED = resource.RLIM_INFINITY
+
+
+def _limit_json(value):
+    return "unlimited" if value == UNLIMITED else value

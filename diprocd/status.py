@@ -31,6 +31,25 @@ def as_desired(entry):
     return bool(entry.get("ok")) and live_state(entry) != "dead"
 
 
+def tree_line(tree):
+    """How the worker groups each process's descendants (its status file's
+    ``tree``), in words; None when it does not say (an older worker)."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("mechanism"),
+                                                    str):
+        return None
+    if tree.get("path"):
+        text = "process trees: %s in %s; memory_max: %s" % (
+            tree["mechanism"], tree["path"], tree.get("memory")
+            or "not enforced")
+    else:
+        text = ("process trees: process group (no writable cgroup: a "
+                "descendant that calls setsid survives a stop; memory_max "
+                "not enforced)")
+    if tree.get("note"):
+        text += " [%s]" % tree["note"]
+    return text
+
+
 def _age(seconds):
     if seconds is None:
         return "-"
@@ -146,4 +165,7 @@ def status_main(config_path, owners=()):
         return 1
     text, all_ok = render(document["procs"], time.time())
     print(text)
+    line = tree_line(document.get("tree"))
+    if line:
+        print(line)
     return 0 if worker_pid is not None and all_ok and not problems else 1

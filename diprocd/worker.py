@@ -25,7 +25,7 @@ import os
 import signal
 import time
 
-from diprocd import adoption, kernel, spawn
+from diprocd import adoption, cgroup, kernel, spawn
 from diprocd.commands import WorkerCommands
 from diprocd.config import load_worker_config
 from diprocd.control import ControlServer, control_path
@@ -64,10 +64,13 @@ class Worker:
         self.ledger = Ledger(config.pid_file, kernel.boot_id())
         self.pidwatch = PidWatch(self.loop, self._on_exit, log)
         self.ops = ops or NodeOps(self.ledger, self.pidwatch, log,
-                                  self._changed, self._stopped)
+                                  self._changed, self._stopped,
+                                  log_dir=config.log_dir)
         self.health = HealthChecks(self.loop, self.pidwatch, self.clock, log,
                                    self.changed)
         self.procs = {}
+        # How process trees are grouped: detected in run().
+        self.tree = cgroup.Tree(cgroup.PROCESS_GROUP)
         self._status_dirty = True
         self._schedule_dirty = True
         self._status_error = None
@@ -78,6 +81,8 @@ class Worker:
     def run(self):
         self.ops.program_nofile = self.health.program_nofile = \
             kernel.raise_open_files_limit()
+        self.tree = self.ops.tree = cgroup.detect(self.config.pid_file)
+        self._say_tree()
         if not kernel.become_subreaper():
             self.log.warning("cannot become a child subreaper: exit statuses "
                              "of processes will show as unknown")
@@ -112,6 +117,7 @@ class Worker:
             self.procs.update(adoption.adopt(
                 self.ledger.recall(self.log), self.config.procs, self.ops,
                 self.clock, self.log))
+            self.ops.sweep_trees(self.procs)
             self.apply(self.config.procs)
             self._restore_holds(self.ledger.holds())
             self._open_control()
@@ -126,9 +132,22 @@ class Worker:
             self.pidwatch.close()
             loop.close()
             self.ledger.close()
+            self.ops.tidy_trees()
         self.log.info("dpd-workerd exiting; %d processes left running",
                       sum(1 for p in self.procs.values() if p.alive))
         return 0
+
+    def _say_tree(self):
+        tree = self.tree
+        if not tree.enabled:
+            self.log.warning("no writable cgroup hierarchy (%s): a stop "
+                             "signals the process group; a descendant that "
+                             "leaves it (setsid) survives, and memory_max is "
+                             "not enforced", tree.why)
+            return
+        self.log.info("a cgroup per process: %s in %s; memory_max: %s",
+                      tree.mechanism, tree.base,
+                      tree.memory or "not enforced (%s)" % tree.why)
 
     def _turn(self, now):
         """Before each wait: passed deadlines, starts and stops that became
@@ -228,6 +247,7 @@ class Worker:
                 config.pid_file):
             config = self._keep_pid_file(config)
         self.config = config
+        self.ops.log_dir = config.log_dir
         self._serve_config_owner()
         if force:
             self._retry_all()
@@ -342,6 +362,7 @@ class Worker:
         self.changed()
 
     def _stopped(self, proc):
+        self.ops.end_tree(proc.spec)
         if proc.removing:
             self.ops.remove_pid_file(proc.spec)
             if self.procs.get(proc.spec.name) is proc:
@@ -356,7 +377,7 @@ class Worker:
             if proc.launcher_pid == pid:
                 proc.on_launcher_exit(how)
         elif proc.pid == pid:
-            proc.on_exit(how)
+            proc.on_exit(self.ops.exit_words(proc.spec, how))
 
     def _move_ledger(self, pid_file):
         """The status file and the journal follow the pid file, so that the
@@ -368,7 +389,7 @@ class Worker:
         try:
             new.open()
             new.write(os.getpid(), self.config.path, self.clock.time(),
-                      self.procs)
+                      self.procs, self.tree.describe())
         except OSError as err:
             new.close()
             self.log.error("cannot write the status file beside the new pid "
@@ -409,7 +430,7 @@ class Worker:
         self._status_dirty = False
         try:
             self.ledger.write(os.getpid(), self.config.path, self.clock.time(),
-                              self.procs)
+                              self.procs, self.tree.describe())
             if self._status_error:
                 self.log.info("status file %s written again",
                               self.ledger.status_path)

@@ -12,7 +12,67 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from diprocd import cgroup  # noqa: E402
 from helpers import Node, clean_copy, kill_marked  # noqa: E402
+
+# Where the workers of this machine make their cgroup folders (one per
+# worker, below each hierarchy's diprocd/), or none.
+_PROBE = cgroup.detect("/run/dpd-test-probe.pid", create=False)
+_CGROUP_PARENTS = sorted({os.path.dirname(folder) for folder in (
+    _PROBE.base, _PROBE.memory_base) if folder})
+
+
+def _worker_cgroups():
+    out = set()
+    for parent in _CGROUP_PARENTS:
+        try:
+            out.update(entry.path for entry in os.scandir(parent)
+                       if entry.is_dir(follow_symlinks=False))
+        except OSError:
+            pass
+    return out
+
+
+# The worker folders this session's tests made that are not removed yet.
+_CGROUPS_MADE = set()
+
+
+@pytest.fixture(autouse=True)
+def no_cgroup_left():
+    """The cgroup folders this test's workers made go once empty (a worker
+    keeps them while its processes run; a test ends those by marker, often
+    after its worker), or after a later test, or at the session's end when
+    still in use (3000 processes take a while to end). rmdir only: the
+    kernel refuses to remove a cgroup that has processes, so nothing
+    running loses its folder."""
+    before = _worker_cgroups()
+    yield
+    _CGROUPS_MADE.update(_worker_cgroups() - before)
+    _remove_cgroups_made()
+
+
+def pytest_sessionfinish(session):
+    _remove_cgroups_made()
+
+
+def _remove_cgroups_made():
+    for folder in sorted(_CGROUPS_MADE):
+        try:
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    _rmdir(entry.path)
+        except OSError:
+            pass
+        _rmdir(folder)
+        if not os.path.exists(folder):
+            _CGROUPS_MADE.discard(folder)
+
+
+def _rmdir(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 @pytest.fixture
@@ -25,9 +85,10 @@ def marker():
 
 @pytest.fixture
 def node(tmp_path, marker):
-    """A Node (helpers) in ``tmp_path``: its worker is killed at the end,
-    its processes by the marker."""
-    os.chmod(str(tmp_path), 0o755)  # processes running as nobody may need it
+    """A dpd-workerd's node in tmp_path (helpers.Node), its daemons ended
+    at teardown; tmp_path reachable (0755) for processes running as
+    nobody."""
+    os.chmod(str(tmp_path), 0o755)
     node = Node(tmp_path, marker)
     yield node
     node.close()

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+from diprocd import cgroup
 from diprocd.daemon import read_pid
 from diprocd.kernel import is_alive, proc_stat
 from diprocd.master import nodes_file_path
@@ -564,11 +565,17 @@ class Node:
         return read_text(self.client_log_path, default="")
 
     def close(self):
-        """Kill what is left of its daemons (the marker ends the rest)."""
+        """Kill what is left of its daemons (the marker ends the rest) and
+        remove its worker's cgroups, with what is left in them (a folder
+        named after this node's pid file: its own)."""
         for daemon in (self.daemon, self.client):
             if daemon is not None and daemon.poll() is None:
                 daemon.kill()
                 daemon.wait()
+        tree = cgroup.detect(self.pid_file, create=False)
+        for name in tree.names():
+            tree.remove(name)
+        tree.tidy()
 
 
 @contextlib.contextmanager

@@ -105,7 +105,8 @@ def test_what_would_fail_at_start_on_this_node(tmp_path):
     ]
     os.symlink(str(tmp_path / "good.log"), str(tmp_path / "link.log"))
     doc = worker_doc(tmp_path, procs,
-                     log_file=str(tmp_path / "plain" / "worker.log"))
+                     log_file=str(tmp_path / "plain" / "worker.log"),
+                     log_dir=str(tmp_path / "procs"))
     code, out, err = check("dpd-workerd", write(tmp_path / "w.json", doc))
     assert code == 0 and out.endswith("OK\n"), err
     at = "warning: %s/w.json: " % tmp_path

@@ -40,8 +40,8 @@ def test_the_fields_live_once():
         f.name: f.default for f in spec.FIELDS if not f.required}
     assert list(config.PROC_FIELDS) == names[1:]  # the name: _process_label
     assert set(config.FIELD_TYPES) == {field.type for field in spec.FIELDS}
-    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs",
-                                      "give_up_after", "check")
+    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file",
+                                      "give_up_after", "check", "memory_max")
     assert spec.REQUIRED == ("name", "run")
 
 
@@ -109,8 +109,8 @@ def test_a_definition_without_the_new_fields_keeps_its_fingerprint():
     explicit = dataclasses.replace(web, restart_delay=0, give_up_after=None)
     assert explicit.fingerprint() == web.fingerprint()
     for field in spec.ADDED_LATER:
-        value = {"check": spec.CheckSpec("tcp", "127.0.0.1:1")}.get(
-            field.name, 7)
+        value = {"check": spec.CheckSpec("tcp", "127.0.0.1:1"),
+                 "limits": (("core", (0, 0)),)}.get(field.name, 7)
         changed = dataclasses.replace(web, **{field.name: value})
         assert changed.fingerprint() != web.fingerprint(), field.name
 

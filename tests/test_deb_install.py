@@ -208,6 +208,8 @@ def worker_status(root):
     result = root.run("dpd-workerd --status", check=False)
     rows = {}
     for line in result.stdout.splitlines()[1:]:
+        if line.startswith("process trees: "):
+            break  # the line under the table
         words = line.split()
         if len(words) >= 3 and words[0] != "NAME":
             rows[words[0]] = (words[1], words[2])

@@ -139,7 +139,7 @@ def test_tail_returns_the_last_lines(tmp_path, marker):
     script = "for i in $(seq 1 50); do echo line $i; done; exec sleep 8109"
     node = Node(tmp_path, marker)
     node.write([node.proc("talk", "/bin/sh", "-c", script, logs=logs),
-                node.proc("quiet", "/bin/sleep", "8110")])
+                node.proc("quiet", "/bin/sleep", "8110", logs=None)])
     node.start()
     node.wait_running("talk")
     wait_for(lambda: os.path.exists(logs) and "line 50" in open(logs).read(),

@@ -14,6 +14,7 @@ from diprocd import fleet
 from diprocd.config import default_master_control
 from diprocd.daemon import read_pid
 from diprocd.kernel import is_alive
+from diprocd.status import tree_line
 from helpers import (Master, Node, read_json, run_command, running_cluster,
                      wait_for)
 
@@ -83,6 +84,11 @@ def test_status_lists_every_node_and_process(cluster):
     pid = str(running_pid(nodes, "node2", "b"))
     assert ["node2", "up", "b", "running", pid] in [l.split()[:5]
                                                     for l in lines]
+    # How each node's worker groups process trees, under the table.
+    tree = nodes["node1"]["tree"]
+    assert tree["mechanism"] in ("cgroup v2", "cgroup v1 (freezer)",
+                                 "cgroup v1 (pids)", "process group")
+    assert "node1: " + tree_line(tree) in lines
     assert dpdctl(master, "status", "node1", "node2").returncode == 0
 
 
