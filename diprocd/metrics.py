@@ -24,7 +24,8 @@ the per-process ones):
   running process (wall clock of its node);
 - ``process_last_exit_info{how}``: how it ended last ("exit status 1",
   "killed by SIGKILL");
-- ``master_publishes_total``, ``master_reports_total``,
+- ``master_publishes_total`` (lists sent: changes, hellos, repairs),
+  ``master_beats_total``, ``master_reports_total``,
   ``master_dropped_reports_total`` (malformed or refused: the nodes file's
   ``dropped_reports``), ``master_info{epoch}``.
 """
@@ -129,7 +130,9 @@ class FleetCollector:
                     uptime, last_exit)
         counts = master.counts
         for name, value, doc in (
-                ("publishes", counts["publishes"], "Lists published"),
+                ("publishes", counts["publishes"],
+                 "Lists published (changes, hellos, repairs)"),
+                ("beats", counts["beats"], "Beats published"),
                 ("reports", counts["reports"], "Reports heard from nodes"),
                 ("dropped_reports", master.drops.count + master.refusals.count,
                  "Reports dropped: malformed, or refused (CURVE)")):
