@@ -39,9 +39,10 @@ fan-out      for each count of ``--clients`` (default 1000 and 5000), the
              meanwhile.
 master       CPU (every thread's, from /proc/PID/task/*/schedstat) used by
              the master during each phase and while idle after each
-             fan-out (N nodes, the
-             default heartbeat, the simulated clients connected; they send
-             no reports), and its RSS (VmRSS).
+             fan-out (from IDLE_SETTLE s after its change, for
+             ``--idle-seconds``; N nodes, the default heartbeat, the
+             simulated clients still connected; they send no reports),
+             and its RSS (VmRSS).
 
 ``--tree DIR`` runs the daemons of another checkout of diprocd (e.g. one
 of main's commit: ``git worktree add /tmp/before main``), for a before/after
@@ -52,7 +53,7 @@ end exactly those are found in /proc and killed by pid, never by name.
 
 Usage: ``.venv/bin/python bench/propagation.py [--changes 50]
 [--clients 1000 5000] [--idle-seconds 10] [--curve both|off|on]
-[--tree DIR]``.
+[--heartbeat SECONDS] [--tree DIR]``.
 """
 
 import argparse
@@ -87,6 +88,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 RATIO_GOAL = 1.5  # propagation median with CURVE / without
 FANOUT_GOAL_MS = 1000.0
 IDLE_GOAL_MS = 100  # master CPU per minute, idle with 1000 nodes
+IDLE_SETTLE = 2.0  # after the fan-out's change, before the idle window
 
 
 def write_json(path, obj):
@@ -192,6 +194,8 @@ class Cluster:
         doc = {"pid_file": os.path.join(self.dir, "master.pid"),
                "master_stats": self.stats, "master_updates": self.updates,
                "nodes": nodes}
+        if self.bench.args.heartbeat is not None:
+            doc["heartbeat"] = self.bench.args.heartbeat
         doc.update(self.curve_master)
         write_json(self.master_conf, doc)
 
@@ -278,7 +282,7 @@ class Cluster:
             raise SystemExit("fan-out: a key file written wrong")
         return pairs, spent
 
-    def fanout(self, count):
+    def fanout(self, count, idle_seconds):
         # Names of this count's own: each came in by one reload (sequence
         # 1); the last count's nodes leave the file.
         names = ["sim%d-%04d" % (count, i) for i in range(count)]
@@ -291,7 +295,8 @@ class Cluster:
             # Its keys are read at that reload: a handshake before it is
             # refused, and ZeroMQ does not try again (dpd-clientd does, a
             # second later; these simulated clients do not).
-            self.wait_logged('node "%s": new list' % names[-1])
+            self.wait_logged('node "%s": new list' % names[-1],
+                             "more nodes got a new list (%d in all)" % count)
         context = zmq.Context()
         context.set(zmq.MAX_SOCKETS, count + 64)
         sockets = {}
@@ -340,6 +345,21 @@ class Cluster:
         before = time.time()
         self.write_master(lists)
         received = {}
+        # Each message is timed at its recv and opened and decoded once
+        # every client has had one (each node does that on its own CPU:
+        # here it would delay the next recvs).
+        heard = []  # (time, socket, frames)
+        waiting = set(sockets)  # no list since the save (or not the new)
+
+        def settle():
+            for at, sub, frames in heard:
+                update = decode(sub, frames)
+                if update.seq > seqs[update.node] and \
+                        update.node not in received:
+                    received[update.node] = (at - before) * 1000
+            heard.clear()
+            waiting.update(sub for sub, name in sockets.items()
+                           if name not in received)
         deadline = time.monotonic() + 10
         while len(received) < count and time.monotonic() < deadline:
             for sub, _ in poller.poll(100):
@@ -348,27 +368,35 @@ class Cluster:
                         frames = sub.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    at = time.time()
-                    update = decode(sub, frames)
-                    if update is not None and update.seq > seqs[
-                            update.node] and update.node not in received:
-                        received[update.node] = (at - before) * 1000
+                    if not protocol.is_beat(frames):
+                        heard.append((time.time(), sub, frames))
+                        waiting.discard(sub)
+            if not waiting:
+                settle()
+        settle()
         cpu = cpu_seconds(self.master.pid) - cpu_before
+        # Idle with every simulated client still connected, as nodes stay.
+        idle = self.idle(idle_seconds)
         for sub in sockets:
             sub.close(linger=0)
         context.term()
-        return received, cpu, keys_ms
+        return (received, cpu, keys_ms) + idle
 
-    def wait_logged(self, text):
+    def wait_logged(self, *texts):
+        """Until the master's log holds one of ``texts``."""
         path = os.path.join(self.dir, "master.log")
 
         def logged():
             with open(path, errors="replace") as handle:
-                return text in handle.read()
-        wait_for(logged, timeout=30, what="the master %s to log %r" % (
-            self.label, text))
+                log = handle.read()
+            return any(text in log for text in texts)
+        wait_for(logged, timeout=30, what="the master %s to log one of %r"
+                 % (self.label, texts))
 
     def idle(self, seconds):
+        """The master's CPU over ``seconds`` once the last change is done
+        (IDLE_SETTLE seconds after it), and its RSS."""
+        time.sleep(IDLE_SETTLE)
         cpu_before = cpu_seconds(self.master.pid)
         time.sleep(seconds)  # a measurement window
         cpu = cpu_seconds(self.master.pid) - cpu_before
@@ -426,10 +454,8 @@ class Bench:
         results = {}
         for cluster in self.clusters:
             for count in self.args.clients:
-                received, cpu, keys_ms = cluster.fanout(count)
-                idle_cpu, rss = cluster.idle(self.args.idle_seconds)
-                results[cluster.name, count] = (received, cpu, keys_ms,
-                                                idle_cpu, rss)
+                results[cluster.name, count] = cluster.fanout(
+                    count, self.args.idle_seconds)
             stop(cluster.daemons)
         return results
 
@@ -491,8 +517,10 @@ def report(args, clusters, latencies, cpu_prop, fan):
                 print("  %-*s (%d key pairs made with zmq.curve_keypair, "
                       "their public files written: %.0f ms)" % (
                           width, "", count, keys_ms))
-        print("master idle with %d nodes (heartbeat 3 s), after that "
-              "fan-out (%.0f s):" % (count + 1, args.idle_seconds))
+        print("master idle with %d nodes (heartbeat %s), after that "
+              "fan-out (%.0f s):" % (
+                  count + 1, "the default" if args.heartbeat is None
+                  else "%g s" % args.heartbeat, args.idle_seconds))
         for cluster in clusters:
             _, _, _, idle_cpu, rss = fan[cluster.name, count]
             print("  %-*s %.1f ms CPU per minute (goal <= %d with 1001 "
@@ -515,6 +543,8 @@ def main():
                         default="both",
                         help="both (default): each figure without and with "
                         "CURVE, side by side; off or on: one cluster only")
+    parser.add_argument("--heartbeat", type=float, help="the master's "
+                        "heartbeat (default: its own default)")
     parser.add_argument("--tree", help="run the daemons of this checkout "
                         "of diprocd (default: this one)")
     args = parser.parse_args()

@@ -65,6 +65,9 @@ CONTROL_TIMEOUT = 5.0
 # is asked again that rarely).
 REPAIR_FIRST = 0.5
 REPAIR_MAX = 30.0
+# A reload names this many changed (and removed) nodes in the log, then
+# counts the others.
+LOGGED_NODES = 10
 
 
 class NodeLists:
@@ -533,18 +536,30 @@ class Master:
             self.loop.call_later("heartbeat", config.heartbeat,
                                  self._heartbeat)
         changed, removed = self.lists.apply(config.nodes)
-        for node in removed:
+        for node in changed + removed:  # sent first, logged after
+            self.publish(node)
+        self._log_changes(why, changed, removed)
+        return True
+
+    def _log_changes(self, why, changed, removed):
+        """A line per node changed or removed, for the first LOGGED_NODES
+        of each, then one line counting the others (a save changing
+        thousands of nodes must not take a line, and time, for each)."""
+        for node in removed[:LOGGED_NODES]:
             self.log.warning('node "%s" removed from the master file: it is '
                              "sent an empty list (its processes stop)", node)
-        for node in changed:
+        if len(removed) > LOGGED_NODES:
+            self.log.warning("%s: %d more nodes removed from the master file "
+                             "(%d in all)", why, len(removed) - LOGGED_NODES,
+                             len(removed))
+        for node in changed[:LOGGED_NODES]:
             self.log.info('node "%s": new list (seq %d, %d processes)', node,
                           self.lists.seqs[node], len(self.lists.lists[node]))
-            self.publish(node)
-        for node in removed:
-            self.publish(node)
+        if len(changed) > LOGGED_NODES:
+            self.log.info("%s: %d more nodes got a new list (%d in all)", why,
+                          len(changed) - LOGGED_NODES, len(changed))
         if not changed and not removed:
             self.log.debug("%s: no node's list changed", why)
-        return True
 
     # -- publishing ------------------------------------------------------------
 
