@@ -52,7 +52,7 @@ Every process started here carries ``DPD_BENCH_MARKER=<run token>``; at the
 end exactly those are found in /proc and killed by pid, never by name.
 
 Usage: ``.venv/bin/python bench/propagation.py [--changes 50]
-[--clients 1000 5000] [--idle-seconds 10] [--curve both|off|on]
+[--clients 1000 5000] [--idle-seconds 60] [--curve both|off|on]
 [--heartbeat SECONDS] [--tree DIR]``.
 """
 
@@ -79,7 +79,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import ctl, keys, protocol  # noqa: E402
-from diprocd.kernel import cpu_ticks, rss_bytes  # noqa: E402
+from diprocd.kernel import (cpu_ticks, raise_open_files_limit,  # noqa: E402
+                            rss_bytes)
 from helpers import free_port, marked_pids, wait_for  # noqa: E402  (the tests' helpers)
 
 MARKER_VAR = "DPD_BENCH_MARKER"
@@ -538,7 +539,9 @@ def main():
                         default=[1000, 5000],
                         help="the fan-out's and idle figure's node counts, "
                         "one after the other (default: 1000 5000)")
-    parser.add_argument("--idle-seconds", type=float, default=10)
+    parser.add_argument("--idle-seconds", type=float, default=60,
+                        help="the idle window (default 60: several "
+                        "heartbeats, 15 s by default)")
     parser.add_argument("--curve", choices=("both", "off", "on"),
                         default="both",
                         help="both (default): each figure without and with "
@@ -551,6 +554,9 @@ def main():
     if args.changes < 1 or min(args.clients) < 1 or args.idle_seconds <= 0:
         parser.error("--changes and --clients must be at least 1, "
                      "--idle-seconds positive")
+    # 5000 simulated clients hold two descriptors each here (the master
+    # started from here inherits the limit, and raises its own anyway).
+    raise_open_files_limit()
     bench = Bench(args)
     try:
         latencies, cpu_prop = bench.propagation()

@@ -42,8 +42,8 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, control, dashboard, fleet, gate, httpd, keys, \
-    metrics, protocol
+from diprocd import bus, control, dashboard, fleet, gate, httpd, kernel, \
+    keys, metrics, protocol
 from diprocd.config import load_master_config, split_host_port
 from diprocd.daemon import beside_pid_file, carry_over
 from diprocd.errors import ConfigError, ProtocolError
@@ -341,6 +341,9 @@ class Master:
     def run(self):
         zmq = bus.zmq_module()
         loop = self.loop
+        # Two connections per node (updates and stats): thousands of nodes
+        # need more descriptors than the usual soft limit of 1024.
+        kernel.raise_open_files_limit()
         context = zmq.Context()
         try:
             if self.config.curve is not None:
