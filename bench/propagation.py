@@ -17,30 +17,43 @@ propagation  ``--changes`` times per cluster, taking turns (plain then
              in OUT (it is running: forked, exec'd, its first command done).
              Median and p99, and the ratio of the medians (with CURVE /
              without; the goal: at most 1.5).
-fan-out      the same master with ``--clients`` nodes in its file and as many
-             simulated clients in this process (one SUB socket each,
-             subscribed to its node's topic, decoding every message with
+fan-out      for each count of ``--clients`` (default 1000 and 5000), the
+             same master with that many nodes in its file (instead of the
+             last count's) and as many simulated clients in this process
+             (one SUB socket each, subscribed to its node's topic and to
+             the beat's, decoding every list with
              ``protocol.decode_update``; with CURVE each has its own key
              pair, made with ``zmq.curve_keypair``, its public key written
              as NODE.key in the master's clients folder, its SUB socket a
              CURVE client, and it opens each body with ``keys.Opener``
-             first). Once every client has had its list, one save changes
-             every node's list: from the save to each client receiving the
-             new sequence (the time of the ``recv``, before opening and
-             decoding, which in a real cluster each node does on its own
-             CPU). Median and max (the goal: all within 1 s). One cluster
-             after the other: the first is stopped (after its idle figure)
-             before the second's fan-out, so that its heartbeat of N nodes
-             does not run meanwhile.
-master       CPU (utime+stime from /proc/PID/stat) used by the master during
-             each phase and while idle with ``--clients`` nodes and the
-             default heartbeat, and its RSS (VmRSS).
+             first). Once every client has heard the master (a beat, or
+             its list: a master that republishes every list at each
+             heartbeat, as diprocd did before the beat, sends no beat),
+             one save changes every node's list: from the save to each
+             client receiving the new sequence (the time of the ``recv``,
+             before opening and decoding, which in a real cluster each
+             node does on its own CPU). Median and max (the goal: all
+             within 1 s). One cluster after the other: the first is
+             stopped (after its idle figures) before the second's
+             fan-out, so that its heartbeat of N nodes does not run
+             meanwhile.
+master       CPU (every thread's, from /proc/PID/task/*/schedstat) used by
+             the master during each phase and while idle after each
+             fan-out (from IDLE_SETTLE s after its change, for
+             ``--idle-seconds``; N nodes, the default heartbeat, the
+             simulated clients still connected; they send no reports),
+             and its RSS (VmRSS).
+
+``--tree DIR`` runs the daemons of another checkout of diprocd (e.g. one
+of main's commit: ``git worktree add /tmp/before main``), for a before/after
+comparison with this benchmark's measurements unchanged.
 
 Every process started here carries ``DPD_BENCH_MARKER=<run token>``; at the
 end exactly those are found in /proc and killed by pid, never by name.
 
 Usage: ``.venv/bin/python bench/propagation.py [--changes 50]
-[--clients 200] [--idle-seconds 10] [--curve both|off|on]``.
+[--clients 1000 5000] [--idle-seconds 60] [--curve both|off|on]
+[--heartbeat SECONDS] [--tree DIR]``.
 """
 
 import argparse
@@ -66,7 +79,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from diprocd import ctl, keys, protocol  # noqa: E402
-from diprocd.kernel import cpu_ticks, rss_bytes  # noqa: E402
+from diprocd.kernel import (cpu_ticks, raise_open_files_limit,  # noqa: E402
+                            rss_bytes)
 from helpers import free_port, marked_pids, wait_for  # noqa: E402  (the tests' helpers)
 
 MARKER_VAR = "DPD_BENCH_MARKER"
@@ -74,6 +88,8 @@ USER = pwd.getpwuid(os.geteuid()).pw_name
 TICK = os.sysconf("SC_CLK_TCK")
 RATIO_GOAL = 1.5  # propagation median with CURVE / without
 FANOUT_GOAL_MS = 1000.0
+IDLE_GOAL_MS = 100  # master CPU per minute, idle with 1000 nodes
+IDLE_SETTLE = 2.0  # after the fan-out's change, before the idle window
 
 
 def write_json(path, obj):
@@ -84,7 +100,20 @@ def write_json(path, obj):
 
 
 def cpu_seconds(pid):
-    return cpu_ticks(pid) / TICK
+    """CPU time of every thread of ``pid`` (ZeroMQ's I/O thread too): the
+    scheduler's own count in ns (/proc/PID/task/*/schedstat), where
+    utime+stime are sampled at each 10 ms tick (a daemon that wakes on a
+    timer is then charged whole ticks it did not use)."""
+    total = 0
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, task)) as handle:
+                total += int(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    if total == 0:  # no schedstat (a kernel without CONFIG_SCHED_INFO)
+        return cpu_ticks(pid) / TICK
+    return total / 1e9
 
 
 def rss_mb(pid):
@@ -166,6 +195,8 @@ class Cluster:
         doc = {"pid_file": os.path.join(self.dir, "master.pid"),
                "master_stats": self.stats, "master_updates": self.updates,
                "nodes": nodes}
+        if self.bench.args.heartbeat is not None:
+            doc["heartbeat"] = self.bench.args.heartbeat
         doc.update(self.curve_master)
         write_json(self.master_conf, doc)
 
@@ -252,8 +283,10 @@ class Cluster:
             raise SystemExit("fan-out: a key file written wrong")
         return pairs, spent
 
-    def fanout(self, count):
-        names = ["sim%03d" % i for i in range(count)]
+    def fanout(self, count, idle_seconds):
+        # Names of this count's own: each came in by one reload (sequence
+        # 1); the last count's nodes leave the file.
+        names = ["sim%d-%04d" % (count, i) for i in range(count)]
         pairs, keys_ms = self.sim_keys(names)
         _, proc = self.probe(0)
         lists = {name: [dict(proc, name="p")] for name in names}
@@ -263,8 +296,10 @@ class Cluster:
             # Its keys are read at that reload: a handshake before it is
             # refused, and ZeroMQ does not try again (dpd-clientd does, a
             # second later; these simulated clients do not).
-            self.wait_logged('node "%s": new list' % names[-1])
+            self.wait_logged('node "%s": new list' % names[-1],
+                             "more nodes got a new list (%d in all)" % count)
         context = zmq.Context()
+        context.set(zmq.MAX_SOCKETS, count + 64)
         sockets = {}
         openers = {}
         poller = zmq.Poller()
@@ -272,6 +307,7 @@ class Cluster:
             sub = context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(name))
+            sub.setsockopt(zmq.SUBSCRIBE, protocol.BEAT_TOPIC)
             if self.curve:
                 keys.apply_to_socket(sub, zmq, pairs[name],
                                      server_key=self.master_public)
@@ -282,26 +318,49 @@ class Cluster:
             poller.register(sub, zmq.POLLIN)
 
         def decode(sub, frames):
+            """The Update of a list, or None (a beat)."""
+            if protocol.is_beat(frames):
+                protocol.decode_beat(frames)
+                return None
             opener = openers.get(sub)
             if opener is not None:
                 frames = [frames[0], frames[1], opener.open(frames[2])]
             return protocol.decode_update(frames, sockets[sub])
-        seqs = {}
-        # Joined when every client has had its list (the heartbeat).
-        deadline = time.monotonic() + 30
-        while len(seqs) < count:
+        seqs = dict.fromkeys(names, 1)
+        # Joined when every client has heard the master (a beat, or with
+        # an older master the heartbeat's republication of its list).
+        joined = set()
+        deadline = time.monotonic() + 60
+        while len(joined) < count:
             if time.monotonic() > deadline:
                 raise SystemExit("fan-out %s: only %d of %d clients joined"
-                                 % (self.label, len(seqs), count))
+                                 % (self.label, len(joined), count))
             for sub, _ in poller.poll(100):
                 update = decode(sub, sub.recv_multipart())
-                seqs[update.node] = update.seq
+                if update is not None:
+                    seqs[update.node] = max(seqs[update.node], update.seq)
+                joined.add(sub)
         cpu_before = cpu_seconds(self.master.pid)
         for name in names:
             lists[name] = [dict(proc, name="p", args=proc["args"] + ["x"])]
         before = time.time()
         self.write_master(lists)
         received = {}
+        # Each message is timed at its recv and opened and decoded once
+        # every client has had one (each node does that on its own CPU:
+        # here it would delay the next recvs).
+        heard = []  # (time, socket, frames)
+        waiting = set(sockets)  # no list since the save (or not the new)
+
+        def settle():
+            for at, sub, frames in heard:
+                update = decode(sub, frames)
+                if update.seq > seqs[update.node] and \
+                        update.node not in received:
+                    received[update.node] = (at - before) * 1000
+            heard.clear()
+            waiting.update(sub for sub, name in sockets.items()
+                           if name not in received)
         deadline = time.monotonic() + 10
         while len(received) < count and time.monotonic() < deadline:
             for sub, _ in poller.poll(100):
@@ -310,27 +369,35 @@ class Cluster:
                         frames = sub.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    at = time.time()
-                    update = decode(sub, frames)
-                    if update.seq > seqs[update.node] and \
-                            update.node not in received:
-                        received[update.node] = (at - before) * 1000
+                    if not protocol.is_beat(frames):
+                        heard.append((time.time(), sub, frames))
+                        waiting.discard(sub)
+            if not waiting:
+                settle()
+        settle()
         cpu = cpu_seconds(self.master.pid) - cpu_before
+        # Idle with every simulated client still connected, as nodes stay.
+        idle = self.idle(idle_seconds)
         for sub in sockets:
             sub.close(linger=0)
         context.term()
-        return received, cpu, keys_ms
+        return (received, cpu, keys_ms) + idle
 
-    def wait_logged(self, text):
+    def wait_logged(self, *texts):
+        """Until the master's log holds one of ``texts``."""
         path = os.path.join(self.dir, "master.log")
 
         def logged():
             with open(path, errors="replace") as handle:
-                return text in handle.read()
-        wait_for(logged, timeout=30, what="the master %s to log %r" % (
-            self.label, text))
+                log = handle.read()
+            return any(text in log for text in texts)
+        wait_for(logged, timeout=30, what="the master %s to log one of %r"
+                 % (self.label, texts))
 
     def idle(self, seconds):
+        """The master's CPU over ``seconds`` once the last change is done
+        (IDLE_SETTLE seconds after it), and its RSS."""
+        time.sleep(IDLE_SETTLE)
         cpu_before = cpu_seconds(self.master.pid)
         time.sleep(seconds)  # a measurement window
         cpu = cpu_seconds(self.master.pid) - cpu_before
@@ -348,11 +415,12 @@ class Bench:
                 args.curve]]
 
     def start(self, command, config, log_path):
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        tree = self.args.tree or ROOT
+        env = dict(os.environ, PYTHONPATH=tree)
         env[MARKER_VAR] = self.token
         log = open(log_path, "ab")
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "bin", command), "-f",
+            [sys.executable, os.path.join(tree, "bin", command), "-f",
              config], env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
@@ -380,15 +448,16 @@ class Bench:
         return latencies, cpu
 
     def fanout_and_idle(self):
-        """Fan-out then idle, one cluster after the other; the one done is
-        stopped (a removed node is still sent its empty list at every
-        heartbeat: going back to one node would not quiet its master)."""
+        """Fan-out then idle for each count, one cluster after the other;
+        the one done is stopped (with an older master, a removed node is
+        still sent its empty list at every heartbeat: going back to one
+        node would not quiet it)."""
         results = {}
         for cluster in self.clusters:
-            received, cpu, keys_ms = cluster.fanout(self.args.clients)
-            idle_cpu, rss = cluster.idle(self.args.idle_seconds)
+            for count in self.args.clients:
+                results[cluster.name, count] = cluster.fanout(
+                    count, self.args.idle_seconds)
             stop(cluster.daemons)
-            results[cluster.name] = (received, cpu, keys_ms, idle_cpu, rss)
         return results
 
     def close(self):
@@ -428,49 +497,66 @@ def report(args, clusters, latencies, cpu_prop, fan):
                  else "NOT met"))
     print("  master CPU over the %d changes: %s" % (args.changes, ", ".join(
         "%.0f ms %s" % (cpu_prop[c.name] * 1000, c.label) for c in clusters)))
-    print("fan-out, one save changing %d nodes -> %d simulated clients:"
-          % (args.clients, args.clients))
     complete = True
-    for cluster in clusters:
-        received, cpu, keys_ms, _, _ = fan[cluster.name]
-        times = sorted(received.values())
-        complete = complete and len(times) == args.clients
-        print("  %-*s received by %d of %d; median %.1f ms, max %.1f ms; "
-              "all within 1 s: %s" % (
-                  width, cluster.label + ":", len(times), args.clients,
-                  statistics.median(times) if times else float("nan"),
-                  max(times) if times else float("nan"),
-                  yes_no(len(times) == args.clients
-                         and times[-1] <= FANOUT_GOAL_MS)))
-        print("  %-*s master CPU for that change: %.0f ms" % (
-            width, "", cpu * 1000))
-        if cluster.curve:
-            print("  %-*s (%d key pairs made with zmq.curve_keypair, their "
-                  "public files written: %.0f ms)" % (
-                      width, "", args.clients, keys_ms))
-    print("master idle with %d nodes (heartbeat 3 s), each cluster after "
-          "its fan-out:" % (args.clients + 1))
-    for cluster in clusters:
-        _, _, _, idle_cpu, rss = fan[cluster.name]
-        print("  %-*s %.1f ms CPU per minute, RSS %.1f MB" % (
-            width, cluster.label + ":",
-            idle_cpu * 1000 * 60 / args.idle_seconds, rss))
+    for count in args.clients:
+        print("fan-out, one save changing %d nodes -> %d simulated clients:"
+              % (count, count))
+        for cluster in clusters:
+            received, cpu, keys_ms, _, _ = fan[cluster.name, count]
+            times = sorted(received.values())
+            complete = complete and len(times) == count
+            print("  %-*s received by %d of %d; median %.1f ms, max %.1f ms; "
+                  "all within 1 s: %s" % (
+                      width, cluster.label + ":", len(times), count,
+                      statistics.median(times) if times else float("nan"),
+                      max(times) if times else float("nan"),
+                      yes_no(len(times) == count
+                             and times[-1] <= FANOUT_GOAL_MS)))
+            print("  %-*s master CPU for that change: %.0f ms" % (
+                width, "", cpu * 1000))
+            if cluster.curve:
+                print("  %-*s (%d key pairs made with zmq.curve_keypair, "
+                      "their public files written: %.0f ms)" % (
+                          width, "", count, keys_ms))
+        print("master idle with %d nodes (heartbeat %s), after that "
+              "fan-out (%.0f s):" % (
+                  count + 1, "the default" if args.heartbeat is None
+                  else "%g s" % args.heartbeat, args.idle_seconds))
+        for cluster in clusters:
+            _, _, _, idle_cpu, rss = fan[cluster.name, count]
+            print("  %-*s %.1f ms CPU per minute (goal <= %d with 1001 "
+                  "nodes), RSS %.1f MB" % (
+                      width, cluster.label + ":",
+                      idle_cpu * 1000 * 60 / args.idle_seconds,
+                      IDLE_GOAL_MS, rss))
     return complete
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--changes", type=int, default=50)
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--idle-seconds", type=float, default=10)
+    parser.add_argument("--clients", type=int, nargs="+",
+                        default=[1000, 5000],
+                        help="the fan-out's and idle figure's node counts, "
+                        "one after the other (default: 1000 5000)")
+    parser.add_argument("--idle-seconds", type=float, default=60,
+                        help="the idle window (default 60: several "
+                        "heartbeats, 15 s by default)")
     parser.add_argument("--curve", choices=("both", "off", "on"),
                         default="both",
                         help="both (default): each figure without and with "
                         "CURVE, side by side; off or on: one cluster only")
+    parser.add_argument("--heartbeat", type=float, help="the master's "
+                        "heartbeat (default: its own default)")
+    parser.add_argument("--tree", help="run the daemons of this checkout "
+                        "of diprocd (default: this one)")
     args = parser.parse_args()
-    if args.changes < 1 or args.clients < 1 or args.idle_seconds <= 0:
+    if args.changes < 1 or min(args.clients) < 1 or args.idle_seconds <= 0:
         parser.error("--changes and --clients must be at least 1, "
                      "--idle-seconds positive")
+    # 5000 simulated clients hold two descriptors each here (the master
+    # started from here inherits the limit, and raises its own anyway).
+    raise_open_files_limit()
     bench = Bench(args)
     try:
         latencies, cpu_prop = bench.propagation()

@@ -1,13 +1,15 @@
 """dpd-clientd: receive this node's process list, rewrite the worker's file.
 
 The client connects a SUB socket to the master's ``master_updates``,
-subscribed to its own node's NUL-terminated name only, and a PUSH socket to
-``master_stats``. It:
+subscribed to its own node's NUL-terminated name and to the beat's topic
+(``protocol.BEAT_TOPIC``) only, and a PUSH socket to ``master_stats``. It:
 
-- says hello on the PUSH socket when it starts, and again whenever it has
-  heard nothing from the master for a while (2.5 heartbeats); the master
-  answers with this node's list at once. Until a hello has really gone out
-  (the master may be down) it retries every 0.2 s, then backs off to 2 s;
+- says hello on the PUSH socket when it (re)connects, when the master's
+  beat names an epoch it has heard no list of (the master restarted), and
+  whenever it has heard nothing from the master for a while (2.5
+  heartbeats); the master answers with this node's list at once. Until a
+  hello has really gone out (the master may be down) it retries every
+  0.2 s, then backs off to 2 s;
 - checks every update (frames, node name again, epoch and sequence, size,
   JSON, and the process list with the worker's own validator on this
   machine, users included); a bad one is logged and dropped;
@@ -16,9 +18,13 @@ subscribed to its own node's NUL-terminated name only, and a PUSH socket to
   ``procs``, atomically (``fileio.atomic_write``), keeping the file's other
   keys, mode 0600 (or the file's own where stricter); a failed write
   leaves the old file and is retried every ``RETRY_INTERVAL`` seconds;
+- at each beat, looks whether ``conf_file`` changed since it wrote or
+  checked it (a stat): if so, it checks it against the list it holds
+  again, which repairs a hand edit;
 - pushes a status heartbeat (node name, what it applied and the worker's
-  status file) every ``status_interval`` seconds and at once when the
-  worker's status file changes.
+  status file) every ``status_interval`` seconds, at once when the
+  worker's status file changes and after each list received (that report
+  is how the master knows the list arrived: it sends it again otherwise).
 """
 
 import os
@@ -143,6 +149,10 @@ class Client:
         self._clock = clock
         self.applied_epoch = None
         self.applied_seq = None
+        self.held = None  # the Update applied last (the file holds it)
+        self._held_signature = None  # the file's, when it last held it
+        self._heard_epoch = None  # of the last list received
+        self._master_epoch = None  # of the last beat or list heard
         self.pending = None  # an update whose write failed: retried
         self._rejected = None  # the problems last logged
         self.rejected = None  # why the list last received was refused
@@ -198,6 +208,7 @@ class Client:
         curve = self.config.curve
         sub = bus.socket(self._context, zmq.SUB, receives=True)
         sub.setsockopt(zmq.SUBSCRIBE, protocol.topic(self.config.node_name))
+        sub.setsockopt(zmq.SUBSCRIBE, protocol.BEAT_TOPIC)
         self._secure(sub)
         # A (re)connection to the master (it may have restarted with other
         # lists) is answered by a hello, not by waiting for its heartbeat.
@@ -298,6 +309,7 @@ class Client:
             self.worker_file = WorkerFile(config.conf_file, self.log)
         if config.connection() != old.connection():
             self.applied_epoch = self.applied_seq = None
+            self.held = self._heard_epoch = self._master_epoch = None
             self.pending = None
             self.loop.cancel("retry")
             self._connect()
@@ -314,7 +326,10 @@ class Client:
         return self._last_heard + max(1.0, SILENCE_HEARTBEATS * self._heartbeat)
 
     def _needs_hello(self, now):
-        return self._last_heard is None or now >= self._silence_deadline(now)
+        """Nothing heard since we (re)connected, nothing for a while, or
+        the master's epoch is not the one of the last list heard."""
+        return self._last_heard is None or now >= self._silence_deadline(
+            now) or self._master_epoch != self._heard_epoch
 
     def _hello_turn(self, now):
         """Before each wait: say hello when due; the next time to look."""
@@ -324,7 +339,8 @@ class Client:
             else self._silence_deadline(now)
 
     def _send_hello(self, now):
-        if self._last_heard is not None:
+        if self._last_heard is not None and \
+                now >= self._silence_deadline(now):
             self.log.warning("heard nothing from the master for %.1f s: "
                              "saying hello again", now - self._last_heard)
             self._last_heard = None
@@ -436,6 +452,8 @@ class Client:
 
     def on_frames(self, frames):
         """One message from the SUB socket: check it, apply it or drop it."""
+        if protocol.is_beat(frames):
+            return self._on_beat(frames)
         if self._opener is not None and len(frames) == 3:
             try:
                 frames = [frames[0], frames[1], self._opener.open(frames[2])]
@@ -449,19 +467,45 @@ class Client:
         except ProtocolError as err:
             self.drops.drop(err)
             return
-        now = self._clock()
-        if self._last_heard is None:
-            self.log.info("heard the master (epoch %s)", update.epoch)
-        self._last_heard = now
+        self._heard(update.epoch, update.heartbeat)
         self._hello_backoff = HELLO_RETRY
-        if update.heartbeat:
-            self._heartbeat = update.heartbeat
         if protocol.is_stale(self.applied_epoch, self.applied_seq,
                              update.epoch, update.seq):
             self.log.debug("ignored stale %r (applied seq %s)", update,
                            self.applied_seq)
             return
+        self._heard_epoch = update.epoch
         self.apply(update)
+        # Tell the master soon what we hold now (it sends the list again
+        # until a report says so).
+        self._status_changed()
+
+    def _heard(self, epoch, heartbeat):
+        if self._last_heard is None:
+            self.log.info("heard the master (epoch %s)", epoch)
+        self._last_heard = self._clock()
+        self._master_epoch = epoch
+        if heartbeat:
+            self._heartbeat = heartbeat
+
+    def _on_beat(self, frames):
+        """The master's beat: it is there, and runs this epoch; a file
+        changed since it held our list is checked again."""
+        try:
+            beat = protocol.decode_beat(frames)
+        except ProtocolError as err:
+            self.drops.drop(err)
+            return
+        if beat.epoch != self._master_epoch and self._master_epoch:
+            self.log.info("the master's beat names epoch %s (we heard %s): "
+                          "saying hello", beat.epoch, self._master_epoch)
+        self._heard(beat.epoch, beat.heartbeat)
+        if self.held is not None and self.pending is None and file_signature(
+                self.config.conf_file) != self._held_signature:
+            self.log.info("%s changed since it held the list of seq %d: "
+                          "checking it again", self.config.conf_file,
+                          self.held.seq)
+            self.apply(self.held)
 
     def apply(self, update):
         """Make ``conf_file`` hold ``update``'s list; True when it does."""
@@ -519,6 +563,8 @@ class Client:
         changed = (update.epoch, update.seq) != (self.applied_epoch,
                                                  self.applied_seq)
         self.applied_epoch, self.applied_seq = update.epoch, update.seq
+        self.held = update
+        self._held_signature = file_signature(self.config.conf_file)
         self._clear_pending()
         if changed:
             # Tell the master at once what we hold now.

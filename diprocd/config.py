@@ -44,7 +44,7 @@ ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
 # A process name becomes a file name (its default pid file): a bound.
 MAX_NAME_BYTES = 200
 
-DEFAULT_HEARTBEAT = 3.0
+DEFAULT_HEARTBEAT = 15.0
 DEFAULT_SILENT_AFTER = 15.0
 DEFAULT_STATUS_INTERVAL = 5.0
 

@@ -13,7 +13,8 @@ A daemon registers what it waits for and the loop does the waiting:
 - ``handle_signals({signum: callback})``: handlers that only record (the
   wake-up pipe of ``daemon.SignalPipe``); the loop runs the callbacks;
 - ``watch_file(path, callback)``: ``callback()`` once a change of the file
-  has settled (inotify on its folder, else a cheap stat poll);
+  has settled (inotify on its folder, else a cheap stat poll), at once
+  when the file is known whole (renamed onto, or its writer closed it);
 - ``every_turn(callback)``: ``callback(now)`` before each wait, returning
   the daemon's own next deadline or None (the worker ticks its processes
   and writes its status there).
@@ -33,10 +34,11 @@ import select
 import time
 
 from diprocd.daemon import SignalPipe
-from diprocd.watch import FileWatch
+from diprocd.watch import COMPLETE, PARTIAL, FileWatch
 
 # Let a burst of writes to a watched file settle before reading it: an
-# in-place write may come in several chunks; an atomic rename is complete.
+# in-place write may come in several chunks. A rename onto the file, or its
+# writer's close, needs no wait (watch.COMPLETE).
 FILE_SETTLE = 0.01
 # More than this many unexpected errors within this many seconds: give up.
 ERROR_STORM = (100, 10.0)
@@ -132,17 +134,23 @@ class Loop:
 
     def watch_file(self, path, callback, settle=FILE_SETTLE):
         """Call ``callback()`` ``settle`` seconds after ``path`` changed
-        (later changes within that time are folded in). Returns the watch,
-        for ``unwatch_file``."""
+        (later changes within that time are folded in), or in this turn
+        when inotify says the file is whole. Returns the watch, for
+        ``unwatch_file``."""
         watch = FileWatch(path)
         key = ("file", id(watch))
 
-        def changed():
-            if self.pending(key) is None:
+        def changed(how=PARTIAL):
+            if how == COMPLETE:
+                self.call_at(key, self.clock(), callback)
+            elif self.pending(key) is None:
                 self.call_later(key, settle, callback)
         if watch.fileno() is not None:
-            self.add_reader(watch.fileno(),
-                            lambda: watch.read_events() and changed())
+            def events():
+                how = watch.read_events()
+                if how is not None:
+                    changed(how)
+            self.add_reader(watch.fileno(), events)
         else:
             def poll():
                 self.call_later(("stat", id(watch)), watch.poll_interval,

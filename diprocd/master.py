@@ -9,8 +9,17 @@ status. It publishes:
 - a node's list again, with the next sequence, when the master file
   changes that node's list (a removed node gets an empty list);
 - a node's list at once when that node's client says hello;
-- every node's list every ``heartbeat`` seconds (same sequence), which
-  repairs whatever a subscriber missed.
+- a node's list again (same sequence) when a live node (one that reports,
+  not silent) has not confirmed it: no report of that epoch and sequence
+  within REPAIR_FIRST seconds of sending it, then after twice as long, up
+  to REPAIR_MAX (``Awaited``); and at once when a report of a live node
+  shows another epoch or sequence while none is awaited;
+- one beat every ``heartbeat`` seconds, to every client: the epoch, no
+  list (``protocol.Beat``). A client that heard no list of that epoch says
+  hello, one that hears nothing for a while too; together with the hello
+  at each (re)connection and the repairs above, that brings any node that
+  missed a message its list within a second, without sending every list
+  at every heartbeat.
 
 The master file is watched with inotify on its folder (an editor's atomic
 rename and an in-place write are both seen within milliseconds), with a
@@ -33,8 +42,8 @@ import time
 
 import simplejson as json
 
-from diprocd import bus, control, dashboard, fleet, gate, httpd, keys, \
-    metrics, protocol
+from diprocd import bus, control, dashboard, fleet, gate, httpd, kernel, \
+    keys, metrics, protocol
 from diprocd.config import load_master_config, split_host_port
 from diprocd.daemon import beside_pid_file, carry_over
 from diprocd.errors import ConfigError, ProtocolError
@@ -50,6 +59,15 @@ MAX_UNKNOWN_NODES = 1024
 RECEIVE_BATCH = 1000
 # How long dpdctl's command waits for the node's answer.
 CONTROL_TIMEOUT = 5.0
+# A live node confirms a list sent to it (its client reports at once after
+# each list received): sent again after this long without, then after
+# twice as long each time, up to REPAIR_MAX (a node that refuses its list
+# is asked again that rarely).
+REPAIR_FIRST = 0.5
+REPAIR_MAX = 30.0
+# A reload names this many changed (and removed) nodes in the log, then
+# counts the others.
+LOGGED_NODES = 10
 
 
 class NodeLists:
@@ -79,6 +97,10 @@ class NodeLists:
         self.configured = set(nodes)
         return changed, removed
 
+    def in_sync(self, node, epoch, seq):
+        """True when (epoch, seq) is what ``node`` should hold."""
+        return epoch == self.epoch and seq == self.seqs.get(node)
+
     def ensure(self, node):
         """A node we never configured (its client said hello): it runs
         nothing. Return True when it was unknown."""
@@ -97,6 +119,37 @@ class NodeLists:
 
     def nodes(self):
         return sorted(self.seqs)
+
+
+class Awaited:
+    """The nodes whose confirmation of their list the master awaits, each
+    with when to send it again and the delay after that (doubling from
+    REPAIR_FIRST to REPAIR_MAX)."""
+
+    def __init__(self):
+        self.due = {}  # node -> (when, delay)
+
+    def expect(self, node, now):
+        """A list just sent to ``node``: await it from the first delay."""
+        self.due[node] = (now + REPAIR_FIRST, REPAIR_FIRST)
+        return now + REPAIR_FIRST
+
+    def confirmed(self, node):
+        self.due.pop(node, None)
+
+    def __contains__(self, node):
+        return node in self.due
+
+    def take_due(self, now):
+        """The nodes due now, each awaited again after twice its delay."""
+        nodes = [node for node, (when, _) in self.due.items() if when <= now]
+        for node in nodes:
+            delay = min(REPAIR_MAX, self.due[node][1] * 2)
+            self.due[node] = (now + delay, delay)
+        return nodes
+
+    def next_due(self):
+        return min((when for when, _ in self.due.values()), default=None)
 
 
 @dataclasses.dataclass
@@ -277,9 +330,10 @@ class Master:
         self.refusals = bus.Drops(log, clock, "report", self.loop,
                                   verb="refused")
         self._encoded = {}  # node -> ((epoch, seq, heartbeat, key), frames)
+        self.awaited = Awaited()
         self.gate = gate.Gate(lambda: self.config.curve, log, clock)
         self._sealer = None
-        self.counts = {"publishes": 0, "reports": 0}
+        self.counts = {"publishes": 0, "reports": 0, "beats": 0}
         self.http = None  # the httpd.Server of http_listen
 
     # -- life cycle --------------------------------------------------------
@@ -287,6 +341,9 @@ class Master:
     def run(self):
         zmq = bus.zmq_module()
         loop = self.loop
+        # Two connections per node (updates and stats): thousands of nodes
+        # need more descriptors than the usual soft limit of 1024.
+        kernel.raise_open_files_limit()
         context = zmq.Context()
         try:
             if self.config.curve is not None:
@@ -310,6 +367,7 @@ class Master:
                           len(self.config.nodes), self.config.master_updates,
                           self.config.master_stats, _curve_summary(
                               self.config.curve))
+            self.publish_all()
             self._heartbeat()
             self._silence_check()
             if self.config.on_disk_differs():  # written while we started
@@ -410,9 +468,11 @@ class Master:
                                  domain=gate.OPERATORS)
 
     def _heartbeat(self):
-        """Every list again, every ``heartbeat`` seconds: repairs whatever a
-        subscriber missed."""
-        self.publish_all()
+        """The beat, every ``heartbeat`` seconds: one small message for every
+        client, whatever the number of nodes."""
+        self.pub.send_multipart(protocol.encode_beat(protocol.Beat(
+            self.lists.epoch, self.config.heartbeat)))
+        self.counts["beats"] += 1
         self.loop.call_later("heartbeat", self.config.heartbeat,
                              self._heartbeat)
 
@@ -479,18 +539,30 @@ class Master:
             self.loop.call_later("heartbeat", config.heartbeat,
                                  self._heartbeat)
         changed, removed = self.lists.apply(config.nodes)
-        for node in removed:
+        for node in changed + removed:  # sent first, logged after
+            self.publish(node)
+        self._log_changes(why, changed, removed)
+        return True
+
+    def _log_changes(self, why, changed, removed):
+        """A line per node changed or removed, for the first LOGGED_NODES
+        of each, then one line counting the others (a save changing
+        thousands of nodes must not take a line, and time, for each)."""
+        for node in removed[:LOGGED_NODES]:
             self.log.warning('node "%s" removed from the master file: it is '
                              "sent an empty list (its processes stop)", node)
-        for node in changed:
+        if len(removed) > LOGGED_NODES:
+            self.log.warning("%s: %d more nodes removed from the master file "
+                             "(%d in all)", why, len(removed) - LOGGED_NODES,
+                             len(removed))
+        for node in changed[:LOGGED_NODES]:
             self.log.info('node "%s": new list (seq %d, %d processes)', node,
                           self.lists.seqs[node], len(self.lists.lists[node]))
-            self.publish(node)
-        for node in removed:
-            self.publish(node)
+        if len(changed) > LOGGED_NODES:
+            self.log.info("%s: %d more nodes got a new list (%d in all)", why,
+                          len(changed) - LOGGED_NODES, len(changed))
         if not changed and not removed:
             self.log.debug("%s: no node's list changed", why)
-        return True
 
     # -- publishing ------------------------------------------------------------
 
@@ -515,11 +587,20 @@ class Master:
         return True
 
     def publish(self, node):
-        # Encoded (and sealed) once per (sequence, heartbeat, key): the
-        # heartbeat republishes every node, and most lists never change.
+        """Send ``node`` its list and, when it is live, await its
+        confirmation (``Awaited``)."""
+        if self._send_list(node) and self._live(node):
+            when = self.awaited.expect(node, self._clock())
+            due = self.loop.pending("repair")
+            if due is None or when < due:
+                self.loop.call_at("repair", when, self._repair)
+
+    def _send_list(self, node):
+        # Encoded (and sealed) once per (sequence, heartbeat, key): a hello
+        # or a repair sends the same bytes again.
         node_key = self._node_key(node)
         if node_key is None:
-            return
+            return False
         key = (self.lists.epoch, self.lists.seqs[node], self.config.heartbeat,
                node_key)
         cached = self._encoded.get(node)
@@ -529,10 +610,36 @@ class Master:
             self._encoded[node] = cached
         self.pub.send_multipart(cached[1], copy=False)
         self.counts["publishes"] += 1
+        return True
 
     def publish_all(self):
         for node in self.lists.nodes():
             self.publish(node)
+
+    def _live(self, node):
+        """A node that reports (and has not fallen silent): one whose
+        confirmation of its list is awaited."""
+        seen = self.seen.get(node)
+        return seen is not None and not seen.silent
+
+    def _repair(self):
+        """Send again each list whose confirmation is overdue, while its
+        node is live and does not hold it."""
+        for node in self.awaited.take_due(self._clock()):
+            seen = self.seen.get(node)
+            if not self._live(node) or node not in self.lists.seqs or \
+                    self.lists.in_sync(node, seen.epoch, seen.seq):
+                self.awaited.confirmed(node)
+            elif self._send_list(node):
+                self.log.debug('node "%s" has not confirmed seq %d: sent '
+                               "again", node, self.lists.seqs[node])
+            else:
+                self.awaited.confirmed(node)  # its key was removed
+        due = self.awaited.next_due()
+        if due is None:
+            self.loop.cancel("repair")
+        else:
+            self.loop.call_at("repair", due, self._repair)
 
     # -- reports from clients ------------------------------------------------------
 
@@ -604,6 +711,9 @@ class Master:
         seen.rejected, seen.interval = report.rejected, report.interval
         self.seen[node] = seen
         self._nodes_changed()
+        in_sync = self.lists.in_sync(node, report.epoch, report.seq)
+        if in_sync:
+            self.awaited.confirmed(node)
         if report.is_hello:
             if self.lists.ensure(node):
                 self.log.warning('unknown node "%s" said hello: it is not in '
@@ -611,6 +721,12 @@ class Master:
                                  node)
             self.log.debug('hello from "%s": sending its list (seq %d)', node,
                            self.lists.seqs[node])
+            self.publish(node)
+        elif not in_sync and node not in self.awaited and \
+                node in self.lists.seqs:
+            self.log.info('node "%s" holds seq %s of epoch %s, not seq %d: '
+                          "sending its list again", node, report.seq,
+                          report.epoch, self.lists.seqs[node])
             self.publish(node)
 
     def _check_silence(self, now):
@@ -628,8 +744,7 @@ class Master:
             nodes[node] = {
                 "last_seen": seen.time, "silent": seen.silent,
                 "applied": {"epoch": seen.epoch, "seq": seen.seq},
-                "in_sync": (seen.epoch == self.lists.epoch
-                            and seen.seq == self.lists.seqs.get(node)),
+                "in_sync": self.lists.in_sync(node, seen.epoch, seen.seq),
                 "status": seen.status, "dropped_updates": seen.dropped}
         return {"epoch": self.lists.epoch, "written": time.time(),
                 "dropped_reports": self.drops.count + self.refusals.count,

@@ -28,7 +28,8 @@ the per-process ones):
   "killed by SIGKILL");
 - ``process_healthy`` and ``process_check_failures``: of a process with a
   health check, 1 when its last check passed, and its failures in a row;
-- ``master_publishes_total``, ``master_reports_total``,
+- ``master_publishes_total`` (lists sent: changes, hellos, repairs),
+  ``master_beats_total``, ``master_reports_total``,
   ``master_dropped_reports_total`` (malformed or refused: the nodes file's
   ``dropped_reports``), ``master_info{epoch}``.
 """
@@ -151,7 +152,9 @@ class FleetCollector:
                     uptime, next_start, last_exit, healthy, check_failures)
         counts = master.counts
         for name, value, doc in (
-                ("publishes", counts["publishes"], "Lists published"),
+                ("publishes", counts["publishes"],
+                 "Lists published (changes, hellos, repairs)"),
+                ("beats", counts["beats"], "Beats published"),
                 ("reports", counts["reports"], "Reports heard from nodes"),
                 ("dropped_reports", master.drops.count + master.refusals.count,
                  "Reports dropped: malformed, or refused (CURVE)")):

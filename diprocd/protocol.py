@@ -3,7 +3,9 @@
 No sockets here: this module turns Python values into ZeroMQ multipart
 frames (lists of bytes) and back, and decides whether an update is stale.
 
-Updates, master -> clients, on the PUB socket::
+Updates, master -> clients, on the PUB socket: a node's list when it
+changes, when the node's client says hello, and when the node's reports
+show it does not hold the current one (a repair)::
 
     [b"<node>\\0", b"procs", body]
     body = {"v": 1, "node": "<node>", "epoch": "<epoch>", "seq": N,
@@ -14,6 +16,16 @@ subscriptions match prefixes, so a client of ``node1`` subscribes to
 ``b"node1\\0"``, which ``b"node10\\0"`` does not start with; the client
 checks the frame, and the node inside the body, again on receipt.
 
+The beat, master -> every client, every ``heartbeat`` seconds: one small
+message, the same for all, on a topic no node's can start with (a node
+name is not empty and has no NUL), never sealed (it names no node and
+carries no list)::
+
+    [b"\\0", b"beat", {"v": 1, "epoch": "<epoch>", "heartbeat": seconds}]
+
+It says the master is there and which epoch it runs: a client that heard
+no list of that epoch asks for its list (hello).
+
 Reports, client -> master, on the PUSH/PULL stats socket::
 
     [b"hello" | b"status", b"<node>\\0", body]
@@ -21,11 +33,14 @@ Reports, client -> master, on the PUSH/PULL stats socket::
             "status": {worker status document} or null}
 
 ``hello`` asks the master for the node's list at once (a client sends it
-when it starts and whenever it has heard nothing for a while); ``status``
-is the periodic heartbeat carrying the worker's status view. ``epoch`` and
-``seq`` say what the client has applied; optional ``dropped`` (messages it
-dropped), ``rejected`` (why it refused the list it holds back, or null) and
-``interval`` (its status interval, for the master's liveness rule).
+when it connects, when a beat names an epoch it holds no list of, and
+whenever it has heard nothing for a while); ``status`` is the periodic
+heartbeat carrying the worker's status view, sent at once too after each
+list received. ``epoch`` and ``seq`` say what the client has applied
+(the master republishes a node's list while they are not its current
+ones); optional ``dropped`` (messages it dropped), ``rejected`` (why it
+refused the list it holds back, or null) and ``interval`` (its status
+interval, for the master's liveness rule).
 
 Operator commands (``dpdctl`` through the master) travel to a node on the
 PUB socket and its worker's answer comes back on the stats socket::
@@ -57,6 +72,10 @@ KIND_HELLO = b"hello"
 KIND_STATUS = b"status"
 KIND_CONTROL = b"control"
 KIND_REPLY = b"reply"
+KIND_BEAT = b"beat"
+# The beat's topic: every client subscribes to it besides its node's. No
+# node's topic starts with it (a node name is not empty and has no NUL).
+BEAT_TOPIC = b"\0"
 REPORT_KINDS = (KIND_HELLO, KIND_STATUS, KIND_REPLY)
 MAX_ID_CHARS = 64
 
@@ -138,13 +157,49 @@ def decode_update(frames, expected_node):
     procs = obj.get("procs")
     if not isinstance(procs, list):
         raise ProtocolError('"procs" must be a list')
-    heartbeat = obj.get("heartbeat")
-    if heartbeat is not None and (
-            isinstance(heartbeat, bool)
-            or not isinstance(heartbeat, (int, float))
-            or not 0 < heartbeat <= 86400):
-        raise ProtocolError('"heartbeat" must be a positive number')
+    heartbeat = _check_heartbeat(obj.get("heartbeat"), required=False)
     return Update(expected_node, epoch, seq, procs, heartbeat)
+
+
+# -- the beat (master -> every client) ----------------------------------------
+
+class Beat:
+    """The master's beat: its epoch and heartbeat."""
+
+    __slots__ = ("epoch", "heartbeat")
+
+    def __init__(self, epoch, heartbeat):
+        self.epoch = epoch
+        self.heartbeat = heartbeat
+
+    def __repr__(self):
+        return "Beat(epoch=%r, heartbeat=%r)" % (self.epoch, self.heartbeat)
+
+
+def encode_beat(beat):
+    """Beat -> list of frames."""
+    return [BEAT_TOPIC, KIND_BEAT, _dumps({
+        "v": VERSION, "epoch": beat.epoch, "heartbeat": beat.heartbeat})]
+
+
+def is_beat(frames):
+    """True when ``frames`` are on the beat's topic (whatever they hold)."""
+    return len(frames) >= 1 and bytes(frames[0]) == BEAT_TOPIC
+
+
+def decode_beat(frames):
+    """Frames -> Beat, or raise ProtocolError saying what is wrong."""
+    if len(frames) != 3:
+        raise ProtocolError("expected 3 frames, got %d" % len(frames))
+    topic_frame, kind, body = frames
+    if bytes(topic_frame) != BEAT_TOPIC or bytes(kind) != KIND_BEAT:
+        raise ProtocolError("not a beat (kind %r)" % bytes(kind[:40]))
+    obj = _decode_object(body)
+    epoch = obj.get("epoch")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_CHARS:
+        raise ProtocolError('"epoch" must be a string of 1 to %d characters'
+                            % MAX_EPOCH_CHARS)
+    return Beat(epoch, _check_heartbeat(obj.get("heartbeat"), required=True))
 
 
 # -- reports (client -> master) ------------------------------------------------
@@ -261,9 +316,8 @@ def _check_id(value):
 
 # -- shared checks ---------------------------------------------------------------
 
-def _decode_body(body, node):
-    """The JSON object of a body, which must name ``node`` (as its frame
-    does)."""
+def _decode_object(body):
+    """The JSON object of a body, of our protocol's version."""
     if len(body) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message of %d bytes exceeds the %d bytes limit"
                             % (len(body), MAX_MESSAGE_BYTES))
@@ -272,10 +326,26 @@ def _decode_body(body, node):
         raise ProtocolError("body must be a JSON object")
     if obj.get("v") != VERSION:
         raise ProtocolError("unsupported protocol version %r" % obj.get("v"))
+    return obj
+
+
+def _decode_body(body, node):
+    """The JSON object of a body, which must name ``node`` (as its frame
+    does)."""
+    obj = _decode_object(body)
     if obj.get("node") != node:
         raise ProtocolError("body names node %r, frame names %r"
                             % (obj.get("node"), node))
     return obj
+
+
+def _check_heartbeat(heartbeat, required):
+    if heartbeat is None and not required:
+        return None
+    if isinstance(heartbeat, bool) or not isinstance(
+            heartbeat, (int, float)) or not 0 < heartbeat <= 86400:
+        raise ProtocolError('"heartbeat" must be a positive number')
+    return heartbeat
 
 
 def _check_epoch_seq(obj, required):
@@ -296,8 +366,9 @@ def is_stale(applied_epoch, applied_seq, epoch, seq):
     """True when an update (epoch, seq) is older than what was applied.
 
     Only a lower sequence number of the same epoch is stale. The same
-    sequence is a republish (the heartbeat): not stale, the client checks
-    it against its file, which repairs a missed or failed write. Another
+    sequence is a republish (an answer to a hello, a repair): not stale,
+    the client checks it against its file, which repairs a missed or
+    failed write. Another
     epoch is never stale: the master restarted and is the authority."""
     if applied_epoch is None or epoch != applied_epoch:
         return False

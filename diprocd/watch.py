@@ -6,6 +6,12 @@ the file and an in-place write are seen. With inotify, ``fileno()`` is a
 descriptor for the caller's selector and ``poll_interval`` is None; without
 it, ``fileno()`` is None and the caller calls ``changed()`` every
 ``poll_interval`` seconds.
+
+With inotify, ``read_events()`` also says whether the file is whole:
+COMPLETE when the last event about it is a rename onto it or the close of a
+writer (an editor's or ``fileio.atomic_write``'s save: nothing more is
+coming), PARTIAL otherwise (a write in place still going on, a removal, a
+chmod), where the caller lets the changes settle first.
 """
 
 import ctypes
@@ -25,6 +31,8 @@ IN_CLOEXEC = os.O_CLOEXEC
 WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM
               | IN_MOVED_TO | IN_CREATE | IN_DELETE)
 EVENT_HEADER = struct.Struct("iIII")
+COMPLETE = "complete"
+PARTIAL = "partial"
 
 STAT_POLL_INTERVAL = 0.05
 
@@ -73,8 +81,9 @@ class FileWatch:
         return self.fd
 
     def read_events(self):
-        """Drain inotify; True when an event concerned our file."""
-        hit = False
+        """Drain inotify; None when no event concerned our file, else
+        COMPLETE or PARTIAL (see the module docstring)."""
+        hit = None
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -89,8 +98,11 @@ class FileWatch:
                 offset += EVENT_HEADER.size
                 name = data[offset:offset + length].rstrip(b"\0")
                 offset += length
-                if name in self.names or mask & IN_Q_OVERFLOW:
-                    hit = True
+                if mask & IN_Q_OVERFLOW:
+                    hit = PARTIAL
+                elif name in self.names:
+                    hit = COMPLETE if mask & (IN_MOVED_TO | IN_CLOSE_WRITE) \
+                        else PARTIAL
 
     def changed(self):
         """Stat watch: True when the file's signature moved since last call."""

@@ -339,14 +339,18 @@ def test_a_detached_master_given_a_relative_path_rereads_it(tmp_path,
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, protocol.topic("node1"))
+    sub.setsockopt(zmq.SUBSCRIBE, protocol.BEAT_TOPIC)
     sub.connect(updates)
-    heard = []
+    heard, beats = [], []
 
     def hears(procs):
         while sub.poll(0):
-            heard.append(protocol.decode_update(sub.recv_multipart(),
-                                                "node1"))
-        return heard and heard[-1].procs == procs
+            frames = sub.recv_multipart()
+            if protocol.is_beat(frames):
+                beats.append(protocol.decode_beat(frames))
+            else:
+                heard.append(protocol.decode_update(frames, "node1"))
+        return procs is None and beats or heard and heard[-1].procs == procs
 
     try:
         result = run_command("dpd-masterd", ["-v", "master.json"], marker,
@@ -356,8 +360,9 @@ def test_a_detached_master_given_a_relative_path_rereads_it(tmp_path,
                            read_text(pid_file).strip(), timeout=5,
                            what="the detached master's pid"))
         assert pid in marked_pids(marker)
-        wait_for(lambda: hears([PROC]), timeout=5, what="the first list")
-        # An edit is noticed (the master watches the right folder)...
+        wait_for(lambda: hears(None), timeout=5, what="the first beat")
+        # An edit is noticed (the master watches the right folder, and
+        # read it there at its start: seq 2)...
         proc2 = dict(PROC, args=["2000"])
         write_json(str(tmp_path / "master.json"),
                    dict(doc, nodes={"node1": [proc2]}))

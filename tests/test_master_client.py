@@ -558,3 +558,129 @@ def test_behind_a_backlog_the_client_turns_its_loop(node):
         context.term()
     assert json.load(open(conf))["procs"] == big[:-1]
     assert sorted(set(applied)) == applied and applied[-1] == 51
+
+
+# -- the beat and the repairs (no sockets) ------------------------------------------
+
+def status_report(node, epoch, seq, kind=protocol.KIND_STATUS):
+    return protocol.Report(kind, node, epoch, seq, status=None, interval=30)
+
+
+def lists_sent(master):
+    return [protocol.decode_update(f, f[0][:-1].decode()) for f in
+            master.pub.sent if not protocol.is_beat(f)]
+
+
+def test_the_heartbeat_sends_one_beat_and_no_list(tmp_path):
+    """1000 nodes: one small message per heartbeat, not 1000 lists."""
+    master, _ = make_master(tmp_path, {"node%d" % i: [PROC]
+                                       for i in range(1000)})
+    master._heartbeat()
+    [beat] = master.pub.sent
+    decoded = protocol.decode_beat(beat)
+    assert (decoded.epoch, decoded.heartbeat) == (master.lists.epoch,
+                                                  master.config.heartbeat)
+    assert len(beat[2]) < 200
+    assert master.loop.pending("heartbeat") == 100.0 + master.config.heartbeat
+
+
+def test_a_live_node_gets_its_list_again_until_it_confirms(tmp_path):
+    now = [100.0]
+    master, path = make_master(tmp_path, {"node1": [PROC], "node2": [PROC]},
+                               clock=lambda: now[0])
+    epoch = master.lists.epoch
+    master.on_report(status_report("node1", epoch, 1))  # live, in sync
+    doc = json.load(open(path))
+    doc["nodes"] = {"node1": [], "node2": []}
+    write_json(path, doc)
+    master.pub.sent.clear()
+    assert master.reload("test")
+    assert [(u.node, u.seq) for u in lists_sent(master)] == [("node1", 2),
+                                                             ("node2", 2)]
+    # node2 never reported: nothing awaited from it. node1 is: its list
+    # goes again after REPAIR_FIRST, then after twice as long.
+    assert master.loop.pending("repair") == now[0] + master_mod.REPAIR_FIRST
+    for delay in (master_mod.REPAIR_FIRST, 2 * master_mod.REPAIR_FIRST):
+        master.pub.sent.clear()
+        now[0] += delay
+        master._repair()
+        assert [(u.node, u.seq) for u in lists_sent(master)] == [("node1", 2)]
+    # A report of an older sequence while awaited sends nothing more; the
+    # report of seq 2 ends it.
+    master.pub.sent.clear()
+    master.on_report(status_report("node1", epoch, 1))
+    assert lists_sent(master) == []
+    master.on_report(status_report("node1", epoch, 2))
+    now[0] += 100
+    master._repair()
+    assert lists_sent(master) == [] and "node1" not in master.awaited
+    assert master.loop.pending("repair") is None
+
+
+def test_a_report_out_of_date_brings_the_list_at_once(tmp_path):
+    """A node that reports another epoch (it missed the master's restart)
+    or an older sequence gets its list at once; a silent node is not
+    awaited any more."""
+    now = [100.0]
+    master, _ = make_master(tmp_path, {"node1": [PROC]}, clock=lambda: now[0])
+    master.on_report(status_report("node1", "another-epoch", 7))
+    [update] = lists_sent(master)
+    assert (update.epoch, update.seq) == (master.lists.epoch, 1)
+    assert "node1" in master.awaited
+    now[0] += master.config.silent_after + 1
+    master._check_silence(now[0])
+    master.pub.sent.clear()
+    master._repair()
+    assert lists_sent(master) == [] and "node1" not in master.awaited
+
+
+def test_the_repairs_back_off_to_their_max():
+    awaited = master_mod.Awaited()
+    awaited.expect("n", 0.0)
+    now, delays = 0.0, []
+    for _ in range(12):
+        now = awaited.next_due()
+        before = now
+        assert awaited.take_due(now) == ["n"]
+        delays.append(awaited.next_due() - before)
+    assert delays[0] == 2 * master_mod.REPAIR_FIRST
+    assert max(delays) == master_mod.REPAIR_MAX == delays[-1]
+    awaited.confirmed("n")
+    assert awaited.next_due() is None
+
+
+def beat_frames(epoch="e1", heartbeat=1):
+    return protocol.encode_beat(protocol.Beat(epoch, heartbeat))
+
+
+def test_client_says_hello_when_a_beat_names_another_epoch(node):
+    client, conf = node
+    now = client.now[0]
+    assert client._needs_hello(now)  # nothing heard yet
+    client.on_frames(frames(1, [PROC]))
+    client.on_frames(beat_frames("e1"))
+    assert not client._needs_hello(now)
+    # The master restarted (an epoch we hold no list of): ask at once.
+    client.on_frames(beat_frames("e2"))
+    assert client._needs_hello(now)
+    client.on_frames(frames(1, [PROC], epoch="e2"))
+    assert not client._needs_hello(now)
+    # A junk beat is dropped and counted, and changes nothing.
+    drops = client.drops.count
+    client.on_frames([protocol.BEAT_TOPIC, b"beat", b'{"v": 1}'])
+    assert client.drops.count == drops + 1 and not client._needs_hello(now)
+
+
+def test_client_beat_repairs_a_hand_edited_file(node):
+    client, conf = node
+    client.on_frames(frames(1, [PROC]))
+    client.on_frames(beat_frames())
+    before = os.stat(conf)
+    client.on_frames(beat_frames())  # unchanged file: not rewritten
+    after = os.stat(conf)
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino,
+                                                   after.st_mtime_ns)
+    with open(conf, "w") as handle:
+        json.dump(dict(WORKER, procs=[]), handle)
+    client.on_frames(beat_frames())
+    assert json.load(open(conf))["procs"] == [PROC]

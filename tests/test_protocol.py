@@ -129,3 +129,37 @@ def test_staleness_rule():
 def test_epochs_differ():
     assert protocol.new_epoch() != protocol.new_epoch()
     assert len(protocol.new_epoch()) <= protocol.MAX_EPOCH_CHARS
+
+
+# -- the beat ----------------------------------------------------------------------
+
+def test_beat_round_trip_and_topic():
+    frames = protocol.encode_beat(protocol.Beat("e1", 2.5))
+    assert frames[0] == protocol.BEAT_TOPIC and protocol.is_beat(frames)
+    beat = protocol.decode_beat(frames)
+    assert (beat.epoch, beat.heartbeat) == ("e1", 2.5)
+    # No node's topic starts with the beat's: a node's SUB never gets it
+    # unless it subscribes to it, and the beat never passes for a list.
+    for name in ("a", "node1", "\x01", "é"):
+        assert not protocol.topic(name).startswith(protocol.BEAT_TOPIC)
+    assert not protocol.is_beat(protocol.encode_update(
+        protocol.Update("node1", "e1", 1, PROCS)))
+
+
+@pytest.mark.parametrize("frames, why", [
+    ([protocol.BEAT_TOPIC, b"beat"], "expected 3 frames"),
+    ([protocol.BEAT_TOPIC, b"procs", b"{}"], "not a beat"),
+    ([protocol.BEAT_TOPIC, b"beat", b"{garbage"], "JSON"),
+    ([protocol.BEAT_TOPIC, b"beat", b'{"v": 2, "epoch": "e", '
+      b'"heartbeat": 1}'], "version"),
+    ([protocol.BEAT_TOPIC, b"beat", b'{"v": 1, "heartbeat": 1}'], "epoch"),
+    ([protocol.BEAT_TOPIC, b"beat", b'{"v": 1, "epoch": "e"}'], "heartbeat"),
+    ([protocol.BEAT_TOPIC, b"beat", b'{"v": 1, "epoch": "e", '
+      b'"heartbeat": true}'], "heartbeat"),
+    ([protocol.BEAT_TOPIC, b"beat",
+      b"x" * (protocol.MAX_MESSAGE_BYTES + 1)], "exceeds"),
+])
+def test_malformed_beats_are_rejected(frames, why):
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_beat(frames)
+    assert why in str(info.value)

@@ -94,7 +94,7 @@ def test_master_and_client_have_their_curve_keys_and_control():
     for key in ("curve_secret_key", "curve_master_key", "node_name",
                 "conf_file", "status_interval"):
         assert key in client, key
-    assert master["heartbeat"]["default"] == 3
+    assert master["heartbeat"]["default"] == 15
     assert client["status_interval"]["default"] == 5
 
 
