@@ -4,7 +4,10 @@ bookworm from the mirror the host's apt uses, ``apt-get install
 README's packaged commands in that root: both init systems' files there,
 the user made, nothing enabled or started, a worker, a master and a client
 on loopback through the init scripts, ``dpd-workerd --status`` and
-``dpdctl status`` bare, the stop, and ``apt-get purge``.
+``dpdctl status`` bare, the init script's reload and restart (processes
+adopted), the stop, enabling with ``insserv`` and ``systemctl enable``
+(not ``--now``: a chroot runs no systemd to start a unit) and undoing
+it, and ``apt-get purge``.
 
 Every command in the root runs in one private mount and network namespace
 (``Root``): /proc is mounted there only, and the root's loopback is its
@@ -315,9 +318,22 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
                        ".read().decode())'").stdout
     assert "node1" in metrics
 
+    # The init script's reload (SIGHUP) and restart: the same processes
+    # go on, adopted by the new worker.
+    sleep_pid = int(worker_status(root)[0]["sleep.node1.1"][1])
+    worker = root.run("dpd-workerd --pid").stdout
+    root.run("/etc/init.d/dpd-workerd reload")
+    assert root.run("dpd-workerd --pid").stdout == worker
+    root.run("/etc/init.d/dpd-workerd restart")
+    assert root.run("dpd-workerd --pid").stdout not in ("", worker)
+    wait_for(lambda: worker_status(root)[0].get("sleep.node1.1")
+             == ("running", str(sleep_pid)), timeout=30,
+             what=lambda: worker_status(root)[1])
+    log = root.run("cat /var/log/diprocd/dpd-workerd.log").stdout
+    assert "received SIGHUP" in log and "adopted" in log, log
+
     # The stop: the client and the master, the node's processes (an empty
     # list), the worker; then nothing runs in the root.
-    sleep_pid = int(worker_status(root)[0]["sleep.node1.1"][1])
     root.run("/etc/init.d/dpd-clientd stop")
     root.run("/etc/init.d/dpd-masterd stop")
     root.run("cp %sdiprocd-emptyworker.example.json %s.new && mv %s.new %s"
@@ -328,6 +344,27 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
                     check=False).returncode == 3
     wait_for(lambda: root.processes() == {}, timeout=30,
              what=lambda: root.processes())
+
+    # Enabling, as the README says, with each init system's own tool
+    # (installed here: minbase has neither): insserv links the scripts,
+    # systemctl enables the units. The README's `--now` also starts one,
+    # which needs a running systemd: a chroot has none (systemctl says so
+    # and fails), so here only the enabling is done. Then undone.
+    root.run("apt-get install -y -q insserv systemd", net=False, timeout=600)
+    for command in COMMANDS:
+        root.run("insserv %s" % command)
+    assert sorted(os.path.basename(link)[3:] for link in glob.glob(
+        root.file("/etc/rc2.d/S*dpd-*"))) == sorted(COMMANDS)
+    for command in COMMANDS:
+        enabled = root.run("systemctl enable %s" % command)
+        assert "multi-user.target.wants/%s.service" % command \
+            in enabled.stdout + enabled.stderr, enabled
+    assert listed(root, "/etc/systemd/system/multi-user.target.wants/dpd-*") \
+        == sorted(c + ".service" for c in COMMANDS)
+    assert root.processes() == {}, root.processes()
+    for command in COMMANDS:
+        root.run("systemctl disable %s && insserv -r %s" % (command, command))
+    assert root.run("find /etc -name '*dpd-*' -type l").stdout == ""
 
     # Purge: the package's files go (folders holding the admin's files
     # stay), the user stays (see debian/diprocd.postrm).
