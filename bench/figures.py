@@ -142,6 +142,23 @@ def format_ratio(value, reference):
     return "%.3f" % ratio if ratio < 0.1 else "%.2f" % ratio
 
 
+def format_goals(checks):
+    """One line per goal, for the terminal: ``checks`` is [(what, met,
+    value)]."""
+    return "\n".join("%-40s %-4s %s" % (what, "met" if met else "MISS", value)
+                     for what, met, value in checks)
+
+
+def report(table, goals, markdown=None):
+    """Print the table and the goals; write the table to ``markdown``."""
+    print(table)
+    print()
+    print(goals)
+    if markdown:
+        with open(markdown, "w") as handle:
+            handle.write(table + "\n")
+
+
 def package_version(name):
     try:
         from importlib.metadata import version
@@ -165,6 +182,16 @@ def machine_description(packages=("supervisor",)):
 
 
 # --- a benchmark's run ---------------------------------------------------------------
+
+def add_run_options(parser):
+    """The options every side-by-side benchmark has."""
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed for the programs killed")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="also write the Markdown table to FILE")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (logs) at the end")
+
 
 def raise_open_files_limit():
     """Raise our soft open-files limit to the hard one, for every

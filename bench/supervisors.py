@@ -230,11 +230,13 @@ class Supervisor:
                 self._seen[pid] = marker[len(prefix):]
         return {name: pid for pid, name in self._seen.items()}
 
-    def running_count(self):
-        """How many programs run now, counting twice a name that runs
-        twice (``len(scan())`` would not)."""
+    def live_programs(self):
+        """[(pid, name)] of the programs running now, zombies left out
+        (``scan`` keeps a killed child until it is reaped), a name that
+        runs twice listed twice."""
         self.scan()
-        return len(self._seen)
+        return [(pid, name) for pid, name in self._seen.items()
+                if is_alive(pid)]
 
     def wait_running(self, name, not_pid, started, timeout=EVENT_TIMEOUT,
                      poll=RESTART_POLL):
@@ -252,21 +254,34 @@ class Supervisor:
                                  % (self.label, name, timeout))
             time.sleep(poll)
 
-    def wait_all_running(self, count, started, timeout=COLD_START_TIMEOUT,
-                         names=None):
-        """Wait for ``count`` programs (those of ``names`` only, if given)
-        to run; seconds since ``started``, or NotFinished."""
+    def wait_all_running(self, count, started, timeout=COLD_START_TIMEOUT):
+        """Wait for ``count`` programs to run; seconds since ``started``, or
+        NotFinished after ``timeout``."""
         deadline = started + timeout
-        names = None if names is None else set(names)
         while True:
-            running = self.scan()
-            if names is not None:
-                running = names.intersection(running)
+            running = len(self.scan())
             now = time.perf_counter()
-            if len(running) >= count:
+            if running >= count:
                 return now - started
             if now > deadline:
-                raise NotFinished(self.label, len(running), count, timeout)
+                raise NotFinished(self.label, running, count, timeout)
+            self.check_alive()
+            time.sleep(COLD_START_POLL)
+
+    def wait_all_replaced(self, old_pids, started, timeout=EVENT_TIMEOUT):
+        """Wait for every program of ``old_pids`` ({name: pid}) to run as
+        another pid; seconds since ``started``, or NotFinished."""
+        deadline = started + timeout
+        while True:
+            running = self.scan()
+            replaced = sum(1 for name, pid in old_pids.items()
+                           if running.get(name, pid) != pid)
+            now = time.perf_counter()
+            if replaced == len(old_pids):
+                return now - started
+            if now > deadline:
+                raise NotFinished(self.label, replaced, len(old_pids),
+                                  timeout)
             self.check_alive()
             time.sleep(COLD_START_POLL)
 

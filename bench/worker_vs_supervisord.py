@@ -36,9 +36,10 @@ import statistics
 import sys
 import time
 
-from figures import (SETTLE, format_ms, format_ratio, machine_description,
-                     measure_cold_start, measure_idle, measure_restarts,
-                     percentile, program_user, progress, run_benchmark)
+from figures import (SETTLE, add_run_options, format_goals, format_ms,
+                     format_ratio, machine_description, measure_cold_start,
+                     measure_idle, measure_restarts, percentile,
+                     program_user, progress, report, run_benchmark)
 from supervisors import (EVENT_TIMEOUT, PROGRAM, BenchError, DpdWorker,
                          Supervisord)
 
@@ -184,8 +185,7 @@ def goals_summary(results):
         ("reload to started < 50 ms median", reload < GOAL_RELOAD_MEDIAN_MS,
          "%.1f ms" % reload),
     ]
-    return "\n".join("%-40s %-4s %s" % (what, "met" if met else "MISS", value)
-                     for what, met, value in checks)
+    return format_goals(checks)
 
 
 # --- running it all ---------------------------------------------------------------
@@ -200,12 +200,7 @@ def parse_args(argv):
                         help="kill -9 of random programs, each (default 50)")
     parser.add_argument("--reloads", type=int, default=20,
                         help="programs added one at a time, each (default 20)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed for the programs killed")
-    parser.add_argument("--markdown", metavar="FILE",
-                        help="also write the Markdown table to FILE")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary folder (logs) at the end")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     if args.n < 1 or args.kills < 1 or args.reloads < 1:
         parser.error("--n, --kills and --reloads must be at least 1")
@@ -263,12 +258,7 @@ def main(argv=None):
     def body(folder, token, supervisors):
         results = run(args, folder, token, supervisors)
         table = render_table(args, results)
-        print(table)
-        print()
-        print(goals_summary(results))
-        if args.markdown:
-            with open(args.markdown, "w") as handle:
-                handle.write(table + "\n")
+        report(table, goals_summary(results), args.markdown)
 
     return run_benchmark(body, keep=args.keep)
 
