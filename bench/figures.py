@@ -100,8 +100,9 @@ def measure_restarts(supervisors, victims, progress):
 
 
 def measure_command(argv, runs, timeout=60.0):
-    """Wall-clock seconds of ``runs`` runs of ``argv`` (output discarded),
-    and the exit status of the last; None for a run over ``timeout``."""
+    """Wall-clock seconds of up to ``runs`` runs of ``argv`` (output
+    discarded), and the exit status of the last; a run over ``timeout``
+    is None, and the last."""
     times = []
     status = None
     for _ in range(runs):
@@ -113,7 +114,7 @@ def measure_command(argv, runs, timeout=60.0):
                                     timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             times.append(None)
-            continue
+            break
         times.append(time.perf_counter() - started)
     return times, status
 

@@ -26,7 +26,7 @@ idle CPU     utime+stime of each supervisor (/proc/PID/stat, all threads)
 restart      ``--kills`` kill -9 of random programs each (``--peer-kills``
              for the peers), taking turns: from the kill to the new process
              running, polled every millisecond; median and p99 (nearest
-             rank: with 50 kills, the second largest).
+             rank: with fewer than 100 kills, the largest).
 status       ``--status-runs`` runs of each status command, wall clock,
              median: ``dpd-workerd --status CONFIG``, ``supervisorctl
              status``, ``circusctl status`` (each a fresh Python process).
