@@ -61,8 +61,9 @@ from figures import (SETTLE, add_run_options, format_goals, format_ms,
                      measure_cold_start, measure_idle, measure_restarts,
                      percentile, program_user, progress, report,
                      raise_open_files_limit, run_benchmark)
-from supervisors import (Circus, DpdWorker, NotFinished, SpawnFloor,
-                         Supervisord, kill_marked, recording_program)
+from supervisors import (BenchError, Circus, DpdWorker, NotFinished,
+                         SpawnFloor, Supervisord, kill_marked,
+                         recording_program)
 
 SUPERVISORS = (SpawnFloor, DpdWorker, Supervisord, Circus)
 LABELS = [cls.label for cls in SUPERVISORS]
@@ -70,6 +71,7 @@ TITLES = {cls.label: cls.title for cls in SUPERVISORS}
 PEERS = ("supervisord", "circus")
 REFERENCE = "supervisord"
 BURST_TIMEOUT = 60.0
+STATUS_TIMEOUT = 60.0
 
 # Goals of issue 13 for dpd-workerd.
 GOAL_COLD_RATIO_500 = 0.25
@@ -144,13 +146,15 @@ def check_accounting(supervisor, starts, expected_starts, timeout=10.0):
         time.sleep(0.1)
 
 
-def run_size(args, n, folder, token, supervisors_out, dropped, rng):
-    """Every figure at one N; returns {label: figures}."""
+def run_size(args, n, folder, token, supervisors_out, dropped, rng,
+             results):
+    """Every figure at one N, into ``results`` ({label: figures}) as they
+    come, so that what was measured before an error is kept."""
     names = ["p%05d" % index for index in range(1, n + 1)]
     base = os.path.join(folder, "n%d" % n)
     os.makedirs(base)
     os.chmod(base, 0o711)
-    results = {"load_before": os.getloadavg()[0]}
+    results["load_before"] = os.getloadavg()[0]
     up = []
     starts = {}
     for cls in SUPERVISORS:
@@ -177,17 +181,17 @@ def run_size(args, n, folder, token, supervisors_out, dropped, rng):
                               "timeout": timeout}
             dropped[label] = ("not run: cold start at N=%d not done in "
                               "%g s" % (n, timeout))
-            stop(supervisor, supervisors_out, token)
+            stop(supervisor, supervisors_out)
             continue
         progress("N=%d: %s: all running after %.2f s" % (n, label, cold))
         results[label] = {"cold": cold}
         if label == SpawnFloor.label:
-            stop(supervisor, supervisors_out, token)
+            stop(supervisor, supervisors_out)
         else:
             up.append(supervisor)
         time.sleep(SETTLE)
     if not up:
-        return results
+        return
     time.sleep(2 * SETTLE)
     progress("N=%d: idle CPU and RSS over %.0f s" % (n, args.idle_seconds))
     for label, figures in measure_idle(up, args.idle_seconds).items():
@@ -206,11 +210,13 @@ def run_size(args, n, folder, token, supervisors_out, dropped, rng):
 
     for supervisor in up:
         argv = supervisor.status_command()
-        times, status = measure_command(argv, args.status_runs)
-        done = [t for t in times if t is not None]
+        if argv is None:
+            continue
+        times, status = measure_command(argv, args.status_runs,
+                                        timeout=STATUS_TIMEOUT)
         results[supervisor.label]["status"] = {
             "times": times, "exit": status,
-            "median": statistics.median(done) if done else None}
+            "median": None if None in times else statistics.median(times)}
         progress("N=%d: %s status: %s (exit %s)" % (
             n, supervisor.label, ", ".join(
                 "-" if t is None else format_ms(t) for t in times), status))
@@ -230,11 +236,10 @@ def run_size(args, n, folder, token, supervisors_out, dropped, rng):
             n + len(restart_names) + len(burst_names))
     results["load_after"] = os.getloadavg()[0]
     for supervisor in up:
-        stop(supervisor, supervisors_out, token)
-    return results
+        stop(supervisor, supervisors_out)
 
 
-def stop(supervisor, supervisors_out, token):
+def stop(supervisor, supervisors_out):
     """Stop ``supervisor`` and kill every process of its (by marker)."""
     supervisor.stop(timeout=5.0)
     kill_marked(supervisor.marker())
@@ -310,9 +315,14 @@ def render_table(args, results):
                             cell("restart_p99", format_ms),
                             cell("idle_cpu", lambda v: "%.1f ms/min" % v),
                             cell("rss", lambda v: "%.1f MB" % v),
-                            cell("status", format_ms),
+                            _status_cell(entry, cell),
                             _burst_cell(burst),
                             _accounting_cell(accounting)))
+    for n, by_label in sorted(results["sizes"].items()):
+        if "error" in by_label:
+            lines.append("")
+            lines.append("At N=%d the run stopped early: %s" % (
+                n, by_label["error"].replace("\n", " ")[:400]))
     notes = [
         "",
         "Machine: %s; 1-minute load average per N (before, after): %s."
@@ -344,6 +354,13 @@ def render_table(args, results):
                           args.idle_seconds, args.status_runs),
     ]
     return "\n".join(lines + notes)
+
+
+def _status_cell(entry, cell):
+    status = entry.get("status")
+    if status and status["median"] is None:
+        return "over %g s" % STATUS_TIMEOUT
+    return cell("status", format_ms)
 
 
 def _burst_cell(burst):
@@ -463,6 +480,18 @@ def write_plot(path, results):
 
 # --- running it all ----------------------------------------------------------------
 
+def write_files(args, results):
+    """The files asked for, with what this run has measured so far."""
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(render_table(args, results) + "\n")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+    if args.plot:
+        write_plot(args.plot, results)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", default="100,500,2000,5000",
@@ -521,15 +550,20 @@ def main(argv=None):
         rng = random.Random(args.seed)
         dropped = {}
         for n in args.sizes:
-            results["sizes"][n] = run_size(args, n, folder, token,
-                                           supervisors, dropped, rng)
-        table = render_table(args, results)
-        report(table, goals_summary(results), args.markdown)
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(results, handle, indent=1)
+            results["sizes"][n] = sizes = {}
+            try:
+                run_size(args, n, folder, token, supervisors, dropped, rng,
+                         sizes)
+            except BenchError as err:
+                # keep what was measured, go on with the next N
+                progress("N=%d: error: %s" % (n, err))
+                sizes["error"] = str(err)
+                for supervisor in list(supervisors):
+                    stop(supervisor, supervisors)
+                kill_marked(token)
+            write_files(args, results)
+        report(render_table(args, results), goals_summary(results))
         if args.plot:
-            write_plot(args.plot, results)
             progress("plot written to %s" % args.plot)
 
     return run_benchmark(body, keep=args.keep)
