@@ -71,7 +71,7 @@ deb:
 	@ls build/deb/*.deb
 
 # scaling.py: dpd-workerd, supervisord and circus at N = 100, 500, 2000,
-# 5000 programs (about 15 minutes on 2 cores); its table, plot and raw
+# 5000 programs (about 20 minutes on 2 cores); its table, plot and raw
 # figures land in build/bench/. SCALING_ARGS= passes options, e.g.
 # SCALING_ARGS="--n 100,500 --idle-seconds 10" for a short run.
 SCALING_ARGS ?=
