@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv venv-run bench clean demo deb soak chaos docs
+.PHONY: test venv venv-run venv-bench bench clean demo deb soak chaos docs
 
 # Two steps in one venv: venv-run has the run-time dependencies
 # (requirements.txt) and the package, all `make demo` needs; venv adds the
@@ -25,6 +25,14 @@ $(VENV)/.runtime: requirements.txt setup.py
 
 $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(VPY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# The benchmarks' plot needs matplotlib (requirements-bench.txt), which
+# make test does not install.
+venv-bench: $(VENV)/.bench
+
+$(VENV)/.bench: $(VENV)/.installed requirements-bench.txt
+	$(VPY) -m pip install -q -r requirements-bench.txt
 	touch $@
 
 test: venv
@@ -62,11 +70,19 @@ deb:
 	cd build/deb/diprocd && dpkg-buildpackage -us -uc -b
 	@ls build/deb/*.deb
 
-bench: venv
+# scaling.py: dpd-workerd, supervisord and circus at N = 100, 500, 2000,
+# 5000 programs (about 20 minutes on 2 cores); its table, plot and raw
+# figures land in build/bench/. SCALING_ARGS= passes options, e.g.
+# SCALING_ARGS="--n 100,500 --idle-seconds 10" for a short run.
+SCALING_ARGS ?=
+bench: venv-bench
 	$(VPY) bench/worker_vs_supervisord.py
 	$(VPY) bench/propagation.py
 	$(VPY) bench/dpdctl.py
 	$(VPY) bench/health_checks.py
+	mkdir -p build/bench
+	$(VPY) bench/scaling.py $(SCALING_ARGS) --markdown build/bench/scaling.md \
+	    --plot build/bench/scaling.png --json build/bench/scaling.json
 
 # Not in CI: a worker with 1000 processes and a master with 200 simulated
 # nodes under 10 minutes of churn; prints the CPU/RSS/fd curve.

@@ -43,17 +43,16 @@ import signal
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import uuid
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
-from worker_vs_supervisord import (  # noqa: E402
-    SETTLE, BenchError, DpdWorker, _own_user, cpu_seconds,
-    machine_description, percentile, progress, run_cleanly)
+from figures import (  # noqa: E402
+    SETTLE, machine_description, percentile, program_user, progress,
+    run_benchmark)
+from supervisors import BenchError, DpdWorker, cpu_seconds  # noqa: E402
 
 from diprocd.ledger import status_path  # noqa: E402
 
@@ -280,7 +279,7 @@ def parse_args(argv):
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--listeners", type=int, default=4)
     parser.add_argument("--seed", type=int, default=12)
-    parser.add_argument("--user", default=_own_user())
+    parser.add_argument("--user", default=program_user())
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (the workers' logs)")
     return parser.parse_args(argv)
@@ -288,12 +287,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    token = uuid.uuid4().hex
-    folder = tempfile.mkdtemp(prefix="dpd-bench-health-")
     names = ["prog%04d" % i for i in range(1, args.n + 1)]
-    workers = []
 
-    def body():
+    def body(folder, token, workers):
         listeners = Listeners(args.listeners)
         try:
             addresses = listeners.addresses()
@@ -310,7 +306,7 @@ def main(argv=None):
             print(render(args, results, len(addresses)))
         finally:
             listeners.close()
-    return run_cleanly(body, workers, token, folder, args.keep)
+    return run_benchmark(body, keep=args.keep)
 
 
 if __name__ == "__main__":
