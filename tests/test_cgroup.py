@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -222,6 +223,88 @@ def test_each_mechanism_ends_a_whole_tree(mechanism, tmp_path, marker):
     assert not os.path.exists(tree.base)
 
 
+def cgroup_of(pid):
+    """The v2 cgroup of ``pid`` (its /proc/PID/cgroup "0::" line)."""
+    for line in read_text("/proc/%d/cgroup" % pid).splitlines():
+        if line.startswith("0::"):
+            return line[len("0::"):]
+    return None
+
+
+def remove_cgroups(top, timeout=10):
+    """End what is left in ``top`` and below (this test's processes only:
+    the folder is this test's), then remove the folders, deepest first."""
+    folders = [path for path, _, _ in os.walk(top)]
+    for folder in folders:
+        for pid in cgroup._read_pids(os.path.join(folder, "cgroup.procs")):
+            cgroup._kill(pid)
+    for folder in reversed(folders):
+        wait_for(lambda: not cgroup._read_pids(
+            os.path.join(folder, "cgroup.procs")), timeout=timeout,
+            what="%s to empty" % folder)
+        os.rmdir(folder)
+
+
+V2_MOUNT = (cgroup._mounts().get("cgroup2") or (None, None))[0]
+
+
+@on_this_machine
+@pytest.mark.skipif(PROBE.mechanism != "cgroup v2",
+                    reason="no writable cgroup v2 hierarchy here: %s"
+                    % PROBE.why)
+def test_a_worker_whose_cgroup_holds_others_moves_into_a_leaf(node, marker):
+    """As a systemd service's cgroup with Delegate=yes: the worker started
+    in a cgroup that holds another process moves itself (only itself) into
+    <cgroup>/dpd-workerd; its processes start in <cgroup>/diprocd/...; a
+    worker killed with -9 and started in that cgroup again reuses the leaf
+    and adopts them."""
+    own = os.path.join(V2_MOUNT, "dpdtest-cgroup-" + marker)
+    leaf = os.path.join(own, cgroup.WORKER_LEAF)
+    relative = "/" + os.path.relpath(own, V2_MOUNT)
+    wrapper = ["/bin/sh", "-c", 'echo $$ > %s/cgroup.procs && exec "$@"'
+               % own, "sh"]
+    os.mkdir(own)
+    try:
+        def join():
+            with open(os.path.join(own, "cgroup.procs"), "w") as handle:
+                handle.write(str(os.getpid()))
+
+        other = subprocess.Popen(["sleep", "7421"], env=marked_env(marker),
+                                 preexec_fn=join)
+        definition, child_file = escaping(node, "moved", 7423)
+        node.write([definition])
+        node.start(wrapper=wrapper)
+        pid = node.wait_running("moved")
+        child = child_pid(child_file)
+        assert cgroup_of(node.daemon.pid) == relative + "/dpd-workerd"
+        assert cgroup_of(other.pid) == relative
+        name = cgroup.worker_folder_name(node.pid_file)
+        base = os.path.join(own, "diprocd", name)
+        wait_for(lambda: set(cgroup._read_pids(os.path.join(
+            base, "moved", "cgroup.procs"))) == {pid, child},
+            what="the process and its child in its cgroup")
+        tree = node.status_doc()["tree"]
+        assert (tree["path"], tree["worker_cgroup"]) == (base, leaf)
+        assert "the worker moved itself into the cgroup %s" % leaf \
+            in node.log()
+
+        node.stop(signal.SIGKILL)
+        node.start(wrapper=wrapper)
+        entry = node.wait_state("moved", "running", adopted=True)
+        assert entry["pid"] == pid and entry["starts"] == 1
+        assert "moved: adopted with its cgroup (2 processes)" in node.log()
+        assert cgroup_of(node.daemon.pid) == relative + "/dpd-workerd"
+        assert cgroup._read_pids(os.path.join(own, "cgroup.procs")) == \
+            [other.pid]
+        assert dpdctl(node, "stop", "moved").returncode == 0
+        node.wait_state("moved", "stopped")
+        wait_for(lambda: not is_alive(child), what="the setsid'd child to end")
+    finally:
+        node.stop(signal.SIGKILL)
+        remove_cgroups(own)
+    assert not os.path.exists(own)
+
+
 # -- detection, on files shaped as the kernel's (any user, any machine) -----
 
 def fake_proc(tmp_path, monkeypatch, mountinfo, own):
@@ -286,3 +369,132 @@ def test_check_warns_where_memory_max_cannot_be_enforced(tmp_path,
     assert report.warnings == [
         '%s: process "capped": field "memory_max": not enforced on this '
         'machine: no cgroup hierarchy mounted' % path]
+
+
+def systemd_shaped(tmp_path, monkeypatch, own="/system.slice/dpd.service",
+                   controllers="cpu memory pids", others=(1234,)):
+    """A cgroup2 mount whose top has ``controllers``, enabled down to the
+    worker's cgroup ``own`` (with Delegate=yes: in its cgroup.controllers,
+    not in its cgroup.subtree_control), which holds this process and
+    ``others``; the files the kernel would make in the folders the worker
+    makes (its leaf, diprocd/...). Return (the mount, the worker's
+    cgroup, the pid file)."""
+    mount = tmp_path / "cg"
+    pid_file = str(tmp_path / "run" / "dpd-workerd.pid")
+    name = cgroup.worker_folder_name(pid_file)
+    service = mount / own.strip("/")
+    chain = [mount] + [mount / Path(*service.relative_to(mount).parts[:i + 1])
+                       for i in range(len(service.relative_to(mount).parts))]
+    made = [service / cgroup.WORKER_LEAF, service / "diprocd",
+            service / "diprocd" / name]
+    for folder in chain + made:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cgroup.controllers").write_text(controllers + "\n")
+        (folder / "cgroup.subtree_control").write_text(
+            "" if folder in (service,) + tuple(made) else controllers + "\n")
+        (folder / "cgroup.procs").write_text("")
+        (folder / "cgroup.kill").write_text("")
+    (service / "cgroup.procs").write_text(
+        "".join("%d\n" % pid for pid in (os.getpid(),) + tuple(others)))
+    fake_proc(tmp_path, monkeypatch,
+              "30 23 0:27 / %s rw - cgroup2 cgroup2 rw\n" % mount,
+              "0::%s\n" % own)
+    return mount, service, pid_file
+
+
+def test_under_systemd_the_worker_moves_into_a_leaf_and_enables_memory(
+        tmp_path, monkeypatch):
+    """Its own cgroup holds only itself, but memory must be enabled below
+    it: it moves into <own>/dpd-workerd, then writes +memory in its own
+    cgroup's subtree_control and diprocd/'s and its folder's, so each
+    process folder gets memory.max. The other pids are not written
+    anywhere."""
+    _, service, pid_file = systemd_shaped(tmp_path, monkeypatch, others=())
+    tree = cgroup.detect(pid_file, mechanisms=("cgroup v2",))
+    leaf = service / cgroup.WORKER_LEAF
+    base = service / "diprocd" / cgroup.worker_folder_name(pid_file)
+    assert (tree.mechanism, tree.base, tree.memory, tree.why) == (
+        "cgroup v2", str(base), "cgroup v2", None)
+    assert (tree.worker_cgroup, tree.worker_cgroup_why) == (str(leaf), None)
+    assert tree.describe()["worker_cgroup"] == str(leaf)
+    assert (leaf / "cgroup.procs").read_text() == str(os.getpid())
+    for folder in (service, service / "diprocd", base):
+        assert (folder / "cgroup.subtree_control").read_text() == "+memory"
+    assert (leaf / "cgroup.subtree_control").read_text() == ""
+
+
+def test_the_worker_leaves_a_cgroup_that_holds_other_processes(
+        tmp_path, monkeypatch):
+    """No controller to enable (cgroup v2 of a hybrid machine): other
+    processes in its cgroup are enough; they stay."""
+    _, service, pid_file = systemd_shaped(tmp_path, monkeypatch,
+                                          controllers="", others=(1234,))
+    tree = cgroup.detect(pid_file, mechanisms=("cgroup v2",))
+    leaf = service / cgroup.WORKER_LEAF
+    assert tree.worker_cgroup == str(leaf)
+    assert (leaf / "cgroup.procs").read_text() == str(os.getpid())
+    assert (service / "cgroup.procs").read_text().split() == [
+        str(os.getpid()), "1234"]
+    assert tree.memory is None
+
+
+@pytest.mark.parametrize("own,controllers,others", [
+    ("/", "memory", (1234,)),                    # the hierarchy's top
+    ("/system.slice/dpd.service", "", ()),       # alone, nothing to enable
+])
+def test_the_worker_stays_where_it_need_not_move(tmp_path, monkeypatch, own,
+                                                 controllers, others):
+    mount, service, pid_file = systemd_shaped(
+        tmp_path, monkeypatch, own=own, controllers=controllers,
+        others=others)
+    tree = cgroup.detect(pid_file, mechanisms=("cgroup v2",))
+    assert tree.mechanism == "cgroup v2"
+    assert (tree.worker_cgroup, tree.worker_cgroup_why) == (None, None)
+    assert (service / cgroup.WORKER_LEAF / "cgroup.procs").read_text() == ""
+
+
+def test_nothing_moves_without_create(tmp_path, monkeypatch):
+    """``--check``: the answer, nothing written."""
+    _, service, pid_file = systemd_shaped(tmp_path, monkeypatch)
+    tree = cgroup.detect(pid_file, create=False, mechanisms=("cgroup v2",))
+    assert (tree.memory, tree.worker_cgroup) == ("cgroup v2", None)
+    assert (service / cgroup.WORKER_LEAF / "cgroup.procs").read_text() == ""
+    assert (service / "cgroup.subtree_control").read_text() == ""
+
+
+def test_a_worker_started_in_the_leaf_keeps_the_same_folders(tmp_path,
+                                                             monkeypatch):
+    """Started from the leaf (its parent is its cgroup): the same diprocd/
+    folders, the leaf reused."""
+    mount, service, pid_file = systemd_shaped(tmp_path, monkeypatch)
+    fake_proc(tmp_path, monkeypatch,
+              "30 23 0:27 / %s rw - cgroup2 cgroup2 rw\n" % mount,
+              "0::/system.slice/dpd.service/dpd-workerd\n")
+    tree = cgroup.detect(pid_file, mechanisms=("cgroup v2",))
+    assert tree.base == str(service / "diprocd" /
+                            cgroup.worker_folder_name(pid_file))
+    assert tree.worker_cgroup == str(service / cgroup.WORKER_LEAF)
+
+
+def test_a_failed_move_is_said_and_changes_nothing_else(tmp_path,
+                                                        monkeypatch):
+    _, service, pid_file = systemd_shaped(tmp_path, monkeypatch)
+    leaf = service / cgroup.WORKER_LEAF
+    (leaf / "cgroup.procs").unlink()  # the kernel refuses the write
+    tree = cgroup.detect(pid_file, mechanisms=("cgroup v2",))
+    assert tree.mechanism == "cgroup v2" and tree.worker_cgroup is None
+    assert tree.worker_cgroup_why == (
+        "cannot move the worker into %s: No such file or directory" % leaf)
+
+
+def test_without_delegation_the_note_says_delegate(tmp_path, monkeypatch):
+    """The memory controller not given to the worker's cgroup (a unit
+    without Delegate=yes, its slice without memory): the reason names it."""
+    _, service, pid_file = systemd_shaped(tmp_path, monkeypatch,
+                                          controllers="memory")
+    (service / "cgroup.controllers").write_text("\n")
+    tree = cgroup.detect(pid_file, create=False, mechanisms=("cgroup v2",))
+    assert tree.memory is None
+    assert tree.why == ("cgroup v2 has no memory controller at %s (a systemd "
+                        "unit gives its cgroup all with Delegate=yes)"
+                        % service)
