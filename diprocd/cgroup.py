@@ -24,18 +24,6 @@ instead (``clone3`` with ``CLONE_INTO_CGROUP``), which spares the ~10 ms a
 move costs (an RCU grace period), in a folder made for that start
 (``prepare``).
 
-On v2 the worker's own cgroup (systemd's ``dpd-workerd.service``, with
-``Delegate=yes``) must be an inner one for the memory controller to be
-enabled below it (the kernel's "no internal processes" rule): unless it is
-the hierarchy's top, the worker moves itself, and only itself, into the
-leaf ``<its cgroup>/dpd-workerd`` (made, or reused after a restart) when
-that cgroup holds other processes or the memory controller is to be
-enabled. ``diprocd/`` stays where it was, a sibling of that leaf, so the
-next worker, put in the same cgroup again, finds its predecessor's
-folders; one started in the leaf takes the leaf's parent as its cgroup.
-Where the move fails (not root), the worker says why once and carries on
-without it.
-
 ``memory_max`` is ``memory.max`` where the v2 hierarchy has the memory
 controller (enabled on the way down by the worker when it may), else v1
 ``memory.limit_in_bytes`` in a folder of the same name under the worker's
@@ -60,10 +48,6 @@ import zlib
 MOUNTINFO = "/proc/self/mountinfo"
 OWN_CGROUPS = "/proc/self/cgroup"
 FOLDER = "diprocd"
-# The worker's own leaf below its cgroup on v2 (``_leave_inner_cgroup``): a
-# sibling of FOLDER, and not systemd's ``.control`` (where a delegated
-# unit's ExecReload= runs).
-WORKER_LEAF = "dpd-workerd"
 
 PROCESS_GROUP = "process group"
 # The mechanisms ``detect`` tries, in this order.
@@ -98,10 +82,6 @@ class Tree:
         self.memory = memory
         self.memory_base = memory_base
         self.why = why  # why no cgroup, or why no memory controller
-        # The leaf the worker moved itself to (v2), or None; why it could
-        # not, or None.
-        self.worker_cgroup = None
-        self.worker_cgroup_why = None
 
     @property
     def enabled(self):
@@ -110,8 +90,7 @@ class Tree:
     def describe(self):
         """The worker's line in its status file (``ledger``)."""
         return {"mechanism": self.mechanism, "path": self.base,
-                "memory": self.memory, "note": self.why,
-                "worker_cgroup": self.worker_cgroup}
+                "memory": self.memory, "note": self.why}
 
     def folders(self, name):
         """The folders of process ``name``: membership, then memory (when
@@ -272,10 +251,7 @@ def detect(worker_pid_file, create=True, mechanisms=MECHANISMS):
         mount = mounts.get(controller or "cgroup2")
         if mount is None or controller not in own:
             continue
-        folder = _inside(mount, own[controller])
-        if not controller and os.path.basename(folder) == WORKER_LEAF:
-            folder = os.path.dirname(folder)  # started from an earlier leaf
-        base = os.path.join(folder, FOLDER, worker)
+        base = os.path.join(_inside(mount, own[controller]), FOLDER, worker)
         why = _usable(base, create,
                       "cgroup.procs" if controller else "cgroup.kill")
         if why is not None:
@@ -283,10 +259,6 @@ def detect(worker_pid_file, create=True, mechanisms=MECHANISMS):
             continue
         tree = Tree(mechanism, base)
         if not controller:
-            tree.worker_cgroup, tree.worker_cgroup_why = \
-                _leave_inner_cgroup(mount[0], folder, create)
-            if tree.worker_cgroup_why is not None:
-                notes.append(tree.worker_cgroup_why)
             memory_why = _enable_memory_v2(mount[0], base, create)
             if memory_why is None:
                 tree.memory, tree.memory_base = "cgroup v2", base
@@ -374,35 +346,6 @@ def _usable(base, create, needed):
     return None
 
 
-def _leave_inner_cgroup(point, own, create):
-    """On v2, move this process from its own cgroup ``own`` (not the
-    hierarchy's top ``point``) into ``own/WORKER_LEAF``, made or reused,
-    when ``own`` must be an inner cgroup: it holds other processes, or the
-    memory controller is to be enabled below it (the kernel refuses that
-    while ``own`` has a process of its own: "no internal processes"). The
-    other processes stay where they are. (The leaf, or None; why it could
-    not move, or None.) Without ``create``, nothing moves: (None, None)."""
-    if os.path.normpath(own) == os.path.normpath(point):
-        return None, None
-    pid = os.getpid()
-    others = [other for other in _read_pids(os.path.join(own, "cgroup.procs"))
-              if other != pid]
-    memory_below = (
-        "memory" in _read_words(os.path.join(point, "cgroup.controllers"))
-        and "memory" not in _read_words(os.path.join(own,
-                                                     "cgroup.subtree_control")))
-    if not (others or memory_below) or not create:
-        return None, None
-    leaf = os.path.join(own, WORKER_LEAF)
-    try:
-        _make(leaf)
-        _write(os.path.join(leaf, "cgroup.procs"), str(pid))
-    except OSError as err:
-        return None, ("cannot move the worker into %s: %s"
-                      % (leaf, err.strerror or err))
-    return leaf, None
-
-
 def _enable_memory_v2(point, base, create):
     """Enable the memory controller from the hierarchy's top to ``base``'s
     children; None once it is, else why not (the kernel refuses to enable
@@ -420,9 +363,7 @@ def _enable_memory_v2(point, base, create):
             continue
         if "memory" not in _read_words(os.path.join(folder,
                                                     "cgroup.controllers")):
-            return "cgroup v2 has no memory controller at %s%s" % (
-                folder, "" if folder == point else
-                " (a systemd unit gives its cgroup all with Delegate=yes)")
+            return "cgroup v2 has no memory controller at %s" % folder
         if not create:
             return None if os.access(os.path.join(
                 folder, "cgroup.subtree_control"), os.W_OK) else \

@@ -7,8 +7,7 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
 
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
        "updated": T,
-       "tree":    {"mechanism": M, "path": P, "memory": M, "note": N,
-                   "worker_cgroup": W},
+       "tree":    {"mechanism": M, "path": P, "memory": M, "note": N},
                                     # how process trees are grouped (cgroup)
        "procs":   {NAME: view},     # --status, the client, the master
        "records": {NAME: record},   # adoption: the next worker's memory

@@ -148,13 +148,6 @@ class Worker:
         self.log.info("a cgroup per process: %s in %s; memory_max: %s",
                       tree.mechanism, tree.base,
                       tree.memory or "not enforced (%s)" % tree.why)
-        if tree.worker_cgroup is not None:
-            self.log.info("the worker moved itself into the cgroup %s (its "
-                          "own must hold no process to enable controllers "
-                          "below it)", tree.worker_cgroup)
-        elif tree.worker_cgroup_why is not None:
-            self.log.warning("%s: it stays in its own cgroup",
-                             tree.worker_cgroup_why)
 
     def _turn(self, now):
         """Before each wait: passed deadlines, starts and stops that became

@@ -162,8 +162,7 @@ def test_systemd_units_run_the_daemons_as_the_init_scripts_do(command):
     """Foreground, SIGHUP to reload, restarted when they die (what the cron
     lines did), /etc/default/diprocd for their settings, no CONFIG on the
     command line (the daemon finds the same one bare, diprocd.paths), the
-    client as the package's user, the worker alone stopped and given its
-    cgroup (Delegate=yes)."""
+    client as the package's user, the worker alone stopped."""
     settings, text = unit_settings(command)
     short = command[4:-1].upper()  # WORKER, CLIENT, MASTER
     start = settings[("Service", "ExecStart")]
@@ -182,11 +181,8 @@ def test_systemd_units_run_the_daemons_as_the_init_scripts_do(command):
         comment = text.split("\nKillMode=process\n")[0].rsplit("\n\n", 1)[-1]
         assert "survive" in comment and "adopt" in comment, comment
         assert " --config-owner diprocd " in start[0]
-        # Its cgroup is its own (diprocd.cgroup): memory_max on pure v2.
-        assert settings[("Service", "Delegate")] == ["yes"]
     else:
         assert ("Service", "KillMode") not in settings
-        assert ("Service", "Delegate") not in settings
     if command == "dpd-clientd":
         assert settings[("Service", "User")] == ["diprocd"]
         assert settings[("Service", "Group")] == ["diprocd"]
