@@ -350,7 +350,11 @@ def _enable_memory_v2(point, base, create):
     """Enable the memory controller from the hierarchy's top to ``base``'s
     children; None once it is, else why not (the kernel refuses to enable
     a controller below a cgroup with processes of its own, but for the
-    top one)."""
+    top one: said without trying, so ``--check`` says it too). The worker
+    does not move itself out of its own cgroup to get round that: under
+    systemd with KillMode=process, a unit cgroup with the controller
+    enabled while the processes survive in it would refuse the next
+    worker systemd puts there (README, "systemd")."""
     chain, folder = [], base
     while True:
         chain.append(folder)
@@ -364,6 +368,11 @@ def _enable_memory_v2(point, base, create):
         if "memory" not in _read_words(os.path.join(folder,
                                                     "cgroup.controllers")):
             return "cgroup v2 has no memory controller at %s" % folder
+        if folder != chain[-1] and _read_pids(os.path.join(folder,
+                                                           "cgroup.procs")):
+            return ("cannot enable the memory controller below %s: it holds "
+                    "processes of its own (as a systemd service's cgroup "
+                    "holds the worker)" % folder)
         if not create:
             return None if os.access(os.path.join(
                 folder, "cgroup.subtree_control"), os.W_OK) else \

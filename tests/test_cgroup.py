@@ -286,3 +286,34 @@ def test_check_warns_where_memory_max_cannot_be_enforced(tmp_path,
     assert report.warnings == [
         '%s: process "capped": field "memory_max": not enforced on this '
         'machine: no cgroup hierarchy mounted' % path]
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_memory_is_not_enabled_below_a_cgroup_with_processes(
+        tmp_path, monkeypatch, create):
+    """A systemd service's cgroup holding the worker (the memory controller
+    given to it, as Delegate=yes would): memory.max cannot be had below it
+    (the kernel's "no internal processes" rule), which detection says
+    without writing, and ``--check`` (no ``create``) too."""
+    mount = tmp_path / "cg"
+    service = mount / "system.slice" / "dpd.service"
+    pid_file = str(tmp_path / "run" / "dpd-workerd.pid")
+    base = service / "diprocd" / cgroup.worker_folder_name(pid_file)
+    base.mkdir(parents=True)
+    for folder in (mount, mount / "system.slice", service):
+        (folder / "cgroup.controllers").write_text("memory pids\n")
+        (folder / "cgroup.subtree_control").write_text(
+            "" if folder == service else "memory pids\n")
+        (folder / "cgroup.procs").write_text("1\n")
+    (service / "cgroup.procs").write_text("%d\n" % os.getpid())
+    (base / "cgroup.kill").write_text("")
+    fake_proc(tmp_path, monkeypatch,
+              "30 23 0:27 / %s rw - cgroup2 cgroup2 rw\n" % mount,
+              "0::/system.slice/dpd.service\n")
+    tree = cgroup.detect(pid_file, create=create, mechanisms=("cgroup v2",))
+    assert (tree.mechanism, tree.base, tree.memory) == (
+        "cgroup v2", str(base), None)
+    assert tree.why == ("cannot enable the memory controller below %s: it "
+                        "holds processes of its own (as a systemd service's "
+                        "cgroup holds the worker)" % service)
+    assert (service / "cgroup.subtree_control").read_text() == ""
