@@ -4,7 +4,9 @@ bookworm from the mirror the host's apt uses, ``apt-get install
 README's packaged commands in that root: both init systems' files there,
 the user made, nothing enabled or started, a worker, a master and a client
 on loopback through the init scripts, ``dpd-workerd --status`` and
-``dpdctl status`` bare, the init script's reload and restart (processes
+``dpdctl status`` bare, CURVE as the README's "Securing a two-node
+cluster, step by step" says (its commands taken from the README), the init
+script's reload and restart (processes
 adopted), the stop, enabling with ``insserv`` and ``systemctl enable``
 (not ``--now``: a chroot runs no systemd to start a unit) and undoing
 it, and ``apt-get purge``.
@@ -19,6 +21,7 @@ debootstrap or the mirror is missing."""
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +31,7 @@ import urllib.request
 import pytest
 
 from conftest import requires_root
-from helpers import wait_for
+from helpers import ROOT, wait_for
 
 SUITE = "bookworm"
 COMMANDS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
@@ -37,6 +40,42 @@ WORKER_CONFIG = "/var/lib/diprocd/worker/diprocd-worker.json"
 MASTER_CONFIG = "/var/lib/diprocd/diprocd-master.json"
 CLIENT_CONFIG = "/var/lib/diprocd/diprocd-client.json"
 EXAMPLES = "/usr/share/doc/diprocd/"
+README = os.path.join(ROOT, "README.md")
+SECURING = "### Securing a two-node cluster, step by step"
+
+
+def securing_steps():
+    """The README's "Securing a two-node cluster, step by step", as
+    ([shell command], {file: added JSON keys}) for the master and node1 in
+    one root: its sh blocks up to the status, the master's address made
+    loopback, ``scp`` a ``cp`` (both ends are here), and the two commands
+    its text gives for a node installed from the package (the chown of the
+    secret key, the client's --check as diprocd, instead of as root). The
+    JSON keys are added before the first check, as the README's order
+    has it."""
+    with open(README) as handle:
+        section = handle.read().split(SECURING, 1)[1].split("\n### ", 1)[0]
+    section = section.replace("192.168.0.1", "127.0.0.1")
+    blocks = re.findall(r"^```(sh|json)\n(.*?)^```$", section, re.S | re.M)
+    shell = [block for kind, block in blocks if kind == "sh"]
+    added = [json.loads("{%s}" % block.strip().rstrip(","))
+             for kind, block in blocks if kind == "json"]
+    prose = {word: " ".join(command.split()) for command, word in
+             re.findall(r"`((chown|setpriv) [^`]+)`", section)}
+    lines = []
+    for block in shell[:3]:  # the operator's, from elsewhere, is not run
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line.startswith("scp "):
+                line = re.sub(r"\b127\.0\.0\.1:", "", "cp" + line[3:])
+                if len(set(line.split()[1:])) == 1:
+                    continue  # master.key: the node's copy is the master's
+            if line.startswith("dpd-clientd --check"):
+                lines.append(prose["chown"])
+                line = prose["setpriv"]
+            if line:
+                lines.append(line)
+    return lines, dict(zip((MASTER_CONFIG, CLIENT_CONFIG), added))
 
 
 def apt_sources():
@@ -317,6 +356,30 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
                        "request.urlopen(\"http://127.0.0.1:9556/metrics\")"
                        ".read().decode())'").stdout
     assert "node1" in metrics
+
+    # CURVE, as "Securing a two-node cluster, step by step" says, the
+    # master and node1 here: keys, the two files, the checks, the
+    # restarts; then dpdctl status shows node1 up again, its list sealed.
+    steps, added = securing_steps()
+    assert len(steps) >= 12 and len(added) == 2, (steps, added)
+    for line in steps:
+        if line.startswith(("{", '"')):
+            continue
+        if line == "dpdctl status":
+            wait_for(lambda: "sleep.node1.1" in root.run(
+                "dpdctl status", check=False).stdout, timeout=60,
+                what=lambda: root.run("dpdctl status; tail -5 "
+                                      "/var/log/diprocd/dpd-masterd.log",
+                                      check=False))
+            continue
+        if line.startswith("dpd-masterd --check"):
+            for path, keys in added.items():
+                edit_json(root, path, lambda d, keys=keys: d.update(keys))
+        root.run(line)
+    assert root.run("stat -c %a /etc/diprocd/master.key_secret").stdout \
+        == "600\n"
+    log = root.run("cat /var/log/diprocd/dpd-masterd.log").stdout
+    assert "CURVE: 1 node keys in /etc/diprocd/clients" in log, log
 
     # The init script's reload (SIGHUP) and restart: the same processes
     # go on, adopted by the new worker.
