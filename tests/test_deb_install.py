@@ -5,11 +5,11 @@ README's packaged commands in that root: both init systems' files there,
 the user made, nothing enabled or started, a worker, a master and a client
 on loopback through the init scripts, ``dpd-workerd --status`` and
 ``dpdctl status`` bare, CURVE as the README's "Securing a two-node
-cluster, step by step" says (its commands taken from the README), the init
-script's reload and restart (processes
-adopted), the stop, enabling with ``insserv`` and ``systemctl enable``
-(not ``--now``: a chroot runs no systemd to start a unit) and undoing
-it, and ``apt-get purge``.
+cluster, step by step" says (its commands taken from the README), the
+init script's reload and restart (processes adopted), the cron line's
+respawn after a kill -9 of the worker, the stop, enabling with
+``insserv`` and ``systemctl enable`` (not ``--now``: a chroot runs no
+systemd to start a unit) and undoing it, and ``apt-get purge``.
 
 Every command in the root runs in one private mount and network namespace
 (``Root``): /proc is mounted there only, and the root's loopback is its
@@ -394,6 +394,28 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
              what=lambda: worker_status(root)[1])
     log = root.run("cat /var/log/diprocd/dpd-workerd.log").stdout
     assert "received SIGHUP" in log and "adopted" in log, log
+
+    # The cron line, copied as the README says, run by hand as cron would
+    # (no systemd runs here): nothing while the worker runs; after a kill
+    # -9 of the worker, a new one, which adopts the sleep.
+    root.run("cp /usr/share/doc/diprocd/dpd-workerd.cron "
+             "/etc/cron.d/dpd-workerd")
+    (line,) = [line for line in root.run("cat /etc/cron.d/dpd-workerd")
+               .stdout.splitlines() if line.strip()
+               and not line.startswith("#") and "=" not in line.split()[0]]
+    respawn = " ".join(line.split()[6:])  # after the time fields and user
+    worker = root.run("dpd-workerd --pid").stdout
+    root.run(respawn)
+    assert root.run("dpd-workerd --pid").stdout == worker
+    os.kill(int(worker), signal.SIGKILL)
+    wait_for(lambda: root.run("dpd-workerd --pid", check=False).returncode
+             != 0, timeout=10)
+    root.run(respawn)
+    assert root.run("dpd-workerd --pid").stdout not in ("", worker)
+    wait_for(lambda: worker_status(root)[0].get("sleep.node1.1")
+             == ("running", str(sleep_pid)), timeout=30,
+             what=lambda: worker_status(root)[1])
+    root.run("rm /etc/cron.d/dpd-workerd")  # the admin's copy: not purged
 
     # The stop: the client and the master, the node's processes (an empty
     # list), the worker; then nothing runs in the root.
