@@ -5,13 +5,29 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv venv-run bench clean demo deb soak chaos docs
+.PHONY: test venv venv-run bench clean demo deb soak chaos docs dpd-exec
+
+# dpd-exec, the C program the worker starts processes with (lib/dpd-exec.c,
+# diprocd/dpdexec.py), built into the venv, where the worker looks for it
+# (sys.prefix/lib/diprocd/); debian/rules builds it with DPD_EXEC=lib/dpd-exec
+# and the tests (tests/conftest.py) into a folder of their own.
+DPD_EXEC ?= $(VENV)/lib/diprocd/dpd-exec
+CFLAGS ?= -O2
+dpd-exec: $(DPD_EXEC)
+
+$(DPD_EXEC): lib/dpd-exec.c
+	@command -v $(CC) >/dev/null 2>&1 || { \
+	  echo "no C compiler; installing gcc and libc6-dev"; \
+	  apt-get update -qq && apt-get install -y -qq gcc libc6-dev; }
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -Wall -Wextra $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) \
+	    -o $@ lib/dpd-exec.c
 
 # Two steps in one venv: venv-run has the run-time dependencies
 # (requirements.txt) and the package, all `make demo` needs; venv adds the
 # test and benchmark ones (requirements-dev.txt) on top.
-venv-run: $(VENV)/.runtime
-venv: $(VENV)/.installed
+venv-run: $(VENV)/.runtime $(DPD_EXEC)
+venv: $(VENV)/.installed $(DPD_EXEC)
 
 $(VENV)/.runtime: requirements.txt setup.py
 	@$(PYTHON) -m venv $(VENV) || { \

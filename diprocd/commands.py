@@ -55,6 +55,7 @@ class WorkerCommands:
                 config_error = err.problems[0]
         return {"ok": True, "worker_pid": os.getpid(),
                 "config": worker.config.path, "config_error": config_error,
+                "spawner": worker._spawner_name(),
                 "procs": {name: view_of(proc)
                           for name, proc in sorted(worker.procs.items())}}
 

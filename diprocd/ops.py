@@ -1,7 +1,8 @@
 """``NodeOps``: the worker's real ``process.ProcessOps``.
 
 It does the I/O a Process asks for: launching through ``spawn`` with the
-ledger's journal slot, signalling and start times through ``kernel``,
+ledger's journal slot and the worker's dpd-exec (``helper``, or None),
+signalling and start times through ``kernel``,
 watching pids through ``pidwatch``, and the pid files of processes. The two
 notifications (``changed``, ``stopped``) go to the worker's callbacks.
 """
@@ -22,6 +23,7 @@ class NodeOps(ProcessOps):
         self.pidwatch = pidwatch
         self.log = log
         self.program_nofile = program_nofile
+        self.helper = None  # dpd-exec's path (dpdexec.find), or None
         self.changed = on_changed
         self.stopped = on_stopped
 
@@ -32,7 +34,7 @@ class NodeOps(ProcessOps):
                 # mistaken for the new one.
                 _unlink(spec.pid_file)
             return spawn.launch(spec, self.ledger.slot(spec),
-                                self.program_nofile)
+                                self.program_nofile, self.helper)
         except OSError as err:  # pid file, pipes, fork...: one start fails
             raise SpawnError("%s: %s" % (err.filename or "start",
                                          err.strerror or err))

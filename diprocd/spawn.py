@@ -1,10 +1,24 @@
-"""Starting one process, Ganeti-style.
+"""Starting one process: ``launch(spec, ...)`` then ``Launch.wait()``.
 
-``launch(spec, ...)`` then ``Launch.wait()`` double-fork so the process
-survives the worker:
+Two ways, the same steps in the same order, the same report pipe and
+errors; ``by_helper`` chooses, per spec:
+
+- **dpd-exec** (``dpdexec``), whenever the worker found that small C
+  program (lib/dpd-exec.c): the worker looks the user up (``Plan``) and
+  opens the ``logs`` file as that user (step c below, ``_open_log``) itself,
+  then ``posix_spawn``s dpd-exec (vfork-like: no copy of the worker, whose
+  size a fork pays for) with setsid (a session and process group leader of
+  its own, so step d is done), default signals and an empty mask (step a),
+  stdin /dev/null and stdout/stderr the log (step h); dpd-exec does steps b,
+  e, f, g, i, j, k in that order and reports on the same pipe; it holds
+  the journal's open file until its exec, as the fork path's child does
+  (``ledger``). The process is the worker's direct child: no double fork
+  (the worker, a child subreaper, watches it by pidfd either way).
+- **the fork path**, below, where there is no dpd-exec (``$DIPROCD_EXEC=none``
+  forces it):
 
 1. The worker creates a close-on-exec report pipe and forks an
-   intermediate child (``launch``).
+   intermediate child (``_launch_by_fork``).
 2. The intermediate child calls ``setsid`` (a new session, no controlling
    terminal), forks the final child, writes the final child's pid on the
    pipe and exits at once; the worker reaps it (``_intermediate``).
@@ -51,7 +65,7 @@ import select
 import signal
 import time
 
-from diprocd import kernel, trust
+from diprocd import dpdexec, kernel, trust
 from diprocd.config import lookup_user
 from diprocd.errors import SpawnError
 
@@ -77,15 +91,17 @@ def clean_environment(spec, user_entry):
 
 
 class Launch:
-    """A process being started. ``launch(spec)`` forks the intermediate
-    child and returns at once; ``wait()`` returns the pid once ``exec``
-    succeeded, or raises SpawnError. Several launches may be in flight: the
-    children reach exec on the other cores while the worker forks the next.
-    """
+    """A process being started. ``launch(spec)`` returns one at once;
+    ``wait()`` returns the pid once ``exec`` succeeded, or raises
+    SpawnError. Several launches may be in flight: the children reach exec
+    on the other cores while the worker starts the next. ``middle_pid`` is
+    the fork path's intermediate child (reaped here), ``pid`` the process
+    when the worker knows it already (dpd-exec, its own child)."""
 
-    def __init__(self, spec, middle_pid, report_fd):
+    def __init__(self, spec, middle_pid, report_fd, pid=None):
         self.spec = spec
         self.middle_pid = middle_pid
+        self.pid = pid
         self.report_fd = report_fd
         self._deadline = time.monotonic() + EXEC_TIMEOUT
 
@@ -97,7 +113,7 @@ class Launch:
             while True:
                 chunk = _read_some(self.report_fd, self._deadline)
                 if chunk is None:
-                    pid, _ = _parse_report(report)
+                    pid = _parse_report(report)[0] or self.pid
                     if pid:
                         kernel.kill_quietly(pid)  # else it runs unsupervised
                     report += (b"Eexec: the process did not reach exec "
@@ -108,11 +124,15 @@ class Launch:
                 report += chunk
         finally:
             os.close(self.report_fd)
-            _reap(self.middle_pid)
+            if self.middle_pid is not None:
+                _reap(self.middle_pid)
         pid, error = _parse_report(report)
+        pid = pid or self.pid
         if pid is None:
             raise SpawnError(error or "fork: the intermediate child failed")
         if error is not None:
+            if self.middle_pid is None:
+                _reap(pid)  # dpd-exec, the worker's child, exits at once
             failure = SpawnError(error)
             failure.pid = pid
             raise failure
@@ -144,15 +164,52 @@ class Plan:
         self.program_nofile = program_nofile
 
 
-def launch(spec, journal=None, program_nofile=None):
-    """Fork the intermediate child for ``spec`` and return a Launch at once;
-    raise SpawnError for what fails before the fork.
+def launch(spec, journal=None, program_nofile=None, helper=None):
+    """Start ``spec`` and return a Launch at once; raise SpawnError for what
+    fails before the process exists.
 
     ``journal`` (a ``ledger.JournalSlot``: an O_APPEND fd and the line to
-    complete with the child's pid and start time) makes the final child
+    complete with the child's pid and start time) makes the process
     record itself before exec. ``program_nofile`` is the open-files limit the
-    program gets (the worker raised its own)."""
+    program gets (the worker raised its own). ``helper`` is dpd-exec's path
+    (``dpdexec.find``), or None for the fork path."""
     plan = Plan(spec, journal, program_nofile)
+    if by_helper(spec, helper):
+        return _launch_by_helper(plan, helper)
+    return _launch_by_fork(plan)
+
+
+def by_helper(spec, helper):
+    """Whether dpd-exec starts ``spec`` (else the fork path does): whenever
+    it is there, as it does every step a spec asks for."""
+    return helper is not None
+
+
+def _launch_by_helper(plan, helper):
+    """Open the log as the user, then posix_spawn dpd-exec (module
+    docstring)."""
+    spec = plan.spec
+    try:
+        log_fd = _open_log(spec.logs, plan.user, plan.groups)
+    except OSError as err:
+        raise SpawnError("logs: %s" % _reason(err))
+    try:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = dpdexec.start(helper, plan, log_fd, write_end)
+        except (OSError, ValueError) as err:
+            os.close(read_end)
+            raise SpawnError("%s %s: %s" % (dpdexec.NAME, helper,
+                                            _reason(err)))
+        finally:
+            os.close(write_end)
+    finally:
+        os.close(log_fd)
+    return Launch(spec, None, read_end, pid)
+
+
+def _launch_by_fork(plan):
+    """Fork the intermediate child (module docstring, steps 1-3)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         middle = os.fork()
@@ -163,7 +220,7 @@ def launch(spec, journal=None, program_nofile=None):
     if middle == 0:
         _intermediate(plan, read_end, write_end)
     os.close(write_end)
-    return Launch(spec, middle, read_end)
+    return Launch(plan.spec, middle, read_end)
 
 
 def _intermediate(plan, read_end, write_end):
@@ -211,12 +268,15 @@ def _final_child(plan, report_fd):
         step = "exec %s" % spec.run
         os.execve(spec.run, plan.argv, plan.env)
     except BaseException as err:  # report, whatever it is
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
         try:
-            os.write(report_fd, ("E%s: %s" % (step, reason)).encode(
+            os.write(report_fd, ("E%s: %s" % (step, _reason(err))).encode(
                 "utf-8", "replace"))
         finally:
             os._exit(127)
+
+
+def _reason(err):
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def _reset_signals():
@@ -238,14 +298,20 @@ def _journal_line(journal):
 
 
 # Non-blocking: a FIFO nobody reads fails at once (ENXIO, a start error)
-# instead of holding this child, and with it the worker's inherited
-# descriptors, its pid file lock among them, until killed.
+# instead of holding the opener until killed: the fork path's child, and
+# with it the worker's inherited descriptors, its pid file lock among them,
+# or on the dpd-exec path the worker itself.
 LOG_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
              | os.O_NOFOLLOW)
 
 
 def _open_files(logs, user, groups):
-    null_fd = os.open("/dev/null", os.O_RDONLY)
+    return os.open("/dev/null", os.O_RDONLY), _open_log(logs, user, groups)
+
+
+def _open_log(logs, user, groups):
+    """``logs`` opened for the program's output (step c), blocking again;
+    OSError with the reason it cannot be."""
     try:
         if groups is None or user.pw_uid == 0:  # the worker's own rights
             log_fd = os.open(logs, LOG_FLAGS, 0o644)
@@ -254,7 +320,7 @@ def _open_files(logs, user, groups):
     except OSError as err:
         raise _log_error(logs, err)
     os.set_blocking(log_fd, True)
-    return null_fd, log_fd
+    return log_fd
 
 
 def _open_as(logs, user, groups):
@@ -262,13 +328,16 @@ def _open_as(logs, user, groups):
     effective only, and back to root), or as root where the user may not
     but nobody but root controls the folder."""
     uid, gid, root_groups = os.geteuid(), os.getegid(), os.getgroups()
-    os.setgroups(groups)
-    os.setegid(user.pw_gid)
-    os.seteuid(user.pw_uid)
     try:
-        return os.open(logs, LOG_FLAGS, 0o644)
-    except PermissionError:
-        pass
+        # The worker itself does this on the dpd-exec path: whatever fails,
+        # it is root again with its own groups after.
+        os.setgroups(groups)
+        os.setegid(user.pw_gid)
+        os.seteuid(user.pw_uid)
+        try:
+            return os.open(logs, LOG_FLAGS, 0o644)
+        except PermissionError:
+            pass
     finally:
         os.seteuid(uid)
         os.setegid(gid)

@@ -127,6 +127,8 @@ def status_main(config_path, owners=()):
     if document is None:
         print("no status file at %s" % path)
         return 1
+    if isinstance(document.get("spawner"), str):
+        print("starting processes with %s" % document["spawner"])
     text, all_ok = render(document["procs"], time.time())
     print(text)
     return 0 if worker_pid is not None and all_ok and not problems else 1

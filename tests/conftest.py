@@ -1,6 +1,7 @@
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -10,7 +11,39 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import kill_marked  # noqa: E402
+from helpers import ROOT, kill_marked  # noqa: E402
+
+# The workers the tests start use the tree's dpd-exec, built once a session
+# (make dpd-exec) into a folder of its own, unless DIPROCD_EXEC is given:
+# DIPROCD_EXEC=none runs them all on the fork path (diprocd/spawn.py).
+_built_helper = None
+
+
+def pytest_configure(config):
+    global _built_helper
+    if "DIPROCD_EXEC" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="dpd-exec-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "dpd-exec")
+    result = subprocess.run(["make", "-s", "-C", ROOT, "dpd-exec",
+                             "DPD_EXEC=" + path], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise pytest.UsageError("cannot build dpd-exec for the tests:\n"
+                                + result.stdout + result.stderr)
+    _built_helper = folder
+    os.environ["DIPROCD_EXEC"] = path
+
+
+def pytest_unconfigure(config):
+    if _built_helper is not None:
+        shutil.rmtree(_built_helper, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    return "workers start processes with DIPROCD_EXEC=%s" % os.environ.get(
+        "DIPROCD_EXEC")
 
 
 @pytest.fixture
