@@ -5,7 +5,8 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv venv-run bench clean demo deb soak chaos docs dpd-exec
+.PHONY: test test-fork-path venv venv-run bench clean demo deb soak chaos docs \
+    dpd-exec
 
 # dpd-exec, the C program the worker starts processes with (lib/dpd-exec.c,
 # diprocd/dpdexec.py), built into the venv, where the worker looks for it
@@ -47,6 +48,16 @@ test: venv
 	tests/setup-system.sh
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
+# The tests of starting processes again on spawn.py's fork path, the one a
+# worker takes without dpd-exec (make test runs them through dpd-exec;
+# tests/test_dpdexec.py runs its starts on both paths anyway).
+FORK_PATH_TESTS = tests/test_process.py tests/test_worker.py \
+    tests/test_pidfile.py tests/test_faults.py tests/test_file_safety.py \
+    tests/test_pid_file_move.py tests/test_scale.py tests/test_dpdexec.py
+test-fork-path: venv
+	tests/setup-system.sh
+	DIPROCD_EXEC=none $(VPY) -m pytest $(PYTEST_ARGS) $(FORK_PATH_TESTS)
+
 # The generated files: the JSON Schemas in schema/ and the process-field
 # tables of README.md and man/dpd-workerd.8, from diprocd/spec.py and
 # diprocd/config.py (tests/test_schema.py fails when they differ).
@@ -68,9 +79,9 @@ chaos: venv
 demo: venv-run
 	$(VPY) demo/run.py
 
-# The Debian package, built in a clean copy of the tree (needs debhelper and
-# dh-python; tests/setup-system.sh installs them); the .deb
-# lands in build/deb/.
+# The Debian package, built in a clean copy of the tree (needs debhelper,
+# dh-python and gcc; tests/setup-system.sh installs them); the .deb (of
+# this machine's architecture: dpd-exec is compiled) lands in build/deb/.
 deb:
 	rm -rf build/deb && mkdir -p build/deb/diprocd
 	git ls-files -z --cached --others --exclude-standard | \

@@ -140,8 +140,9 @@ class Launch:
 
 
 class Plan:
-    """What the final child needs, worked out by the worker before the fork
-    (the child loads nothing: no NSS, no JSON)."""
+    """What the process needs, worked out by the worker before the fork or
+    the posix_spawn (neither the fork path's child nor dpd-exec loads
+    anything: no NSS, no JSON)."""
 
     def __init__(self, spec, journal, program_nofile):
         try:
