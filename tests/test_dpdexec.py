@@ -73,12 +73,17 @@ def test_the_process_has_its_session_fds_signals_env_and_limits(
     journal_fd = os.open(str(journal_path), os.O_WRONLY | os.O_CREAT
                          | os.O_APPEND, 0o600)
     nofile = (512, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    # A descriptor the worker let be inherited (a library's, say).
+    opened = os.open("/dev/null", os.O_RDONLY)
+    leaked = os.dup2(opened, 40)  # inheritable
+    os.close(opened)
     try:
         pid = started(spec(tmp_path, "/bin/sleep", ["100"], cwd="/tmp",
                            umask=0o027, env=(("ODD", "a b\nc=d"),)), helper,
                       JournalSlot(journal_fd, b'{"name": "p"}'), nofile)
     finally:
         os.close(journal_fd)
+        os.close(leaked)
     stat = kernel.proc_stat(pid)
     # A session of its own (the fork path's leader is its intermediate
     # child), a process group it leads.
