@@ -13,7 +13,9 @@ errors; ``by_helper`` chooses, per spec:
   e, f, g, i, j, k in that order and reports on the same pipe; it holds
   the journal's open file until its exec, as the fork path's child does
   (``ledger``). The process is the worker's direct child: no double fork
-  (the worker, a child subreaper, watches it by pidfd either way).
+  (the worker, a child subreaper, watches it by pidfd either way); it
+  leads its session, so a terminal it opens without O_NOCTTY becomes its
+  controlling terminal, which the fork path's process cannot get.
 - **the fork path**, below, where there is no dpd-exec (``$DIPROCD_EXEC=none``
   forces it):
 
