@@ -12,7 +12,9 @@ apply to them either: a daemon whose CONFIG became unsafe can be stopped).
 
 ``dpd-workerd --config-owner USER`` trusts USER too to own CONFIG and its
 folders (``trust``): in the Debian package, dpd-clientd runs as the system
-user ``diprocd`` and writes the worker's CONFIG.
+user ``diprocd`` and writes the worker's CONFIG. Without the option, that
+user is trusted when it owns CONFIG's folder (``paths.package_config_owner``,
+what the init script decides too).
 
 Without CONFIG a command takes its file from ``paths``: the environment
 (``DPD_WORKER_CONFIG``...), ``/etc/default/diprocd``, the package's default
@@ -254,7 +256,10 @@ def main(prog, argv=None):
                                                           or args.pid))
     if args.pid_file or args.pid:
         return answer_pid_query(prog, args)
-    owners = () if args.config_owner is None else (args.config_owner,)
+    owner = args.config_owner
+    if is_worker and owner is None:
+        owner = paths.package_config_owner(args.config)
+    owners = () if owner is None else (owner,)
     loader = functools.partial(loader, owners=owners)
     if args.check:
         return check_config(loader, args.config)

@@ -17,10 +17,19 @@ file does not exist and the old one does, the old one is used
 (``tests/test_paths.py`` checks that both agree). Who may write
 ``/etc/default/diprocd`` does not need checking here: it only names a file,
 and the daemons check who could have written that one (``trust``).
+
+The worker trusts the package's system user ``diprocd`` (``CLIENT_USER``,
+as which dpd-clientd runs) to own its CONFIG when that user owns CONFIG's
+folder (``package_config_owner``), as ``lib/init.sh`` decides for the init
+script's ``--config-owner``: so that ``dpd-workerd --status`` works bare
+on a packaged node, whose worker file is in ``/var/lib/diprocd/worker/``,
+that user's. It grants that user nothing: owning the folder, it can
+replace the file anyway.
 """
 
 import collections
 import os
+import pwd
 import re
 
 DEFAULTS_FILE = "/etc/default/diprocd"
@@ -40,6 +49,9 @@ DEFAULTS = {
     "dpd-masterd": Place("MASTER_CONFIG", "DPD_MASTER_CONFIG",
                          "/var/lib/diprocd/diprocd-master.json"),
 }
+
+# The system user dpd-clientd runs as in the package (debian/postinst).
+CLIENT_USER = "diprocd"
 
 # The bound on what is read of DEFAULTS_FILE (it is a few lines).
 MAX_DEFAULTS_BYTES = 1 << 16
@@ -90,3 +102,14 @@ def config_path(command, environ=None, defaults_file=DEFAULTS_FILE):
             and not os.path.exists(path) and os.path.exists(OLD_WORKER_CONFIG)):
         return OLD_WORKER_CONFIG, origin + ", from before the user diprocd"
     return path, origin
+
+
+def package_config_owner(config_path):
+    """The uid of ``CLIENT_USER`` when it exists and owns the folder of
+    ``config_path`` (the worker's CONFIG), else None."""
+    try:
+        uid = pwd.getpwnam(CLIENT_USER).pw_uid
+        folder = os.stat(os.path.dirname(os.path.abspath(config_path)))
+    except (KeyError, OSError):
+        return None
+    return uid if folder.st_uid == uid else None

@@ -16,7 +16,8 @@
 - Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
   ``master_doc`` build the daemons' JSON with keyword overrides,
   ``valid_config`` a CONFIG any of the three commands starts with;
-  ``write_json`` writes one as an editor would (atomic rename).
+  ``write_json`` writes one as an editor would (atomic rename);
+  ``clean_copy`` copies the files git knows of the tree (the .deb's source).
 - Daemons: ``Node`` is one node's folder, its dpd-workerd and (in the
   distributed tests) its dpd-clientd; ``Master`` is one dpd-masterd.
 """
@@ -27,6 +28,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,6 +250,24 @@ def stop_daemon(daemon, signum=signal.SIGTERM, timeout=10):
 
 
 # -- files ------------------------------------------------------------------------
+
+def clean_copy(dest):
+    """Copy the files git knows (tracked, or new and not ignored) to dest."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listing):
+        source = os.path.join(ROOT, name)
+        if not os.path.lexists(source):
+            continue  # deleted in the work tree
+        target = os.path.join(dest, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copy2(source, target)
+    return str(dest)
+
 
 def write_json(path, obj, mode=None):
     """Atomic rename, as a careful editor would do; with ``mode``, the new

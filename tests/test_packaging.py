@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from conftest import requires_root
+from conftest import deb_architecture, requires_root
 from diprocd import spawn
 from diprocd.spec import ProcessSpec
-from helpers import ROOT, run_command
+from helpers import ROOT, clean_copy, run_command
 
 DAEMON_OF_EXAMPLE = {
     "diprocd-worker.example.json": "dpd-workerd",
@@ -198,55 +198,7 @@ def test_systemd_units_run_the_daemons_as_the_init_scripts_do(command):
         assert ("Service", "User") not in settings
 
 
-# --- the .deb -----------------------------------------------------------
-
-def clean_copy(dest):
-    """Copy the files git knows (tracked, or new and not ignored) to dest."""
-    listing = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listing):
-        source = os.path.join(ROOT, name)
-        if not os.path.lexists(source):
-            continue  # deleted in the work tree
-        target = os.path.join(dest, name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.islink(source):
-            os.symlink(os.readlink(source), target)
-        else:
-            shutil.copy2(source, target)
-    return str(dest)
-
-
-@pytest.fixture(scope="module")
-def built_deb(tmp_path_factory):
-    """Build the .deb once: dpkg-buildpackage -us -uc -b in a clean copy."""
-    for tool in ("dpkg-buildpackage", "dh", "pybuild", "fakeroot"):
-        if not shutil.which(tool):
-            pytest.skip("%s missing (tests/setup-system.sh installs debhelper, "
-                        "dh-python, lintian with apt as root)" % tool)
-    top = tmp_path_factory.mktemp("deb")
-    source = clean_copy(top / "diprocd")
-    deps = subprocess.run(["dpkg-checkbuilddeps"], cwd=source,
-                          capture_output=True, text=True)
-    if deps.returncode:
-        pytest.skip("build dependencies missing: %s" % deps.stderr.strip())
-    # Rules-Requires-Root: no, so the build runs as a user would run it.
-    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"],
-                            cwd=source, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (deb,) = glob.glob(str(top / ("diprocd_*_%s.deb" % ARCH)))
-    extracted = top / "root"
-    subprocess.run(["dpkg-deb", "-x", deb, str(extracted)], check=True)
-    control = top / "control"
-    subprocess.run(["dpkg-deb", "-e", deb, str(control)], check=True)
-    return {"deb": deb, "root": str(extracted), "control": str(control),
-            "changes": glob.glob(str(top / "diprocd_*.changes"))[0]}
-
-
-ARCH = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
-                      text=True).stdout.strip() if shutil.which("dpkg") else ""
+# --- the .deb (conftest.built_deb) --------------------------------------
 
 
 def deb_field(deb, field):
@@ -365,7 +317,7 @@ def test_deb_depends_and_no_start_on_install(built_deb):
                     "adduser"):
         assert package in depends
     # dpd-exec is compiled: the package is of this machine's architecture.
-    assert deb_field(built_deb["deb"], "Architecture") == ARCH
+    assert deb_field(built_deb["deb"], "Architecture") == deb_architecture()
     assert "libc6" in depends
     # Neither enabled nor started on install, nor stopped or restarted on
     # upgrade: the administrator runs `insserv dpd-workerd` (which a

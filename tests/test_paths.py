@@ -33,6 +33,12 @@ def test_the_defaults_are_lib_init_sh_s():
         paths.OLD_WORKER_CONFIG, paths.OLD_WORKER_CONFIG) in body
     assert "[ -r %s ] && . %s\n" % (paths.DEFAULTS_FILE,
                                    paths.DEFAULTS_FILE) in body
+    # The user trusted to own the worker's file when it owns its folder
+    # (the init script's --config-owner, the worker's own choice without
+    # it: tests/test_deb_install.py runs both on a packaged root).
+    assert "\nclient_user=%s\n" % paths.CLIENT_USER in body
+    assert '[ "$(stat -c %U -- "${WORKER_CONFIG%/*}" 2>/dev/null)" != ' \
+        '"$client_user" ]' in body
 
 
 def test_settings_are_read_as_plain_assignments(tmp_path):
