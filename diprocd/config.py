@@ -138,6 +138,18 @@ def seconds(low, high):
     return check
 
 
+def count(low, high):
+    @accepts({"title": "count", "type": "integer", "minimum": low,
+              "maximum": high})
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not low <= value <= high:
+            raise Invalid("must be a whole number (%d to %d), got %s"
+                          % (low, high, json.dumps(value)))
+        return value
+    return check
+
+
 @accepts({"title": "ZeroMQ endpoint", "type": "string",
           "pattern": ENDPOINT_PATTERN})
 def endpoint(value):
@@ -376,6 +388,7 @@ FIELD_TYPES = {
     "boolean": boolean,
     "signal": stop_signal,
     "timeout": seconds(0, 86400),
+    "count": count(1, 10 ** 9),
     "umask": umask,
 }
 

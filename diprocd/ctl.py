@@ -362,7 +362,7 @@ def cmd_restart(link, args, node, names):
         if time.monotonic() > deadline:
             for name in sorted(waiting):
                 entry = procs.get(name, {})
-                why = status.note(entry)
+                why = status.note(entry, time.time())
                 print("dpdctl: %s: not running %.0f s after the restart "
                       "(%s%s)" % (name, args.timeout, entry.get("state", "?"),
                                   ": " + why if why else ""), file=sys.stderr)

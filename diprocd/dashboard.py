@@ -72,7 +72,10 @@ function draw(doc) {
       r.dataset.state = entry.state;
       cell(r, ""); cell(r, ""); cell(r, "");
       cell(r, proc);
-      cell(r, entry.state + (entry.held ? " (stopped by operator)" : ""));
+      cell(r, entry.state + (entry.held ? " (stopped by operator)" :
+        entry.state === "backoff" && typeof entry.next_start === "number" ?
+        " (next start " + new Date(entry.next_start * 1000)
+          .toLocaleTimeString() + ")" : ""));
       cell(r, entry.pid);
       cell(r, entry.starts);
       cell(r, entry.last_exit);

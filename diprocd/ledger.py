@@ -12,7 +12,8 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
        "held":    {NAME: fingerprint}}  # stopped by the operator
 
   A *view* is what a person or the master needs (state, pid, uptime,
-  starts, last exit, error, adopted, ok). A *record* is what a later worker
+  starts, last exit, error, adopted, ok, held, and the wall-clock time of
+  the next start of a process in ``backoff``). A *record* is what a later worker
   needs to take a process over without starting a duplicate: pid and
   kernel start time (or, for a daemon still starting, its launcher's),
   the definition's fingerprint, and how to stop it. Only views travel to
@@ -156,6 +157,7 @@ def view_of(proc):
         "adopted": proc.adopted,
         "ok": proc.as_desired,
         "held": proc.held,
+        "next_start": proc.next_start,
     }
 
 

@@ -22,6 +22,8 @@ the per-process ones):
 - ``process_starts_total``: starts since its worker took it on;
 - ``process_start_time_seconds`` and ``process_uptime_seconds``: of a
   running process (wall clock of its node);
+- ``process_next_start_time_seconds``: when a process in ``backoff``
+  starts again (wall clock of its node);
 - ``process_last_exit_info{how}``: how it ended last ("exit status 1",
   "killed by SIGKILL");
 - ``master_publishes_total``, ``master_reports_total``,
@@ -37,7 +39,8 @@ from diprocd.process import STATES
 LIVENESS = (fleet.UP, fleet.LATE, fleet.DOWN, fleet.NEVER_SEEN, fleet.UNKNOWN)
 # What leaves the master of each process's status entry (ledger.view_of).
 PROCESS_FIELDS = ("state", "pid", "started_at", "since", "starts",
-                  "last_exit", "error", "adopted", "ok", "held")
+                  "last_exit", "error", "adopted", "ok", "held",
+                  "next_start")
 NODE_FIELDS = ("liveness", "in_sync", "reason", "quiet")
 
 
@@ -99,6 +102,9 @@ class FleetCollector:
                         ["node", "process"])
         uptime = gauge("process_uptime_seconds", "Seconds the running "
                        "process has run", ["node", "process"])
+        next_start = gauge("process_next_start_time_seconds", "When the "
+                           "process in backoff starts again (its node's "
+                           "wall clock)", ["node", "process"])
         last_exit = gauge("process_last_exit_info", "How the process ended "
                           "last", ["node", "process", "how"])
         for name, node in nodes.items():
@@ -123,10 +129,13 @@ class FleetCollector:
                 if current == "running" and begun is not None:
                     started.add_metric(labels, begun)
                     uptime.add_metric(labels, max(0.0, now - begun))
+                due = _number(entry.get("next_start"))
+                if current == "backoff" and due is not None:
+                    next_start.add_metric(labels, due)
                 if isinstance(entry.get("last_exit"), str):
                     last_exit.add_metric(labels + [entry["last_exit"]], 1)
         yield from (liveness, in_sync, age, state, desired, starts, started,
-                    uptime, last_exit)
+                    uptime, next_start, last_exit)
         counts = master.counts
         for name, value, doc in (
                 ("publishes", counts["publishes"], "Lists published"),

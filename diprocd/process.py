@@ -1,17 +1,27 @@
 """The per-process state machine of the worker.
 
 A ``Process`` owns one spec's state: its named state, pid, start history
-(the 5-starts-a-minute rule) and stop deadline. It does no I/O of its own:
+(the 5-starts-a-minute rule), its restart policy (``backoff.Backoff``: the
+delay before a restart, giving up) and its deadline (SIGKILL, a daemon's
+pid file, the end of a backoff). It does no I/O of its own:
 starting, signalling, pid files and watching pids go through ``ops`` (a
 ``ProcessOps``: ``ops.NodeOps`` in the worker, a fake in unit tests) and time
 comes from ``clock`` (a fake in unit tests). Every state change goes through
 ``_set_state``, which checks the one transition table below.
+
+A process that dies or fails to start, with ``restart``, is started again
+once its delay has passed (``backoff``: at once by default). Never more
+than 5 starts within 60 s: a start beyond that waits, in ``backoff``, until
+the rule allows it (``StartLimiter.free_at``); it is never given up for
+it. Only ``give_up_after`` gives a process up (``given-up``), until its
+definition changes, SIGHUP, ``dpdctl restart`` or a worker restart.
 """
 
 import collections
 import logging
 import signal
 
+from diprocd.backoff import Backoff
 from diprocd.errors import SpawnError
 
 log = logging.getLogger("dpd-workerd")
@@ -19,6 +29,7 @@ log = logging.getLogger("dpd-workerd")
 # --- the states, named plainly ----------------------------------------------
 STOPPED = "stopped"      # not running and not wanted (yet): new, or stopped
 WAITING = "waiting"      # wanted, waiting for its dependencies to run
+BACKOFF = "backoff"      # wanted, waiting for its restart delay (deadline)
 STARTING = "starting"    # a daemon launched; waiting for its own pid file
 RUNNING = "running"
 STOPPING = "stopping"    # stop signal sent; SIGKILL at the deadline
@@ -26,17 +37,19 @@ CANCELLING = "cancelling"  # a daemon stopped while starting: its pid file
                            # is awaited (bounded), then that pid is stopped
 EXITED = "exited"        # died with restart false: stays down
 FAILED = "failed"        # could not be started, restart false: stays down
-GIVEN_UP = "given-up"    # 5 starts within 60 s: stays down until retried
+GIVEN_UP = "given-up"    # give_up_after failures: down until retried
 
-STATES = (STOPPED, WAITING, STARTING, RUNNING, STOPPING, CANCELLING, EXITED,
-          FAILED, GIVEN_UP)
+STATES = (STOPPED, WAITING, BACKOFF, STARTING, RUNNING, STOPPING, CANCELLING,
+          EXITED, FAILED, GIVEN_UP)
 
-_DOWN = (EXITED, FAILED, GIVEN_UP)
 TRANSITIONS = {
     STOPPED: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP},
-    WAITING: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP, STOPPED},
-    STARTING: {RUNNING, CANCELLING, WAITING, EXITED, FAILED, GIVEN_UP},
-    RUNNING: {RUNNING, STARTING, STOPPING, WAITING, EXITED, FAILED, GIVEN_UP},
+    WAITING: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP, STOPPED, BACKOFF},
+    BACKOFF: {WAITING, STOPPED},
+    STARTING: {RUNNING, CANCELLING, WAITING, EXITED, FAILED, GIVEN_UP,
+               BACKOFF},
+    RUNNING: {RUNNING, STARTING, STOPPING, WAITING, EXITED, FAILED, GIVEN_UP,
+              BACKOFF},
     STOPPING: {STOPPED},
     CANCELLING: {STOPPING, STOPPED},
     EXITED: {WAITING, STOPPED},
@@ -116,12 +129,21 @@ class StartLimiter:
         self.starts = collections.deque()
 
     def _forget_old(self, now):
-        while self.starts and self.starts[0] <= now - self.window:
+        # The same sum as free_at's: a start at free_at(t) is allowed.
+        while self.starts and self.starts[0] + self.window <= now:
             self.starts.popleft()
 
     def allow(self, now):
         self._forget_old(now)
         return len(self.starts) < self.limit
+
+    def free_at(self, when):
+        """The earliest time, from ``when`` on, at which a start is
+        allowed (``when`` itself when it is); forgets nothing."""
+        recent = [t for t in self.starts if t + self.window > when]
+        if len(recent) < self.limit:
+            return when
+        return recent[len(recent) - self.limit] + self.window
 
     def record(self, now):
         self.starts.append(now)
@@ -150,7 +172,12 @@ class Process:
         self.adopted = False
         self.own_child = False     # exit status available (our descendant)
         self.limiter = StartLimiter()
-        self.deadline = None       # monotonic: SIGKILL, or daemon pid wait
+        self.backoff = Backoff()
+        self.run_since = None      # monotonic: when it last started running
+        self.next_start = None     # wall clock of the end of a backoff
+        self.last_failure = None   # what made it back off: error or exit
+        self.deadline = None       # monotonic: SIGKILL, daemon pid wait, or
+                                   # the end of a backoff
         self.next_spec = None      # definition to start once stopped
         self.removing = False      # stop for good (removed from CONFIG)
         self.held = False          # stopped by the operator (dpdctl stop)
@@ -163,6 +190,8 @@ class Process:
                                                       self.state, state))
         if state != self.state:
             log.debug("%s: %s -> %s", self.spec.name, self.state, state)
+            if self.state == BACKOFF:  # whatever ends it: the wait is over
+                self.deadline = self.next_start = None
         self.state = state
         self.since = self.clock.time()
         self.ops.changed(self)
@@ -201,9 +230,12 @@ class Process:
 
     # start() in three steps, for the worker's overlapped burst of starts.
     def begin_start(self):
-        """Apply the start limit: False (and GIVEN_UP) when 5 starts already
-        happened within 60 s; else count this start and return True."""
+        """Apply the start limit: False (and BACKOFF until the rule allows a
+        start) when 5 starts already happened within 60 s; else count this
+        start and return True."""
         now = self.clock.monotonic()
+        if self.state == BACKOFF:
+            return False  # its deadline (tick) makes it WAITING
         if self._free_start:
             # The operator asked for this start: the rule counts crashes.
             self._free_start = False
@@ -211,15 +243,10 @@ class Process:
             self.adopted = False
             return True
         if not self.limiter.allow(now):
-            # Keep the cause in sight: the last start error or exit.
-            cause = self.error or self.last_exit
-            self.error = ("started %d times within %ds%s: given up until the "
-                          "definition changes, SIGHUP or a worker restart"
-                          % (self.limiter.limit, self.limiter.window,
-                             " (last: %s)" % cause if cause else ""))
-            log.error("%s: %s", self.spec.name, self.error)
+            # A restart was timed for it (_restart_later); this is a start
+            # the operator released (dpdctl start) within the window.
             self._set_pid(None)
-            self._set_state(GIVEN_UP)
+            self._limited(now, self.limiter.free_at(now))
             return False
         self.limiter.record(now)
         self.starts += 1
@@ -233,13 +260,17 @@ class Process:
         log.error("%s: cannot start: %s", self.spec.name, err)
         self._set_pid(None)
         # With restart, a failed start counts against the limit like a
-        # death and is retried at once.
-        self._set_state(WAITING if self.spec.restart else FAILED)
+        # death, and as a quick failure.
+        if self.spec.restart:
+            self._restart_later(None)
+        else:
+            self._set_state(FAILED)
 
     def started(self, pid):
         """The program runs as ``pid`` (a daemon: its launcher does)."""
         self.error = None
         self.started_at = self.clock.time()
+        self.run_since = self.clock.monotonic()
         self.own_child = True
         if self.spec.daemon:
             self.launcher_pid = pid
@@ -259,6 +290,7 @@ class Process:
         yet: wait for it (bounded) instead of launching a second one."""
         self.adopted = True
         self.own_child = False
+        self.run_since = self.clock.monotonic()
         self.launcher_pid = launcher_pid
         self.launcher_ticks = launcher_ticks
         self.deadline = self.clock.monotonic() + DAEMON_PID_TIMEOUT
@@ -271,6 +303,8 @@ class Process:
         caller: same boot, same kernel start time)."""
         self.adopted = True
         self.own_child = False
+        # Its run before is not known here: its time counts from now.
+        self.run_since = self.clock.monotonic()
         self._set_pid(pid, ticks)
         self._set_state(RUNNING)
 
@@ -311,7 +345,8 @@ class Process:
         if self.spec.write_pid:
             self.ops.remove_pid_file(self.spec)
         if self.spec.restart:
-            self._set_state(WAITING)
+            self._restart_later(self.clock.monotonic() - self.run_since
+                                if self.run_since is not None else None)
         else:
             self._set_state(EXITED)
 
@@ -353,8 +388,12 @@ class Process:
             self._poll_daemon_pid()
 
     def tick(self, now):
-        """Handle a passed deadline: SIGKILL a stop that lasted too long, or
-        look for a starting daemon's pid file."""
+        """Handle a passed deadline: end a backoff, SIGKILL a stop that
+        lasted too long, or look for a starting daemon's pid file."""
+        if self.state == BACKOFF:
+            if self.deadline is not None and now >= self.deadline:
+                self._set_state(WAITING)  # the worker starts it this turn
+            return
         if self.state == CANCELLING:
             if self._stop_found_daemon():
                 return
@@ -428,7 +467,61 @@ class Process:
         log.error("%s: %s", self.spec.name, self.error)
         self.deadline = None
         self._set_pid(None)
-        self._set_state(WAITING if self.spec.restart else FAILED)
+        if self.spec.restart:
+            self._restart_later(None)
+        else:
+            self._set_state(FAILED)
+
+    # --- the restart policy (backoff.py: the arithmetic) -----------------
+    def _restart_later(self, ran_for):
+        """It died after ``ran_for`` s (None: its start failed) and is to
+        restart: give it up (give_up_after), or wait for its delay and for
+        the start limit (BACKOFF), or restart at once (WAITING)."""
+        policy = self.backoff
+        policy.ended(self.spec, ran_for)
+        cause = self.last_failure = self.error or self.last_exit
+        if policy.exhausted(self.spec):
+            self.error = ("failed %d times in a row%s: given up until the "
+                          "definition changes, SIGHUP, dpdctl restart or a "
+                          "worker restart" % (
+                              policy.failures,
+                              " (last: %s)" % cause if cause else ""))
+            log.error("%s: %s", self.spec.name, self.error)
+            self._set_state(GIVEN_UP)
+            return
+        now = self.clock.monotonic()
+        due = now + policy.delay(self.spec)
+        if self.limiter.free_at(due) > due:
+            self._limited(now, None)
+            return
+        if due <= now:
+            self._set_state(WAITING)
+            return
+        log.info("%s: restart in %.1fs", self.spec.name, due - now)
+        self._back_off(now, due)
+
+    def _limited(self, now, due):
+        """The start limit holds back the next start: wait (BACKOFF) until
+        it allows one and, from now on, for at least the floor delay."""
+        policy = self.backoff
+        policy.limited = True
+        if due is None:
+            due = now + policy.delay(self.spec)
+        due = max(due, self.limiter.free_at(due))
+        cause = self.last_failure
+        self.error = "started %d times within %ds%s" % (
+            self.limiter.limit, self.limiter.window,
+            " (last: %s)" % cause if cause else "")
+        log.warning("%s: %s: next start in %.1fs", self.spec.name,
+                    self.error, due - now)
+        self._back_off(now, due)
+
+    def _back_off(self, now, due):
+        """Wait in BACKOFF until ``due`` (monotonic): tick starts it."""
+        if self.state != BACKOFF:
+            self._set_state(BACKOFF)
+        self.deadline = due
+        self.next_start = self.clock.time() + (due - now)
 
     # --- stopping and changing --------------------------------------------
     def stop(self):
@@ -462,7 +555,7 @@ class Process:
         """``dpdctl stop``: stop it and keep it stopped until ``release``
         or until its definition changes."""
         self.held = True
-        if self.state == WAITING:
+        if self.state in (WAITING, BACKOFF):
             self._set_state(STOPPED)
         elif self.state not in (STOPPING, CANCELLING):
             self.stop()
@@ -482,6 +575,7 @@ class Process:
         the start does not count against the 5-starts-a-minute rule."""
         self.held = False
         self._free_start = True
+        self.backoff.reset()
         if self.alive:
             if self.state not in (STOPPING, CANCELLING):
                 self.next_spec = self.spec
@@ -504,6 +598,7 @@ class Process:
         process is not running. A new definition ends an operator's stop."""
         self.held = False
         self.limiter.reset()
+        self.backoff.reset()
         if self.alive:
             self.next_spec = spec
             self.stop()
@@ -512,8 +607,10 @@ class Process:
             self._wait_again()
 
     def retry(self):
-        """SIGHUP: a given-up or failed process gets a fresh start limit."""
+        """SIGHUP: a given-up, failed or backing-off process gets a fresh
+        start limit and restart delay, and a start now."""
         self.limiter.reset()
-        if self.state in (GIVEN_UP, FAILED):
+        self.backoff.reset()
+        if self.state in (GIVEN_UP, FAILED, BACKOFF):
             self.error = None
             self._set_state(WAITING)

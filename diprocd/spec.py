@@ -34,6 +34,11 @@ class Field:
     default_doc: str = None
     required: bool = False
     null_is_default: bool = False  # null stands for the default
+    # Added after the seed: at its default it is left out of the
+    # fingerprint, so that a definition that does not use it keeps the
+    # fingerprint an older worker recorded, and a worker upgraded to this
+    # field adopts what the last one started instead of restarting it.
+    added_later: bool = False
 
 
 # The fields, in the order the seed's README documents them.
@@ -64,8 +69,23 @@ FIELDS = (
     Field("daemon", "boolean", "the program forks to the background; "
           "requires `write_pid: false` and a `pid_file`, which the worker "
           "waits for (10 s at most) and whose pid it supervises", False),
-    Field("restart", "boolean", "start it again when it dies, at most 5 "
-          "starts within any 60 s", True),
+    Field("restart", "boolean", "start it again when it dies, after "
+          "`restart_delay`; never more than 5 starts within any 60 s: a "
+          "start beyond that waits (`backoff`)", True),
+    Field("restart_delay", "timeout", "seconds before a restart, doubled "
+          "for each quick failure in a row (a failed start, or an exit "
+          "before `restart_delay_reset`) up to `restart_delay_max`, each "
+          "made up to 10 % longer or shorter at random; `0`: at once, "
+          "until the start limit holds it back", 0.0, added_later=True),
+    Field("restart_delay_max", "timeout", "the longest delay before a "
+          "restart; also caps `restart_delay`", 300.0, added_later=True),
+    Field("restart_delay_reset", "timeout", "seconds of running after "
+          "which an exit is no quick failure: the delay starts over", 60.0,
+          added_later=True),
+    Field("give_up_after", "count", "quick failures in a row after which "
+          "it is `given-up` (until a new definition, `SIGHUP`, `dpdctl "
+          "restart` or a worker restart)", None, "never",
+          null_is_default=True, added_later=True),
     Field("stop_signal", "signal", "signal sent to the process group to "
           "stop it (`\"TERM\"`, `\"SIGINT\"`, `1`...)", int(signal.SIGTERM)),
     Field("stop_timeout", "timeout", "seconds before `SIGKILL`", 10.0),
@@ -79,6 +99,7 @@ FIELDS = (
 # when the file is loaded, on the worker's machine).
 DEFAULTS = {field.name: field.default for field in FIELDS}
 REQUIRED = tuple(field.name for field in FIELDS if field.required)
+ADDED_LATER = tuple(field for field in FIELDS if field.added_later)
 
 
 def _fields_of_the_table(cls):
@@ -117,7 +138,7 @@ class ProcessSpec:
 
     def fingerprint(self):
         """A short stable digest of the definition, to notice changes across
-        worker restarts."""
+        worker restarts (and upgrades: see ``Field.added_later``)."""
         return self._fingerprint
 
     @functools.cached_property
@@ -126,5 +147,9 @@ class ProcessSpec:
         # frozen dataclass allows; it is not a field, so equality ignores it.
         # Two checksums, 64 bits: enough to notice a change, and zlib keeps
         # OpenSSL (hashlib) out of the worker, whose size every fork copies.
-        data = json.dumps(self.to_json(), sort_keys=True).encode("utf-8")
+        fields = self.to_json()
+        for field in ADDED_LATER:
+            if getattr(self, field.name) == field.default:
+                del fields[field.name]
+        data = json.dumps(fields, sort_keys=True).encode("utf-8")
         return "%08x%08x" % (zlib.crc32(data), zlib.adler32(data))

@@ -42,13 +42,21 @@ def _age(seconds):
     return "%dd" % (seconds // 86400)
 
 
-def note(entry):
-    """The last column: the operator's stop, the error or the last exit."""
+def note(entry, now):
+    """The last column: the operator's stop, the next start of a process
+    in backoff, the error or the last exit."""
     if entry.get("held"):
         return "stopped by operator"
     text = entry.get("error") or entry.get("last_exit") or ""
     if entry.get("adopted"):
         text = ("adopted; " + text) if text else "adopted"
+    due = entry.get("next_start")
+    if entry.get("state") == "backoff" and isinstance(due, (int, float)) \
+            and not isinstance(due, bool):
+        text = "next start in %s (%s)%s" % (
+            _age(max(0, due - now + 0.999)),
+            time.strftime("%H:%M:%S", time.localtime(due)),
+            "; " + text if text else "")
     return text
 
 
@@ -68,7 +76,7 @@ def process_rows(procs, now, prefix=(), local=True):
             and entry.get("pid") and state == "running" else "-"
         rows.append((ok,) + tuple(prefix) + (
             name, ("" if ok else "*") + state, str(entry.get("pid") or "-"),
-            uptime, str(entry.get("starts", 0)), note(entry)))
+            uptime, str(entry.get("starts", 0)), note(entry, now)))
     return rows
 
 

@@ -1,8 +1,11 @@
 """dpd-workerd's own decisions: what to start, stop and restart.
 
 The worker runs on the shared ``loop.Loop``: signals (TERM/INT: exit, HUP:
-re-read CONFIG and retry failed processes, CHLD: reap), the CONFIG watch,
-and a pidfd per supervised process (``pidwatch``). Around that it decides:
+re-read CONFIG and retry failed, given-up and backing-off processes, CHLD:
+reap), the CONFIG watch, and a pidfd per supervised process (``pidwatch``);
+each turn of the loop waits at most until the nearest process deadline (a
+stop's SIGKILL, a daemon's pid file, the end of a ``backoff``). Around that
+it decides:
 
 - ``reload``/``apply``: the diff of CONFIG by name (stop the removed, start
   the added, restart the changed, leave the unchanged alone);
@@ -190,7 +193,8 @@ class Worker:
     # --- configuration ------------------------------------------------------
     def reload(self, force):
         """Re-read CONFIG; an invalid file changes nothing. ``force`` (SIGHUP)
-        also gives failed and given-up processes a new chance."""
+        also gives failed, given-up and backing-off processes a new chance
+        (``Process.retry``)."""
         present = os.path.exists(self.config.path)
         if present != self._config_present:
             self._config_present = present

@@ -40,7 +40,8 @@ def test_the_fields_live_once():
         f.name: f.default for f in spec.FIELDS if not f.required}
     assert list(config.PROC_FIELDS) == names[1:]  # the name: _process_label
     assert set(config.FIELD_TYPES) == {field.type for field in spec.FIELDS}
-    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs")
+    assert config.NULL_IS_DEFAULT == ("user", "chroot", "pid_file", "logs",
+                                      "give_up_after")
     assert spec.REQUIRED == ("name", "run")
 
 
@@ -67,6 +68,49 @@ def test_every_problem_is_named():
                   "stop_timeout", "logs"):
         assert 'process "t": field "%s"' % field in text
     assert "w.json: process #7: must be an object, got a string" in text
+
+
+def test_the_restart_policy_fields():
+    specs, problems, _ = problems_of([
+        {"name": "a", "run": "/bin/true"},
+        {"name": "b", "run": "/bin/true", "restart_delay": 2,
+         "restart_delay_max": 30.5, "restart_delay_reset": 0,
+         "give_up_after": 3},
+        {"name": "c", "run": "/bin/true", "give_up_after": None}])
+    assert problems == []
+    a, b, c = specs
+    assert (a.restart_delay, a.restart_delay_max, a.restart_delay_reset,
+            a.give_up_after) == (0, 300, 60, None)
+    assert (b.restart_delay, b.restart_delay_max, b.restart_delay_reset,
+            b.give_up_after) == (2.0, 30.5, 0.0, 3)
+    assert c.give_up_after is None
+    bad = {"restart_delay": -1, "restart_delay_max": "300",
+           "restart_delay_reset": 90000, "give_up_after": 0}
+    for field, value in list(bad.items()) + [("give_up_after", 1.5),
+                                            ("give_up_after", True),
+                                            ("give_up_after", "3")]:
+        _, problems, _ = problems_of([{"name": "t", "run": "/bin/true",
+                                       field: value}])
+        assert len(problems) == 1, (field, value, problems)
+        assert problems[0].startswith('w.json: process "t": field "%s": '
+                                      'must be ' % field), problems
+
+
+def test_a_definition_without_the_new_fields_keeps_its_fingerprint():
+    """What a worker before the restart policy recorded (these digests come
+    from it): an upgraded worker adopts its processes, it does not restart
+    them for a changed definition. Setting a new field changes it."""
+    web = spec.ProcessSpec(name="web", run="/usr/bin/web", args=("-p", "80"),
+                           env=(("A", "1"),), user="nobody",
+                           pid_file="/run/web.pid")
+    assert web.fingerprint() == "24c61605746b5adb"
+    assert spec.ProcessSpec(name="-", run="/-").fingerprint() == \
+        "99ffe132535f4ea2"
+    explicit = dataclasses.replace(web, restart_delay=0, give_up_after=None)
+    assert explicit.fingerprint() == web.fingerprint()
+    for field in spec.ADDED_LATER:
+        changed = dataclasses.replace(web, **{field.name: 7})
+        assert changed.fingerprint() != web.fingerprint(), field.name
 
 
 def test_unknown_field_is_a_warning():

@@ -13,7 +13,7 @@ import simplejson as json
 from conftest import requires_root
 from diprocd import control
 from diprocd.kernel import is_alive
-from helpers import ROOT, Node, run_command, wait_for
+from helpers import ROOT, Node, process_doc, run_command, wait_for
 
 
 def dpdctl(node, *args):
@@ -49,12 +49,13 @@ def test_what_is_not_as_desired_comes_first_with_its_error(tmp_path, marker):
     node = started_node(tmp_path, marker, ("ok", "/bin/sleep", "8103"),
                         ("bad", "/no/such/binary"))
     node.wait_running("ok")
-    node.wait_state("bad", "given-up", timeout=15)
+    node.wait_state("bad", "backoff", timeout=15)
     result = dpdctl(node, "status")
     assert result.returncode == 1
     rows = result.stdout.splitlines()[1:]
-    assert rows[0].split()[:2] == ["bad", "*given-up"]
-    # The cause itself, not only "given up".
+    assert rows[0].split()[:2] == ["bad", "*backoff"]
+    # When it starts again, and the cause itself.
+    assert "next start in " in rows[0]
     assert "started 5 times" in rows[0]
     assert "exec /no/such/binary: No such file or directory" in rows[0]
     assert rows[1].split()[:2] == ["ok", "running"]
@@ -97,6 +98,28 @@ def test_stop_survives_a_worker_restart_start_clears_it(tmp_path, marker):
     assert node.state("a")["held"] is False
     assert dpdctl(node, "status").returncode == 0
     assert node.instances("8106") == [new]
+    node.stop()
+
+
+def test_stop_and_restart_of_a_process_in_backoff(tmp_path, marker):
+    """A process waiting 100 s for its restart: dpdctl stop holds it (no
+    start at its time), dpdctl restart starts it now."""
+    seen = str(tmp_path / "seen")
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    node = started_node(tmp_path, marker, process_doc(
+        marker, "late", "/bin/sh", "-c",
+        'if [ -e "$1" ]; then exec sleep 8107; fi; touch "$1"; exit 1', "sh",
+        seen, user=user, restart_delay=100))
+    entry = node.wait_state("late", "backoff", starts=1)
+    assert 90 < entry["next_start"] - entry["since"] <= 110, entry
+    assert dpdctl(node, "stop", "late").returncode == 0
+    entry = node.wait_state("late", "stopped", held=True)
+    assert entry["next_start"] is None and entry["starts"] == 1
+    result = dpdctl(node, "restart", "late")
+    assert result.returncode == 0, result
+    assert "late: restarted, pid" in result.stdout
+    entry = node.wait_state("late", "running", starts=2)
+    assert node.instances("8107") == [entry["pid"]]
     node.stop()
 
 

@@ -33,7 +33,9 @@ def cluster(tmp_path, marker):
                                                 env={"TOKEN": SECRET})],
                            "node2": [node2.proc("b", "/bin/sleep", "8302"),
                                      node2.proc("once", "/bin/true",
-                                                restart=False)],
+                                                restart=False),
+                                     node2.proc("flop", "/bin/false",
+                                                restart_delay=200)],
                            "node3": []})
     with running_cluster(master, (node1, node2),
                          status_interval=INTERVAL):
@@ -95,7 +97,9 @@ def test_metrics_show_nodes_and_processes(cluster):
     samples = wait_scrape(master, lambda s: running(s, "node1", "a") and
                           running(s, "node2", "b") and value(
                               s, "diprocd_process_state", node="node2",
-                              process="once", state="exited") == 1,
+                              process="once", state="exited") == 1
+                          and value(s, "diprocd_process_state", node="node2",
+                                    process="flop", state="backoff") == 1,
                           "every process as expected")
     assert liveness(samples, "node1") == liveness(samples, "node2") == "up"
     assert liveness(samples, "node3") == "never seen"
@@ -111,6 +115,12 @@ def test_metrics_show_nodes_and_processes(cluster):
                  process="a", state="stopped") == 0
     assert value(samples, "diprocd_process_uptime_seconds", node="node1",
                  process="a") >= 0
+    # Its first failure: 200 s ± 10 % from then (its node's clock).
+    due = value(samples, "diprocd_process_next_start_time_seconds",
+                node="node2", process="flop")
+    assert time.time() + 150 < due < time.time() + 221, due
+    assert value(samples, "diprocd_process_next_start_time_seconds",
+                 node="node1", process="a") is None
     assert value(samples, "diprocd_master_publishes_total") >= 3
     assert value(samples, "diprocd_master_reports_total") >= 2
     assert value(samples, "diprocd_master_dropped_reports_total") == 0
@@ -119,6 +129,7 @@ def test_metrics_show_nodes_and_processes(cluster):
     assert content_type == "application/json"
     doc = json.loads(body)
     assert doc["nodes"]["node1"]["procs"]["a"]["state"] == "running"
+    assert doc["nodes"]["node2"]["procs"]["flop"]["next_start"] == due
     assert doc["nodes"]["node3"]["liveness"] == "never seen"
     assert not doc["nodes"]["node3"]["as_desired"]
     _, content_type, page = get(master, "/")

@@ -1,5 +1,5 @@
 """The state machine and the 5-starts-a-minute rule, with a fake clock and
-fake ops: no fork, no sleep."""
+fake ops: no fork, no sleep. (The restart policy's delays: test_backoff.py.)"""
 
 import signal
 
@@ -40,36 +40,50 @@ def test_start_and_restart_after_death():
     assert proc.state == P.RUNNING and proc.pid == 102 and proc.starts == 2
 
 
-def test_five_starts_a_minute_then_given_up():
+def test_five_starts_a_minute_then_backoff_until_the_rule_allows_one():
     proc, ops, clock = make()
     proc.want()
+    first = clock.now
     for _ in range(5):
         proc.start()
         assert proc.state == P.RUNNING
         clock.now += 1
         proc.on_exit("exit status 1")
+    # The fifth death: the sixth start would break the rule; it waits.
+    assert proc.state == P.BACKOFF and proc.pid is None
+    assert proc.error == "started 5 times within 60s (last: exit status 1)"
+    assert len(ops.spawned) == 5 and not proc.as_desired
+    assert proc.deadline == proc.next_deadline() == first + 60
+    assert proc.next_start == clock.time() + (first + 60 - clock.now)
+    proc.start()  # not before its time
+    assert proc.state == P.BACKOFF and len(ops.spawned) == 5
+    clock.now = first + 59.9
+    proc.tick(clock.now)
+    assert proc.state == P.BACKOFF
+    clock.now = first + 60
+    proc.tick(clock.now)
+    assert proc.state == P.WAITING and proc.deadline is None
+    assert proc.next_start is None
     proc.start()
-    assert proc.state == P.GIVEN_UP and proc.pid is None
-    assert "given up" in proc.error and len(ops.spawned) == 5
-    assert not proc.as_desired
-    # Time alone does not bring it back: it waits for a change or SIGHUP.
-    clock.now += 3600
-    assert proc.state == P.GIVEN_UP
-    proc.retry()
-    assert proc.state == P.WAITING
-    proc.start()
-    assert proc.state == P.RUNNING
+    assert proc.state == P.RUNNING and len(ops.spawned) == 6
 
 
 def test_limit_is_a_sliding_window():
     limiter = P.StartLimiter(limit=5, window=60)
     for t in (0, 10, 20, 30, 40):
+        assert limiter.free_at(t) == t
         assert limiter.allow(t)
         limiter.record(t)
+    assert limiter.free_at(41) == 60 and limiter.free_at(65) == 65
     assert not limiter.allow(59.9)
     assert limiter.allow(60.0)  # the start at 0 left the window
     limiter.record(60.0)
     assert not limiter.allow(69.9)
+    assert limiter.free_at(69.9) == 70 and limiter.free_at(200) == 200
+    # A start at the time free_at gives is allowed, whatever the floats.
+    limiter = P.StartLimiter(limit=1, window=60)
+    limiter.record(1000.1)
+    assert limiter.allow(limiter.free_at(1000.2))
 
 
 def test_restart_false_stays_down():
@@ -100,11 +114,13 @@ def test_spawn_errors_count_against_the_limit():
     proc, ops, clock = make()
     ops.fail_with = "chroot /x: No such file or directory"
     proc.want()
-    for _ in range(5):
+    for _ in range(4):
         proc.start()
         assert proc.state == P.WAITING
     proc.start()
-    assert proc.state == P.GIVEN_UP
+    assert proc.state == P.BACKOFF and len(ops.spawned) == 0
+    assert proc.error == ("started 5 times within 60s (last: chroot /x: No "
+                          "such file or directory)")
 
 
 def test_stop_escalates_to_kill_at_the_deadline():
@@ -137,12 +153,11 @@ def test_replace_restarts_with_new_definition():
 
 
 def test_replace_gives_a_given_up_process_a_new_chance():
-    proc, ops, clock = make()
+    proc, ops, clock = make(give_up_after=5)
     proc.want()
     for _ in range(5):
         proc.start()
         proc.on_exit("exit status 1")
-    proc.start()
     assert proc.state == P.GIVEN_UP
     proc.replace(ProcessSpec(name="p", run="/bin/sleep", pid_file="/run/p.pid"))
     assert proc.state == P.WAITING
@@ -284,8 +299,7 @@ def test_operator_restarts_do_not_count_against_the_start_limit():
         proc.on_exit("exit status 1")
         proc.start()
     proc.on_exit("exit status 1")
-    proc.start()
-    assert proc.state == P.GIVEN_UP
+    assert proc.state == P.BACKOFF
 
 
 def test_an_operators_stop_holds_until_start_or_a_new_definition():

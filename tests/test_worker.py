@@ -112,17 +112,108 @@ def test_restart_after_kill_9(node):
     assert entry["last_exit"] == "killed by SIGKILL"
 
 
-def test_start_limit_gives_up(node):
-    node.write([node.proc("crash", "/bin/sh", "-c", "exit 3")])
+def test_start_limit_backs_off_and_give_up_after_gives_up(node):
+    """Five starts within a minute: the next waits (``backoff``) for the
+    window, it is not given up; ``give_up_after: 5`` gives up as the seed
+    did. SIGHUP retries both at once."""
+    node.write([node.proc("crash", "/bin/sh", "-c", "exit 3"),
+                node.proc("quitter", "/bin/sh", "-c", "exit 4",
+                          give_up_after=5)])
+    begun = time.time()
     node.start()
-    entry = node.wait_state("crash", "given-up")
-    assert entry["starts"] == 5 and entry["last_exit"] == "exit status 3"
-    assert "given up" in entry["error"]
+    entry = node.wait_state("crash", "backoff", starts=5)
+    assert entry["last_exit"] == "exit status 3" and not entry["ok"]
+    assert entry["error"] == "started 5 times within 60s (last: exit status 3)"
+    # The next start: a minute after the first, by the worker's clock.
+    assert begun + 50 < entry["next_start"] < time.time() + 60, entry
+    quitter = node.wait_state("quitter", "given-up", starts=5)
+    assert quitter["error"].startswith("failed 5 times in a row (last: exit "
+                                       "status 4): given up until")
+    assert quitter["next_start"] is None
     status = run_command("dpd-workerd", ["--status", node.config_path])
-    assert status.returncode == 1 and "given-up" in status.stdout
-    # SIGHUP gives it five more starts.
+    assert status.returncode == 1, status.stdout
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()[2:]}
+    assert rows["crash"].split()[1] == "*backoff"
+    assert "next start in " in rows["crash"]
+    assert "started 5 times within 60s (last: exit status 3)" in rows["crash"]
+    assert rows["quitter"].split()[1] == "*given-up"
+    # SIGHUP gives each five more starts now.
     node.daemon.send_signal(signal.SIGHUP)
-    node.wait_state("crash", "given-up", starts=10)
+    node.wait_state("quitter", "given-up", starts=10)
+    node.wait_state("crash", "backoff", starts=10)
+
+
+def start_times(path, count, timeout):
+    """The first ``count`` start times a program wrote to ``path``, one a
+    line (its own clock: ``date +%s.%N``)."""
+    def read():
+        try:
+            lines = open(path).read().split()
+        except FileNotFoundError:
+            return None
+        return [float(t) for t in lines[:count]] if len(lines) >= count \
+            else None
+    return wait_for(read, timeout=timeout, interval=0.05,
+                    what=lambda: "%d starts in %s: %r" % (
+                        count, path, open(path).read()
+                        if os.path.exists(path) else None))
+
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_a_failing_program_backs_off_and_is_retried_after_the_window(
+        node, tmp_path):
+    """``restart_delay`` 0.5 s doubling to ``restart_delay_max`` 2 s: the
+    first five starts 0.5, 1, 2 and 2 s apart (±10 %); the sixth waits,
+    in ``backoff``, for the 5-starts-a-minute window (a minute after the
+    first start), then starts: not given up; the seventh 2 s later. About
+    65 s: the rule's minute is fixed."""
+    out = str(tmp_path / "starts")
+    node.write([node.proc("flaky", "/bin/sh", "-c",
+                          'date +%s.%N >> "$1"; exit 1', "sh", out, user=ME,
+                          restart_delay=0.5, restart_delay_max=2)])
+    node.start()
+    first = start_times(out, 5, timeout=20)
+    entry = node.wait_state("flaky", "backoff", starts=5)
+    assert entry["error"] == "started 5 times within 60s (last: exit status 1)"
+    assert first[0] + 58 < entry["next_start"] < first[0] + 61, (entry, first)
+    gaps = [b - a for a, b in zip(first, first[1:])]
+    for gap, delay in zip(gaps, (0.5, 1, 2, 2)):
+        assert 0.9 * delay - 0.05 <= gap <= 1.1 * delay + 1.0, gaps
+    times = start_times(out, 7, timeout=80)
+    print("start times after the first: %s" % [
+        round(t - times[0], 2) for t in times])
+    assert 59.9 <= times[5] - times[0] <= 63, times
+    assert 1.75 <= times[6] - times[5] <= 2.2 + 1.0, times
+    assert node.state("flaky")["starts"] >= 7
+    assert node.daemon.poll() is None
+
+
+def test_a_run_past_restart_delay_reset_gets_a_fresh_delay(node, tmp_path):
+    """Three quick failures (delays 0.5, 1, 2 s), then a run of 2.5 s,
+    longer than ``restart_delay_reset`` (2 s): the restart after it waits
+    0.5 s again, not the 4 s the fourth failure in a row would."""
+    out = str(tmp_path / "starts")
+    script = ('n=$(cat "$1" 2>/dev/null | wc -l); date +%s.%N >> "$1"; '
+              'if [ "$n" -lt 3 ]; then exit 1; fi; '
+              'if [ "$n" -eq 3 ]; then sleep 2.5; exit 1; fi; '
+              'exec sleep 1000')
+    node.write([node.proc("phoenix", "/bin/sh", "-c", script, "sh", out,
+                          user=ME, restart_delay=0.5, restart_delay_max=30,
+                          restart_delay_reset=2)])
+    node.start()
+    times = start_times(out, 5, timeout=30)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    for gap, delay in zip(gaps, (0.5, 1, 2)):
+        assert 0.9 * delay - 0.05 <= gap <= 1.1 * delay + 1.0, gaps
+    print("gaps between starts: %s" % [round(g, 2) for g in gaps])
+    fresh = gaps[3] - 2.5  # its delay after the long run
+    assert 0.4 <= fresh <= 1.8, gaps  # not 3.6 s or more
+    entry = node.wait_state("phoenix", "running", starts=5)
+    assert entry["last_exit"] == "exit status 1"
 
 
 def test_spawn_error_is_reported(node):

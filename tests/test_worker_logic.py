@@ -157,15 +157,20 @@ def test_a_start_error_in_a_burst_fails_that_start_only():
 
 
 def test_sighup_gives_a_given_up_process_a_new_chance():
-    worker, ops, clock = make_worker(spec("crash"))
+    worker, ops, clock = make_worker(spec("crash", give_up_after=5),
+                                     spec("loop"))
     for _ in range(P.START_LIMIT):
         clock.now += 1
         exit_(worker, "crash", "exit status 1")
+        exit_(worker, "loop", "exit status 1")
     assert worker.procs["crash"].state == P.GIVEN_UP
+    # Without give_up_after: waiting for the start limit, not given up.
+    assert worker.procs["loop"].state == P.BACKOFF
     clock.now += 3600
     worker.run_schedulers()
     assert worker.procs["crash"].state == P.GIVEN_UP
     worker._retry_all()
     worker.run_schedulers()
     assert worker.procs["crash"].state == P.RUNNING
-    assert len(ops.spawned) == P.START_LIMIT + 1
+    assert worker.procs["loop"].state == P.RUNNING
+    assert len(ops.spawned) == 2 * (P.START_LIMIT + 1)

@@ -13,9 +13,10 @@ definition gets a new token. The kinds, and what each comes to:
 - ``daemon``: a forking daemon (``daemon: true``) whose launcher writes
   the pid of a background sleep in its own pid file (``running``);
 - ``brief``: sleeps a fraction of a second: with ``restart`` restarted
-  until the start limit gives it up (``given-up``), else ``exited``;
-- ``crasher``: ``exit 1`` at once: ``given-up`` with ``restart``, else
+  until its ``give_up_after: 5`` gives it up (``given-up``), else
   ``exited``;
+- ``crasher``: ``exit 1`` at once: the same, ``given-up`` with
+  ``restart``, else ``exited``;
 - ``once``: ``exit 0``, no ``restart``: ``exited``.
 """
 
@@ -220,13 +221,22 @@ class Lists:
         # Sleeps 0.2 to 0.8 s: the digits after are the serial.
         token = "0.%d%06d" % (self.rng.randint(2, 8), serial)
         return self._proc("brief", lambda restart: GIVEN_UP if restart
-                          else EXITED, token, name, "/bin/sleep", token)
+                          else EXITED, token, name, "/bin/sleep", token,
+                          **self._giving_up())
 
     def _crasher(self, node, name, serial):
         token = "0.%06d" % serial
         return self._proc("crasher", lambda restart: GIVEN_UP if restart
                           else EXITED, token, name, "/bin/sh", "-c", "exit 1",
-                          token)
+                          token, **self._giving_up())
+
+    @staticmethod
+    def _giving_up():
+        """A short-lived kind's restart policy: given up after 5 quick
+        failures, as the seed's start limit did (without it the worker
+        would back off and retry them for good). Nothing drawn: a seed
+        replays the schedule it drew before the restart policy."""
+        return {"give_up_after": 5}
 
     def _once(self, node, name, serial):
         token = "0.%06d" % serial
