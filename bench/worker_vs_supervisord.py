@@ -12,7 +12,9 @@ Ctrl-C or an error.
 How a program is seen running, the same way for both supervisors and without
 talking to either (a question over supervisord's socket would wake its loop
 and shorten the very delay being measured): it is a child of the supervisor
-(supervisord forks it; dpd-workerd double-forks and is the child subreaper),
+(supervisord forks it; dpd-workerd starts it with dpd-exec, its child, or by
+a double fork as the child subreaper: the line "dpd-workerd starts processes
+with" of the output says which),
 its ``/proc/PID/comm`` is ``sleep`` (exec is done), and its environment
 carries that program's marker.
 
@@ -58,6 +60,7 @@ sys.path.insert(0, ROOT)
 
 from diprocd import cgroup  # noqa: E402
 from diprocd.kernel import cpu_ticks, rss_bytes, is_alive  # noqa: E402
+from diprocd.ledger import read_document, status_path  # noqa: E402
 
 MARKER_VAR = "DPD_BENCH_MARKER"
 PROGRAM = "/bin/sleep"
@@ -610,6 +613,7 @@ def render_table(args, results):
         "",
         "Machine: %s; 1-minute load average %.2f before the run, %.2f "
         "after." % ((machine_description(),) + tuple(results["load"])),
+        "dpd-workerd starts processes with %s." % results.get("spawner"),
         "Programs: `%s` as `%s`; dpd-workerd: output to /dev/null; "
         "supervisord: `startsecs=0`, `autorestart=true`, `startretries=1000`, "
         "`stdout_logfile=NONE` with `redirect_stderr=true` (it still reads "
@@ -719,6 +723,8 @@ def run(args, folder, token, supervisors_out):
                                                                args.n)
         progress("%s: all running after %.2f s" % (
             supervisor.label, results["cold"][supervisor.label]))
+    results["spawner"] = (read_document(status_path(dpd.pid_file))
+                          or {}).get("spawner")
     time.sleep(2 * SETTLE)
     progress("idle CPU and RSS over %.0f s" % args.idle_seconds)
     results["idle"] = measure_idle((dpd, sup), args.idle_seconds)
