@@ -5,13 +5,30 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test venv venv-run venv-bench bench clean demo deb soak chaos docs
+.PHONY: test test-fork-path venv venv-run venv-bench bench clean demo deb soak \
+    chaos docs dpd-exec
+
+# dpd-exec, the C program the worker starts processes with (lib/dpd-exec.c,
+# diprocd/dpdexec.py), built into the venv, where the worker looks for it
+# (sys.prefix/lib/diprocd/); debian/rules builds it with DPD_EXEC=lib/dpd-exec
+# and the tests (tests/conftest.py) into a folder of their own.
+DPD_EXEC ?= $(VENV)/lib/diprocd/dpd-exec
+CFLAGS ?= -O2
+dpd-exec: $(DPD_EXEC)
+
+$(DPD_EXEC): lib/dpd-exec.c
+	@command -v $(CC) >/dev/null 2>&1 || { \
+	  echo "no C compiler; installing gcc and libc6-dev"; \
+	  apt-get update -qq && apt-get install -y -qq gcc libc6-dev; }
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -Wall -Wextra $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) \
+	    -o $@ lib/dpd-exec.c
 
 # Two steps in one venv: venv-run has the run-time dependencies
 # (requirements.txt) and the package, all `make demo` needs; venv adds the
 # test and benchmark ones (requirements-dev.txt) on top.
-venv-run: $(VENV)/.runtime
-venv: $(VENV)/.installed
+venv-run: $(VENV)/.runtime $(DPD_EXEC)
+venv: $(VENV)/.installed $(DPD_EXEC)
 
 $(VENV)/.runtime: requirements.txt setup.py
 	@$(PYTHON) -m venv $(VENV) || { \
@@ -39,6 +56,17 @@ test: venv
 	tests/setup-system.sh
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
+# The tests of starting processes again on spawn.py's fork path, the one a
+# worker takes without dpd-exec (make test runs them through dpd-exec;
+# tests/test_dpdexec.py runs its starts on both paths anyway).
+FORK_PATH_TESTS = tests/test_process.py tests/test_worker.py \
+    tests/test_pidfile.py tests/test_faults.py tests/test_file_safety.py \
+    tests/test_pid_file_move.py tests/test_scale.py tests/test_dpdexec.py \
+    tests/test_limits.py tests/test_cgroup.py tests/test_health.py
+test-fork-path: venv
+	tests/setup-system.sh
+	DIPROCD_EXEC=none $(VPY) -m pytest $(PYTEST_ARGS) $(FORK_PATH_TESTS)
+
 # The generated files: the JSON Schemas in schema/ and the process-field
 # tables of README.md and man/dpd-workerd.8, from diprocd/spec.py and
 # diprocd/config.py (tests/test_schema.py fails when they differ).
@@ -60,9 +88,9 @@ chaos: venv
 demo: venv-run
 	$(VPY) demo/run.py
 
-# The Debian package, built in a clean copy of the tree (needs debhelper and
-# dh-python; tests/setup-system.sh installs them); the .deb
-# lands in build/deb/.
+# The Debian package, built in a clean copy of the tree (needs debhelper,
+# dh-python and gcc; tests/setup-system.sh installs them); the .deb (of
+# this machine's architecture: dpd-exec is compiled) lands in build/deb/.
 deb:
 	rm -rf build/deb && mkdir -p build/deb/diprocd
 	git ls-files -z --cached --others --exclude-standard | \

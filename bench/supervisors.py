@@ -10,8 +10,9 @@ killed by pid, never by name, also after Ctrl-C or an error.
 How a program is seen running, the same way for every supervisor and
 without talking to any (a question over a supervisor's socket would wake its
 loop and shorten the very delay being measured): it is a child of the
-supervisor (supervisord and circusd fork it; dpd-workerd is the child
-subreaper of what it starts), its ``/proc/PID/comm`` is ``sleep`` (exec is
+supervisor (supervisord and circusd fork it; dpd-workerd starts it with
+dpd-exec, its child, or by a double fork as the child subreaper:
+worker_vs_supervisord's output says which), its ``/proc/PID/comm`` is ``sleep`` (exec is
 done), and its environment carries that program's marker.
 
 The supervisors: ``DpdWorker`` (dpd-workerd, one CONFIG), ``Supervisord``

@@ -43,6 +43,8 @@ from figures import (SETTLE, add_run_options, format_goals, format_ms,
 from supervisors import (EVENT_TIMEOUT, PROGRAM, BenchError, DpdWorker,
                          Supervisord)
 
+from diprocd.ledger import read_document, status_path  # noqa: E402
+
 # Goals of issue 2 for dpd-workerd at N=500.
 GOAL_RESTART_MEDIAN_MS = 20.0
 GOAL_COLD_START_RATIO = 0.5
@@ -145,6 +147,7 @@ def render_table(args, results):
         "`stdout_logfile=NONE` with `redirect_stderr=true` (it still reads "
         "the pipes), `-n`, unix socket only." % (
             " ".join(PROGRAM), args.user),
+        "dpd-workerd starts processes with %s." % results.get("spawner"),
         "A program counts as running when it is a child of the supervisor "
         "whose /proc comm is `sleep` (exec done) and whose environment "
         "carries its marker; the benchmark never asks the supervisors.",
@@ -235,6 +238,8 @@ def run(args, folder, token, supervisors_out):
     time.sleep(2 * SETTLE)
     progress("idle CPU and RSS over %.0f s" % args.idle_seconds)
     results["idle"] = measure_idle((dpd, sup), args.idle_seconds)
+    results["spawner"] = (read_document(status_path(dpd.pid_file))
+                          or {}).get("spawner")
     progress("restart after kill -9, %d each" % args.kills)
     victims = {s.label: rng.sample(s.names, args.kills) for s in (dpd, sup)}
     results["restart"] = measure_restarts((dpd, sup), victims, progress)

@@ -20,9 +20,9 @@ a checksum of its path (two workers on one machine never share one). The
 worker makes the folder before the fork (``prepare``); the final child
 writes its own pid to each ``cgroup.procs`` (``spawn``, step e), so every
 descendant is inside from the start; with v2 it is born in its folder
-instead (``clone3`` with ``CLONE_INTO_CGROUP``), which spares the ~10 ms a
-move costs (an RCU grace period), in a folder made for that start
-(``prepare``).
+instead (``clone3`` with ``CLONE_INTO_CGROUP``, by the fork path's
+intermediate child or by dpd-exec), which spares the ~10 ms a move costs
+(an RCU grace period), in a folder made for that start (``prepare``).
 
 ``memory_max`` is ``memory.max`` where the v2 hierarchy has the memory
 controller (enabled on the way down by the worker when it may), else v1

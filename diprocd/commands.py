@@ -56,6 +56,7 @@ class WorkerCommands:
         return {"ok": True, "worker_pid": os.getpid(),
                 "config": worker.config.path, "config_error": config_error,
                 "tree": worker.tree.describe(),
+                "spawner": worker._spawner_name(),
                 "procs": {name: view_of(proc)
                           for name, proc in sorted(worker.procs.items())}}
 

@@ -6,7 +6,7 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
 - ``dpd-workerd.status.json``, rewritten atomically on every change::
 
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
-       "updated": T,
+       "updated": T, "spawner": HOW,   # "dpd-exec PATH" or "fork (why)"
        "tree":    {"mechanism": M, "path": P, "memory": M, "note": N},
                                     # how process trees are grouped (cgroup)
        "procs":   {NAME: view},     # --status, the client, the master
@@ -24,7 +24,7 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
 
 - ``dpd-workerd.journal``: one line per process started since the status
   file was last written, appended by the new process itself just before
-  its exec (``JournalSlot``), so that no program ever runs unrecorded,
+  its exec (``JournalSlot``; dpd-exec or spawn.py's child), so that no program ever runs unrecorded,
   whenever the worker is killed. A line is ``\\n<pid> <ticks|-> <json>\\n``:
   the worker writes the JSON part whole before the fork, the child puts its
   pid and start time in front. The leading newline means a line torn by a
@@ -221,15 +221,17 @@ class Ledger:
             "stop": [spec.stop_signal, spec.stop_timeout]})
         return JournalSlot(self.journal_fd, record.encode("utf-8"))
 
-    def write(self, worker_pid, config_path, updated, procs, tree=None):
+    def write(self, worker_pid, config_path, updated, procs, tree=None,
+              spawner=None):
         """Replace the status file with ``procs`` ({name: Process}) and
         ``tree`` (``cgroup.Tree.describe()``), and empty the journal (all
-        in the status now). OSError propagates: the old file is kept and
-        the caller retries."""
+        in the status now); ``spawner`` says how the worker starts
+        processes. OSError propagates: the old file is kept and the caller
+        retries."""
         document = {
             "version": STATUS_VERSION, "worker_pid": worker_pid,
             "config": config_path, "boot_id": self.boot_id,
-            "updated": updated, "tree": tree,
+            "updated": updated, "spawner": spawner, "tree": tree,
             "procs": {name: view_of(proc)
                       for name, proc in sorted(procs.items())},
             "records": {name: Record.of(proc).to_json()
@@ -339,4 +341,5 @@ def read_view(path):
     if document is None:
         return None
     return {key: document.get(key) for key in (
-        "version", "worker_pid", "config", "updated", "tree", "procs")}
+        "version", "worker_pid", "config", "updated", "spawner", "tree",
+        "procs")}

@@ -1,8 +1,9 @@
 """``NodeOps``: the worker's real ``process.ProcessOps``.
 
 It does the I/O a Process asks for: launching through ``spawn`` with the
-ledger's journal slot (and the worker's ``log_dir``, made when missing:
-root's, mode 0750), signalling and start times through ``kernel``,
+ledger's journal slot, the worker's dpd-exec (``helper``, or None) and
+the worker's ``log_dir`` (made when missing: root's, mode 0750),
+signalling and start times through ``kernel``,
 watching pids through ``pidwatch``, and the pid files of processes. The two
 notifications (``changed``, ``stopped``) go to the worker's callbacks.
 
@@ -34,6 +35,7 @@ class NodeOps(ProcessOps):
         self.pidwatch = pidwatch
         self.log = log
         self.program_nofile = program_nofile
+        self.helper = None  # dpd-exec's path (dpdexec.find), or None
         self.changed = on_changed
         self.stopped = on_stopped
 
@@ -47,7 +49,8 @@ class NodeOps(ProcessOps):
                 _make_folder(self.log_dir, LOG_DIR_MODE)
             folders, born_inside = self._prepare_tree(spec)
             return spawn.launch(spec, self.ledger.slot(spec),
-                                self.program_nofile, folders, born_inside)
+                                self.program_nofile, folders, born_inside,
+                                self.helper)
         except OSError as err:  # pid file, pipes, fork...: one start fails
             raise SpawnError("%s: %s" % (err.filename or "start",
                                          err.strerror or err))

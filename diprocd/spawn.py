@@ -1,10 +1,32 @@
-"""Starting one process, Ganeti-style.
+"""Starting one process: ``launch(spec, ...)`` then ``Launch.wait()``.
 
-``launch(spec, ...)`` then ``Launch.wait()`` double-fork so the process
-survives the worker:
+Two ways, the same steps in the same order, the same report pipe and
+errors; ``by_helper`` chooses, per spec:
+
+- **dpd-exec** (``dpdexec``), whenever the worker found that small C
+  program (lib/dpd-exec.c): the worker looks the user up (``Plan``) and
+  opens the ``logs`` file as that user (step c below, ``_open_log``) itself,
+  then ``posix_spawn``s dpd-exec (vfork-like: no copy of the worker, whose
+  size a fork pays for) with setsid (a session and process group leader of
+  its own, so step d is done), default signals and an empty mask (step a),
+  stdin /dev/null and stdout/stderr the log (step j), the first cgroup
+  folder as a descriptor when the process is to be born in it. dpd-exec
+  then, with that folder, does step 2's birth itself (``clone3`` with
+  ``CLONE_INTO_CGROUP``: its child writes nothing before dpd-exec wrote
+  ``P<pid>`` and exited 0, as the intermediate does; the child calls setsid,
+  step d again), and, in the process, steps b, e (the folder too where the
+  clone3 failed), f, g, h, i, k, l, m in that order, with the same errors
+  on the same pipe; it holds the journal's open file until its exec, as the
+  fork path's child does (``ledger``). Without the birth in a cgroup, the
+  process is dpd-exec itself, the worker's direct child: no double fork
+  (the worker, a child subreaper, watches it by pidfd either way). Either
+  way it leads its session, so a terminal it opens without O_NOCTTY becomes
+  its controlling terminal, which the fork path's process cannot get.
+- **the fork path**, below, where there is no dpd-exec (``$DIPROCD_EXEC=none``
+  forces it):
 
 1. The worker creates a close-on-exec report pipe and forks an
-   intermediate child (``launch``).
+   intermediate child (``_launch_by_fork``).
 2. The intermediate child calls ``setsid`` (a new session, no controlling
    terminal), forks the final child (with cgroup v2, born in its cgroup:
    ``kernel.fork_into_cgroup``), writes the final child's pid on the
@@ -54,8 +76,8 @@ survives the worker:
    reason, not as a silent death. ``launch`` returns after step 1, so a
    burst of starts overlaps (see Worker._start_waiting).
 
-``start_check(spec)`` runs a process's ``exec`` health check the same way,
-but as a plain child of the worker (one fork, its own process group, no
+``start_check(spec)`` runs a process's ``exec`` health check with the fork
+path's steps (dpd-exec or not), but as a plain child of the worker (one fork, its own process group, no
 journal), its output on a pipe (``health`` reads it, kills the group at
 the timeout).
 """
@@ -67,7 +89,7 @@ import select
 import signal
 import time
 
-from diprocd import kernel, trust
+from diprocd import dpdexec, kernel, trust
 from diprocd.config import lookup_user
 from diprocd.errors import SpawnError
 
@@ -93,15 +115,18 @@ def clean_environment(spec, user_entry):
 
 
 class Launch:
-    """A process being started. ``launch(spec)`` forks the intermediate
-    child and returns at once; ``wait()`` returns the pid once ``exec``
-    succeeded, or raises SpawnError. Several launches may be in flight: the
-    children reach exec on the other cores while the worker forks the next.
-    """
+    """A process being started. ``launch(spec)`` returns one at once;
+    ``wait()`` returns the pid once ``exec`` succeeded, or raises
+    SpawnError. Several launches may be in flight: the children reach exec
+    on the other cores while the worker starts the next. ``middle_pid`` is
+    the fork path's intermediate child (reaped here), ``pid`` dpd-exec's:
+    the process itself, or, where it says ``P<pid>`` (born in its cgroup),
+    an intermediate reaped here too."""
 
-    def __init__(self, spec, middle_pid, report_fd):
+    def __init__(self, spec, middle_pid, report_fd, pid=None):
         self.spec = spec
         self.middle_pid = middle_pid
+        self.pid = pid
         self.report_fd = report_fd
         self._deadline = time.monotonic() + EXEC_TIMEOUT
 
@@ -113,7 +138,7 @@ class Launch:
             while True:
                 chunk = _read_some(self.report_fd, self._deadline)
                 if chunk is None:
-                    pid, _ = _parse_report(report)
+                    pid = _parse_report(report)[0] or self.pid
                     if pid:
                         kernel.kill_quietly(pid)  # else it runs unsupervised
                     report += (b"Eexec: the process did not reach exec "
@@ -124,8 +149,15 @@ class Launch:
                 report += chunk
         finally:
             os.close(self.report_fd)
-            _reap(self.middle_pid)
+            if self.middle_pid is not None:
+                _reap(self.middle_pid)
         pid, error = _parse_report(report)
+        if self.pid is not None:
+            if pid is not None:  # dpd-exec's child, born in its cgroup
+                _reap(self.pid)  # dpd-exec, which exits once it said so
+            elif error is not None:
+                _reap(self.pid)  # dpd-exec, the worker's child, exits at once
+            pid = pid or self.pid
         if pid is None:
             raise SpawnError(error or "fork: the intermediate child failed")
         if error is not None:
@@ -136,8 +168,9 @@ class Launch:
 
 
 class Plan:
-    """What the final child needs, worked out by the worker before the fork
-    (the child loads nothing: no NSS, no JSON)."""
+    """What the process needs, worked out by the worker before the fork or
+    the posix_spawn (neither the fork path's child nor dpd-exec loads
+    anything: no NSS, no JSON)."""
 
     def __init__(self, spec, journal, program_nofile, cgroups=(),
                  born_inside=False, argv=None):
@@ -173,30 +206,70 @@ class Plan:
         # The worker's bound, now: a lower nofile in the child (step g)
         # must not hide the worker's descriptors from step k.
         self.max_fd = kernel.max_fd()
-        self.limits = [(name, getattr(resource, "RLIMIT_" + name.upper()),
-                        pair) for name, pair in spec.limits]
+        # (what an error calls it: "nofile [256, 512]", RLIMIT_*, pair)
+        self.limits = [("%s %s" % (name, _limit_words(*pair)),
+                        getattr(resource, "RLIMIT_" + name.upper()), pair)
+                       for name, pair in spec.limits]
 
 
 def launch(spec, journal=None, program_nofile=None, cgroups=(),
-           born_inside=False):
-    """Fork the intermediate child for ``spec`` and return a Launch at once;
-    raise SpawnError for what fails before the fork.
+           born_inside=False, helper=None):
+    """Start ``spec`` and return a Launch at once; raise SpawnError for what
+    fails before the process exists.
 
     ``journal`` (a ``ledger.JournalSlot``: an O_APPEND fd and the line to
-    complete with the child's pid and start time) makes the final child
+    complete with the child's pid and start time) makes the process
     record itself before exec. ``program_nofile`` is the open-files limit the
     program gets (the worker raised its own). ``cgroups``: the folders the
-    child joins (step e), born in the first one with ``born_inside``."""
+    process joins (step e), born in the first one with ``born_inside``.
+    ``helper`` is dpd-exec's path (``dpdexec.find``), or None for the fork
+    path."""
     plan = Plan(spec, journal, program_nofile, cgroups, born_inside)
     try:
-        middle, read_end, write_end = _fork_with_pipe()
-        if middle == 0:
-            _intermediate(plan, read_end, write_end)
+        if by_helper(spec, helper):
+            return _launch_by_helper(plan, helper)
+        return _launch_by_fork(plan)
     finally:
         if plan.cgroup_fd is not None:  # the children have their own
             os.close(plan.cgroup_fd)
+
+
+def by_helper(spec, helper):
+    """Whether dpd-exec starts ``spec`` (else the fork path does): whenever
+    it is there, as it does every step a spec asks for."""
+    return helper is not None
+
+
+def _launch_by_helper(plan, helper):
+    """Open the log as the user, then posix_spawn dpd-exec (module
+    docstring)."""
+    spec = plan.spec
+    try:
+        log_fd = _open_log(spec.logs, plan.user, plan.groups)
+    except OSError as err:
+        raise SpawnError("logs: %s" % _reason(err))
+    try:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = dpdexec.start(helper, plan, log_fd, write_end)
+        except (OSError, ValueError) as err:
+            os.close(read_end)
+            raise SpawnError("%s %s: %s" % (dpdexec.NAME, helper,
+                                            _reason(err)))
+        finally:
+            os.close(write_end)
+    finally:
+        os.close(log_fd)
+    return Launch(spec, None, read_end, pid)
+
+
+def _launch_by_fork(plan):
+    """Fork the intermediate child (module docstring, steps 1-3)."""
+    middle, read_end, write_end = _fork_with_pipe()
+    if middle == 0:
+        _intermediate(plan, read_end, write_end)
     os.close(write_end)
-    return Launch(spec, middle, read_end)
+    return Launch(plan.spec, middle, read_end)
 
 
 def _fork_with_pipe():
@@ -282,9 +355,9 @@ def _confine(plan, step, cgroups=()):
 
 
 def _report_and_exit(fd, prefix, err):
-    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
     try:
-        os.write(fd, ("%s%s" % (prefix, reason)).encode("utf-8", "replace"))
+        os.write(fd, ("%s%s" % (prefix, _reason(err))).encode("utf-8",
+                                                             "replace"))
     finally:
         os._exit(127)
 
@@ -319,6 +392,10 @@ def start_check(spec, program_nofile=None):
     return pid, read_end
 
 
+def _reason(err):
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
+
+
 def _reset_signals():
     for signum in range(1, signal.NSIG):
         if signum in (signal.SIGKILL, signal.SIGSTOP):
@@ -338,14 +415,20 @@ def _journal_line(journal):
 
 
 # Non-blocking: a FIFO nobody reads fails at once (ENXIO, a start error)
-# instead of holding this child, and with it the worker's inherited
-# descriptors, its pid file lock among them, until killed.
+# instead of holding the opener until killed: the fork path's child, and
+# with it the worker's inherited descriptors, its pid file lock among them,
+# or on the dpd-exec path the worker itself.
 LOG_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
              | os.O_NOFOLLOW)
 
 
 def _open_files(logs, user, groups):
-    null_fd = os.open("/dev/null", os.O_RDONLY)
+    return os.open("/dev/null", os.O_RDONLY), _open_log(logs, user, groups)
+
+
+def _open_log(logs, user, groups):
+    """``logs`` opened for the program's output (step c), blocking again;
+    OSError with the reason it cannot be."""
     try:
         if groups is None or user.pw_uid == 0:  # the worker's own rights
             log_fd = os.open(logs, LOG_FLAGS, 0o644)
@@ -354,7 +437,7 @@ def _open_files(logs, user, groups):
     except OSError as err:
         raise _log_error(logs, err)
     os.set_blocking(log_fd, True)
-    return null_fd, log_fd
+    return log_fd
 
 
 def _open_as(logs, user, groups):
@@ -362,13 +445,16 @@ def _open_as(logs, user, groups):
     effective only, and back to root), or as root where the user may not
     but nobody but root controls the folder."""
     uid, gid, root_groups = os.geteuid(), os.getegid(), os.getgroups()
-    os.setgroups(groups)
-    os.setegid(user.pw_gid)
-    os.seteuid(user.pw_uid)
     try:
-        return os.open(logs, LOG_FLAGS, 0o644)
-    except PermissionError:
-        pass
+        # The worker itself does this on the dpd-exec path: whatever fails,
+        # it is root again with its own groups after.
+        os.setgroups(groups)
+        os.setegid(user.pw_gid)
+        os.seteuid(user.pw_uid)
+        try:
+            return os.open(logs, LOG_FLAGS, 0o644)
+        except PermissionError:
+            pass
     finally:
         os.seteuid(uid)
         os.setegid(gid)
@@ -399,13 +485,14 @@ def _join_cgroups(folders):
     pid = b"%d" % os.getpid()
     for folder in folders:
         path = os.path.join(folder, "cgroup.procs")
-        fd = os.open(path, os.O_WRONLY)
         try:
-            os.write(fd, pid)
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
         except OSError as err:
             raise OSError(err.errno, "%s: %s" % (path, err.strerror))
-        finally:
-            os.close(fd)
 
 
 def _change_dir(cwd):
@@ -414,18 +501,16 @@ def _change_dir(cwd):
 
 
 def _set_limits(program_nofile, limits):
-    """The worker's own nofile back, then ``limits`` ([(name, RLIMIT_*,
-    (soft, hard))]): the spec's nofile wins."""
+    """The worker's own nofile back, then ``limits`` (``Plan.limits``): the
+    spec's nofile wins."""
     if program_nofile is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, program_nofile)
-    for name, which, (soft, hard) in limits:
+    for label, which, pair in limits:
         try:
-            resource.setrlimit(which, (soft, hard))
+            resource.setrlimit(which, pair)
         except (OSError, ValueError) as err:
             raise OSError(getattr(err, "errno", None) or errno.EINVAL,
-                          "%s %s: %s" % (name, _limit_words(soft, hard),
-                                         getattr(err, "strerror", None)
-                                         or err))
+                          "%s: %s" % (label, _reason(err)))
 
 
 def _limit_words(soft, hard):

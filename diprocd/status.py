@@ -157,7 +157,11 @@ def status_main(config_path, owners=()):
     document = ledger.read_view(path)
     worker_pid = read_locked_pid(pid_file)
     if worker_pid is not None:
-        print("dpd-workerd running, pid %d; status from %s" % (worker_pid, path))
+        spawner = (document or {}).get("spawner")
+        how = ", starting processes with %s" % spawner \
+            if isinstance(spawner, str) else ""
+        print("dpd-workerd running, pid %d%s; status from %s"
+              % (worker_pid, how, path))
     else:
         print("dpd-workerd is not running (pid file %s)" % pid_file)
     if document is None:

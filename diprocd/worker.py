@@ -25,7 +25,7 @@ import os
 import signal
 import time
 
-from diprocd import adoption, cgroup, kernel, spawn
+from diprocd import adoption, cgroup, dpdexec, kernel, spawn
 from diprocd.commands import WorkerCommands
 from diprocd.config import load_worker_config
 from diprocd.control import ControlServer, control_path
@@ -76,11 +76,14 @@ class Worker:
         self._status_error = None
         self.control = None
         self._config_present = True
+        self.spawner = None  # dpdexec.Spawner, found by run()
 
     # --- life cycle ---------------------------------------------------------
     def run(self):
         self.ops.program_nofile = self.health.program_nofile = \
             kernel.raise_open_files_limit()
+        self.spawner = dpdexec.find()
+        self.ops.helper = self.spawner.path
         self.tree = self.ops.tree = cgroup.detect(self.config.pid_file)
         self._say_tree()
         if not kernel.become_subreaper():
@@ -113,6 +116,7 @@ class Worker:
                              "be started twice", spawn.EXEC_TIMEOUT)
         self.log.info("dpd-workerd started, pid %d, %d processes in %s",
                       os.getpid(), len(self.config.procs), self.config.path)
+        self.log.info("starting processes with %s", self.spawner.describe())
         try:
             self.procs.update(adoption.adopt(
                 self.ledger.recall(self.log), self.config.procs, self.ops,
@@ -389,7 +393,8 @@ class Worker:
         try:
             new.open()
             new.write(os.getpid(), self.config.path, self.clock.time(),
-                      self.procs, self.tree.describe())
+                      self.procs, self.tree.describe(),
+                      self._spawner_name())
         except OSError as err:
             new.close()
             self.log.error("cannot write the status file beside the new pid "
@@ -430,7 +435,8 @@ class Worker:
         self._status_dirty = False
         try:
             self.ledger.write(os.getpid(), self.config.path, self.clock.time(),
-                              self.procs, self.tree.describe())
+                              self.procs, self.tree.describe(),
+                              self._spawner_name())
             if self._status_error:
                 self.log.info("status file %s written again",
                               self.ledger.status_path)
@@ -443,6 +449,9 @@ class Worker:
             self._status_error = message
             self.loop.call_later("status retry", STATUS_RETRY,
                                  self._retry_status)
+
+    def _spawner_name(self):
+        return self.spawner.describe() if self.spawner is not None else None
 
     def _retry_status(self):
         self._status_dirty = True

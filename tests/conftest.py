@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diprocd import cgroup  # noqa: E402
-from helpers import Node, clean_copy, kill_marked  # noqa: E402
+from helpers import ROOT, Node, clean_copy, kill_marked  # noqa: E402
 
 # Where the workers of this machine make their cgroup folders (one per
 # worker, below each hierarchy's diprocd/), or none.
@@ -75,6 +75,39 @@ def _rmdir(path):
         pass
 
 
+# The workers the tests start use the tree's dpd-exec, built once a session
+# (make dpd-exec) into a folder of its own, unless DIPROCD_EXEC is given:
+# DIPROCD_EXEC=none runs them all on the fork path (diprocd/spawn.py).
+_built_helper = None
+
+
+def pytest_configure(config):
+    global _built_helper
+    if "DIPROCD_EXEC" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="dpd-exec-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "dpd-exec")
+    result = subprocess.run(["make", "-s", "-C", ROOT, "dpd-exec",
+                             "DPD_EXEC=" + path], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise pytest.UsageError("cannot build dpd-exec for the tests:\n"
+                                + result.stdout + result.stderr)
+    _built_helper = folder
+    os.environ["DIPROCD_EXEC"] = path
+
+
+def pytest_unconfigure(config):
+    if _built_helper is not None:
+        shutil.rmtree(_built_helper, ignore_errors=True)
+
+
+def pytest_report_header(config):
+    return "workers start processes with DIPROCD_EXEC=%s" % os.environ.get(
+        "DIPROCD_EXEC")
+
+
 @pytest.fixture
 def marker():
     """A marker only this test uses; every marked process dies at teardown."""
@@ -108,6 +141,15 @@ def reachable_dir():
     shutil.rmtree(folder)
 
 
+def deb_architecture():
+    """This machine's Debian architecture, the .deb's (dpd-exec is
+    compiled), or "" without dpkg."""
+    if not shutil.which("dpkg"):
+        return ""
+    return subprocess.run(["dpkg", "--print-architecture"],
+                          capture_output=True, text=True).stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def built_deb(tmp_path_factory):
     """Build the .deb once a run: dpkg-buildpackage -us -uc -b in a clean
@@ -127,7 +169,7 @@ def built_deb(tmp_path_factory):
                             cwd=source, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (deb,) = glob.glob(str(top / "diprocd_*_all.deb"))
+    (deb,) = glob.glob(str(top / ("diprocd_*_%s.deb" % deb_architecture())))
     extracted = top / "root"
     subprocess.run(["dpkg-deb", "-x", deb, str(extracted)], check=True)
     control = top / "control"

@@ -9,7 +9,8 @@
   ``zombie_children`` the zombies a daemon left unreaped. ``start_daemon``
   and ``run_command`` run ``bin/<command>`` with the marker;
   ``patched_python`` is a wrapper that monkeypatches diprocd in the
-  daemon's process first. Whether a pid is alive:
+  daemon's process first, ``wrapped_helper`` the dpd-exec path's like
+  (``fork_path`` says which path the workers take, from DIPROCD_EXEC). Whether a pid is alive:
   ``diprocd.kernel.is_alive``. ``rebindable_endpoints`` are ports for a
   master that is killed and bound again.
 - Documents: ``process_doc``, ``worker_doc``, ``client_doc`` and
@@ -214,6 +215,36 @@ def patched_python(*lines):
         "import runpy, sys", "sys.argv = sys.argv[2:]",
         "runpy.run_path(sys.argv[0], run_name='__main__')"))
     return [sys.executable, "-c", code]
+
+
+def proc_limits(pid):
+    """{"Max open files": (soft, hard)...} of /proc/PID/limits."""
+    out = {}
+    with open("/proc/%d/limits" % pid) as handle:
+        lines = handle.read().splitlines()[1:]
+    for line in lines:
+        name, soft, hard = line[:26].strip(), line[26:47].split()[0], \
+            line[47:68].split()[0]
+        out[name] = (soft, hard)
+    return out
+
+
+def fork_path():
+    """Whether the workers the tests start use spawn.py's fork path rather
+    than dpd-exec (tests/conftest.py sets DIPROCD_EXEC)."""
+    return os.environ.get("DIPROCD_EXEC") == "none"
+
+
+def wrapped_helper(folder, *lines):
+    """The environment that makes a worker start each process with a shell
+    script running ``lines`` first, then exec'ing the real dpd-exec (same
+    pid, same descriptors): the dpd-exec path's ``patched_python``."""
+    path = os.path.join(str(folder), "dpd-exec-wrapped")
+    with open(path, "w") as handle:
+        handle.write("#!/bin/sh\n%s\nexec '%s'\n" % (
+            "\n".join(lines), os.environ["DIPROCD_EXEC"]))
+    os.chmod(path, 0o755)
+    return {"DIPROCD_EXEC": path}
 
 
 def run_command(command, args, marker=None, timeout=30, **kwargs):
@@ -452,13 +483,14 @@ class Node:
 
     # -- the worker ------------------------------------------------------------
 
-    def start(self, *flags, verbose=True, wait=True, wrapper=None):
-        """Start ``dpd-workerd -f [-v] flags... CONFIG``; with ``wait``,
-        return once its status file names it (it watches CONFIG by then)."""
+    def start(self, *flags, verbose=True, wait=True, wrapper=None, env=None):
+        """Start ``dpd-workerd -f [-v] flags... CONFIG`` (``env`` added to
+        its environment); with ``wait``, return once its status file names
+        it (it watches CONFIG by then)."""
         args = ["-f"] + (["-v"] if verbose else []) + list(flags)
         self.daemon = start_daemon("dpd-workerd", self.marker,
                                    args + [self.config_path], self.log_path,
-                                   wrapper=wrapper)
+                                   extra_env=env, wrapper=wrapper)
         if wait:
             wait_for(self.worker_up, what="the worker's status file")
         return self.daemon

@@ -18,8 +18,9 @@ command -v chromium >/dev/null 2>&1 || need="$need chromium"
 # The init script tests run the daemons under Debian's python3 (as the .deb
 # does); the package test builds and lints the .deb; tests/test_deb_install.py
 # installs it in a debootstrapped Debian 12 root (ip: its loopback);
-# tests/test_manpages.py renders the man pages.
-for pkg in python3-zmq python3-simplejson python3-daemon python3-nacl \
+# tests/test_manpages.py renders the man pages. gcc and libc6-dev build
+# dpd-exec (lib/dpd-exec.c: make dpd-exec, tests/conftest.py, debian/rules).
+for pkg in gcc libc6-dev python3-zmq python3-simplejson python3-daemon python3-nacl \
            python3-prometheus-client \
            debhelper dh-python python3-all python3-setuptools fakeroot lintian \
            insserv logrotate debootstrap iproute2 groff-base man-db; do

@@ -41,9 +41,9 @@ from diprocd.ledger import JournalSlot, journal_path
 from diprocd.spec import ProcessSpec
 from diprocd.worker import Worker
 from fakes import FakeClock, FakeOps
-from helpers import (Master, Node, endpoint, marked_env, patched_python,
-                     process_doc, read_json, stop_daemon, wait_for,
-                     write_json)
+from helpers import (Master, Node, endpoint, fork_path, marked_env,
+                     patched_python, process_doc, read_json, stop_daemon,
+                     wait_for, wrapped_helper, write_json)
 
 USER = pwd.getpwuid(os.geteuid()).pw_name
 
@@ -123,7 +123,7 @@ def program_of(pid):
 
 def test_a_new_worker_waits_for_the_starts_a_killed_one_left_in_flight(
         node, tmp_path):
-    """The children a worker forked go on alone when it is killed; on a
+    """The children a worker started go on alone when it is killed; on a
     loaded machine (here: each child waits 1.5 s before its journal line)
     they may journal themselves only after the next worker has read the
     journal. That worker waits for them, so it adopts them instead of
@@ -134,8 +134,12 @@ def test_a_new_worker_waits_for_the_starts_a_killed_one_left_in_flight(
                 for i, tag in enumerate(tags)])
     in_flight = tmp_path / "in-flight"
     in_flight.mkdir()
-    node.start(verbose=False, wait=False, wrapper=patched_python(
-        SLOW_JOURNAL % {"folder": str(in_flight)}))
+    if fork_path():
+        node.start(verbose=False, wait=False, wrapper=patched_python(
+            SLOW_JOURNAL % {"folder": str(in_flight)}))
+    else:  # dpd-exec, holding the journal's open file, waits as long
+        node.start(verbose=False, wait=False, env=wrapped_helper(
+            tmp_path, "/usr/bin/touch '%s/'$$" % in_flight, "sleep 1.5"))
     wait_for(lambda: len(os.listdir(str(in_flight))) == count,
              what="every start in flight")
     node.stop(signal.SIGKILL)

@@ -10,21 +10,9 @@ import pytest
 
 from conftest import requires_root
 from diprocd import config
-from helpers import run_command, wait_for
+from helpers import proc_limits, run_command, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def proc_limits(pid):
-    """{"Max open files": (soft, hard)...} of /proc/PID/limits."""
-    out = {}
-    with open("/proc/%d/limits" % pid) as handle:
-        lines = handle.read().splitlines()[1:]
-    for line in lines:
-        name, soft, hard = line[:26].strip(), line[26:47].split()[0], \
-            line[47:68].split()[0]
-        out[name] = (soft, hard)
-    return out
 
 
 def test_limits_are_set_soft_and_hard_before_exec(node):

@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from diprocd import cli, config, ctl, ledger, paths
+from diprocd import cli, config, ctl, dpdexec, ledger, paths
 from diprocd.control import control_path
 from diprocd.master import nodes_file_path
 from helpers import ROOT
@@ -272,7 +272,8 @@ def test_files_and_environment(command):
     if command == "dpd-workerd":
         expected |= {ledger.status_path(pid_file),
                      ledger.journal_path(pid_file), control_path(pid_file),
-                     pid_file, paths.OLD_WORKER_CONFIG}
+                     pid_file, paths.OLD_WORKER_CONFIG,
+                     os.path.join("/usr/lib/diprocd", dpdexec.NAME)}
     if command == "dpd-masterd":
         expected |= {nodes_file_path(pid_file), pid_file,
                      config.default_master_control(pid_file)[len("ipc://"):]}
@@ -280,7 +281,10 @@ def test_files_and_environment(command):
         expected |= {pid_file}
     missing = sorted(expected - files)
     assert not missing, "%s.8 FILES lacks %s" % (command, missing)
-    assert place.env in set().union(*map(words, tags(found["ENVIRONMENT"])))
+    variables = set().union(*map(words, tags(found["ENVIRONMENT"])))
+    assert place.env in variables
+    if command == "dpd-workerd":
+        assert dpdexec.ENV_VAR in variables
 
 
 def test_dpdctl_files_and_environment():

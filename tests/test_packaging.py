@@ -4,6 +4,7 @@ built from a clean copy of the tree, its contents and lintian's verdict."""
 import glob
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -11,7 +12,9 @@ import sys
 
 import pytest
 
-from conftest import requires_root
+from conftest import deb_architecture, requires_root
+from diprocd import spawn
+from diprocd.spec import ProcessSpec
 from helpers import ROOT, clean_copy, run_command
 
 DAEMON_OF_EXAMPLE = {
@@ -197,6 +200,7 @@ def test_systemd_units_run_the_daemons_as_the_init_scripts_do(command):
 
 # --- the .deb (conftest.built_deb) --------------------------------------
 
+
 def deb_field(deb, field):
     return subprocess.run(["dpkg-deb", "-f", deb, field], capture_output=True,
                           text=True, check=True).stdout.strip()
@@ -246,6 +250,8 @@ def test_deb_file_list(built_deb):
     # The helper the client's unit and init script run as root.
     assert os.access(os.path.join(root, "usr/lib/diprocd/prepare-client"),
                      os.X_OK)
+    # dpd-exec where the worker of the package (sys.prefix /usr) finds it.
+    assert os.access(os.path.join(root, "usr/lib/diprocd/dpd-exec"), os.X_OK)
     # The body the three init scripts source, where they look for it.
     with open(os.path.join(ROOT, "lib", "init.sh"), "rb") as handle:
         body = handle.read()
@@ -310,7 +316,9 @@ def test_deb_depends_and_no_start_on_install(built_deb):
     for package in ("python3-zmq", "python3-simplejson", "python3-daemon",
                     "adduser"):
         assert package in depends
-    assert deb_field(built_deb["deb"], "Architecture") == "all"
+    # dpd-exec is compiled: the package is of this machine's architecture.
+    assert deb_field(built_deb["deb"], "Architecture") == deb_architecture()
+    assert "libc6" in depends
     # Neither enabled nor started on install, nor stopped or restarted on
     # upgrade: the administrator runs `insserv dpd-workerd` (which a
     # `defaults-disabled` would defeat) or `systemctl enable --now
@@ -441,6 +449,20 @@ def test_deb_commands_run_from_the_package(built_deb, tmp_path):
                                  "--version"], env=env, capture_output=True,
                                 text=True)
         assert result.returncode == 0 and command in result.stdout
+
+
+@pytest.mark.timeout(900)
+def test_deb_dpd_exec_starts_a_program(built_deb, tmp_path):
+    """The packaged dpd-exec (hardening flags and all) takes a plan from
+    this tree's worker code to the program's exec."""
+    helper = os.path.join(built_deb["root"], "usr/lib/diprocd/dpd-exec")
+    log = tmp_path / "out.log"
+    spec = ProcessSpec(name="p", run="/bin/sh", args=("-c", "echo $A"),
+                       env=(("A", "from the package"),), logs=str(log),
+                       user=pwd.getpwuid(os.geteuid()).pw_name)
+    pid = spawn.launch(spec, helper=helper).wait()
+    os.waitpid(pid, 0)
+    assert log.read_text() == "from the package\n"
 
 
 @pytest.mark.timeout(900)

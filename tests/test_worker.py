@@ -18,8 +18,9 @@ import pytest
 from conftest import requires_root
 from diprocd.daemon import read_pid
 from diprocd.kernel import cpu_ticks, is_alive
-from helpers import (free_port, marked_env, patched_python, run_command,
-                     wait_for, write_json)
+from diprocd import spawn
+from helpers import (fork_path, free_port, marked_env, patched_python,
+                     run_command, wait_for, wrapped_helper, write_json)
 
 
 def sleeper(node, name, **fields):
@@ -727,15 +728,20 @@ def test_a_start_stuck_before_exec_fails_that_start_only(node, tmp_path):
     node.write([node.proc("stuck", "/bin/sleep", "64001", restart=False,
                           logs=str(tmp_path / "stuck.log")),
                 node.proc("after", "/bin/sleep", "64002")])
-    node.start(wait=False, wrapper=patched_python(
-        "import time",
-        "from diprocd import spawn",
-        "real_open_files = spawn._open_files",
-        "def held(logs, *user):",
-        "    if logs.endswith('stuck.log'):",
-        "        time.sleep(spawn.EXEC_TIMEOUT + 5)",
-        "    return real_open_files(logs, *user)",
-        "spawn._open_files = held"))
+    if fork_path():
+        node.start(wait=False, wrapper=patched_python(
+            "import time",
+            "from diprocd import spawn",
+            "real_open_files = spawn._open_files",
+            "def held(logs, *user):",
+            "    if logs.endswith('stuck.log'):",
+            "        time.sleep(spawn.EXEC_TIMEOUT + 5)",
+            "    return real_open_files(logs, *user)",
+            "spawn._open_files = held"))
+    else:  # held in dpd-exec before its steps: its output is stuck.log
+        node.start(wait=False, env=wrapped_helper(
+            tmp_path, 'case "$(readlink /proc/$$/fd/1)" in',
+            "*stuck.log) sleep %d ;;" % (spawn.EXEC_TIMEOUT + 5), "esac"))
     # The burst holds the loop until the timeout.
     wait_for(node.worker_up, timeout=20, what="the worker's status file")
     entry = node.wait_state("stuck", "failed", timeout=20)
