@@ -9,7 +9,10 @@ cluster, step by step" says (its commands taken from the README), the
 init script's reload and restart (processes adopted), the cron line's
 respawn after a kill -9 of the worker, the stop, enabling with
 ``insserv`` and ``systemctl enable`` (not ``--now``: a chroot runs no
-systemd to start a unit) and undoing it, and ``apt-get purge``.
+systemd to start a unit) and undoing it, and ``apt-get purge``. In a
+second root, an install from before the user diprocd (the worker's file
+where it was, both daemons run as root) moved by the README's steps: the
+client then runs as diprocd, the worker's processes adopted.
 
 Every command in the root runs in one private mount and network namespace
 (``Root``): /proc is mounted there only, and the root's loopback is its
@@ -231,6 +234,24 @@ def debian_root(tmp_path):
             shutil.rmtree(str(tmp_path / "root"))
 
 
+def install(root, built_deb):
+    """As the README: apt install ./diprocd_*.deb, which brings the
+    dependencies from the mirror. No policy-rc.d: whatever the package
+    started would run."""
+    deb = os.path.basename(built_deb["deb"])
+    shutil.copy(built_deb["deb"], root.file("/tmp/" + deb))
+    root.run("apt-get update -q", net=False, timeout=600)
+    result = root.run("cd /tmp && apt-get install -y -q ./%s" % deb,
+                      net=False, timeout=600)
+    assert "Setting up diprocd" in result.stdout, result.stdout
+
+
+def loopback(document):
+    """The examples' master address, 192.168.0.1, made the root's own."""
+    for key in ("master_stats", "master_updates"):
+        document[key] = document[key].replace("192.168.0.1", "127.0.0.1")
+
+
 def listed(root, prefix):
     return sorted(os.path.basename(p) for p in glob.glob(root.file(prefix)))
 
@@ -267,15 +288,7 @@ def state(root, name):
 def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
     root = debian_root
     started = time.monotonic()
-    deb = os.path.basename(built_deb["deb"])
-    shutil.copy(built_deb["deb"], root.file("/tmp/" + deb))
-    # As the README: apt install ./diprocd_*.deb, which brings the
-    # dependencies from the mirror. No policy-rc.d: whatever the package
-    # started would run.
-    root.run("apt-get update -q", net=False, timeout=600)
-    result = root.run("cd /tmp && apt-get install -y -q ./%s" % deb,
-                      net=False, timeout=600)
-    assert "Setting up diprocd" in result.stdout, result.stdout
+    install(root, built_deb)
     # Both init systems' files.
     assert listed(root, "/etc/init.d/dpd-*") == sorted(COMMANDS)
     units = listed(root, "/lib/systemd/system/dpd-*") \
@@ -322,9 +335,6 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
         root.run("cp %sdiprocd-%s.example.json %s" % (EXAMPLES, example,
                                                       config))
 
-    def loopback(document):
-        for key in ("master_stats", "master_updates"):
-            document[key] = document[key].replace("192.168.0.1", "127.0.0.1")
     edit_json(root, MASTER_CONFIG, loopback)
     edit_json(root, CLIENT_CONFIG, lambda d: (loopback(d), d.update(
         node_name="node1")))
@@ -465,3 +475,85 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
     assert root.run("getent passwd diprocd").stdout.startswith("diprocd:")
     print("clean Debian 12 root: install to purge in %.0f s"
           % (time.monotonic() - started))
+
+
+OLD_WORKER_CONFIG = "/var/lib/diprocd/diprocd-worker.json"
+MOVING = "**An install from before the user**"
+
+
+def moving_steps():
+    """The README's steps that move an install from before the user
+    diprocd to the unprivileged client: (shell lines, {key: value} its
+    comment lines give for the client's file)."""
+    with open(README) as handle:
+        section = handle.read().split(MOVING, 1)[1]
+    (block,) = re.findall(r"^```\n(.*?)^```$", section, re.S | re.M)[:1]
+    lines, keys = [], {}
+    for line in block.splitlines():
+        if line.startswith("#"):
+            keys.update(json.loads("{%s}" % line.lstrip("# ").rstrip(",")
+                                   ) if line.lstrip("# ").startswith('"')
+                        else {})
+        elif line.strip():
+            lines.append(line.split("  #", 1)[0].strip())
+    return lines, keys
+
+
+@requires_root
+@pytest.mark.timeout(1200)
+def test_an_install_from_before_the_user_moves_as_the_readme_says(
+        built_deb, debian_root):
+    """The worker's file where it was before the user diprocd (its
+    folder root's): the scripts run both daemons as root; the README's
+    steps then move it, and the client runs as diprocd while the worker's
+    processes run on, adopted."""
+    root = debian_root
+    install(root, built_deb)
+    root.run("cp %sdiprocd-worker.example.json %s" % (EXAMPLES,
+                                                      OLD_WORKER_CONFIG))
+    for example, config in (("master", MASTER_CONFIG),
+                            ("client", CLIENT_CONFIG)):
+        root.run("cp %sdiprocd-%s.example.json %s" % (EXAMPLES, example,
+                                                      config))
+    edit_json(root, MASTER_CONFIG, loopback)
+    # The client's file as the example had it before the user.
+    edit_json(root, CLIENT_CONFIG, lambda d: (loopback(d), d.update(
+        node_name="node1", conf_file=OLD_WORKER_CONFIG,
+        pid_file="/var/run/dpd-clientd.pid",
+        log_file="/var/log/diprocd/dpd-clientd.log")))
+    for command in ("dpd-masterd", "dpd-workerd", "dpd-clientd"):
+        root.run("/etc/init.d/%s start" % command)
+    client = root.run("dpd-clientd --pid").stdout.strip()
+    assert root.run("stat -c %%U /proc/%s" % client).stdout == "root\n"
+
+    def node1_runs():
+        rows, _ = worker_status(root)
+        if rows.get("sleep.node1.1", ("",))[0] == "running":
+            return rows
+    rows = wait_for(node1_runs, timeout=60, what=lambda: worker_status(root))
+    sleep_pid = rows["sleep.node1.1"][1]
+
+    steps, keys = moving_steps()
+    assert len(steps) == 4 and set(keys) == {"conf_file", "pid_file",
+                                             "log_file"}, (steps, keys)
+    for line in steps:
+        if line.startswith("/etc/init.d/dpd-workerd start"):
+            edit_json(root, CLIENT_CONFIG, lambda d: d.update(keys))
+        root.run(line)
+    client = root.run("dpd-clientd --pid").stdout.strip()
+    assert root.run("stat -c %%U /proc/%s" % client).stdout == "diprocd\n"
+    assert root.run("stat -c %%U %s" % WORKER_CONFIG).stdout == "diprocd\n"
+    assert not os.path.exists(root.file(OLD_WORKER_CONFIG))
+    wait_for(lambda: worker_status(root)[0].get("sleep.node1.1")
+             == ("running", sleep_pid), timeout=30,
+             what=lambda: worker_status(root)[1])
+    # The client, as diprocd, still rewrites the worker's file: an edit of
+    # the master's list reaches the node.
+    edit_json(root, MASTER_CONFIG, lambda d: d["nodes"]["node1"][0].update(
+        args=["7200"]))
+    wait_for(lambda: '"7200"' in root.run("cat %s" % WORKER_CONFIG).stdout,
+             timeout=30, what=lambda: root.run(
+                 "tail -5 /var/log/diprocd/client/dpd-clientd.log",
+                 check=False))
+    for command in ("dpd-clientd", "dpd-masterd"):
+        root.run("/etc/init.d/%s stop" % command)
