@@ -252,6 +252,19 @@ def loopback(document):
         document[key] = document[key].replace("192.168.0.1", "127.0.0.1")
 
 
+def master_and_client(root, **client_keys):
+    """The master's and the client's examples in place, edited as the
+    README says (the master's address; the node's name), and
+    ``client_keys``."""
+    for example, config in (("master", MASTER_CONFIG),
+                            ("client", CLIENT_CONFIG)):
+        root.run("cp %sdiprocd-%s.example.json %s" % (EXAMPLES, example,
+                                                      config))
+    edit_json(root, MASTER_CONFIG, loopback)
+    edit_json(root, CLIENT_CONFIG, lambda d: (loopback(d), d.update(
+        node_name="node1", **client_keys)))
+
+
 def listed(root, prefix):
     return sorted(os.path.basename(p) for p in glob.glob(root.file(prefix)))
 
@@ -330,14 +343,7 @@ def test_deb_in_a_clean_debian_12_root(built_deb, debian_root):
 
     # A master and a client on the root's loopback, from the examples,
     # edited as the README says (the master's address; the node's name).
-    for example, config in (("master", MASTER_CONFIG),
-                            ("client", CLIENT_CONFIG)):
-        root.run("cp %sdiprocd-%s.example.json %s" % (EXAMPLES, example,
-                                                      config))
-
-    edit_json(root, MASTER_CONFIG, loopback)
-    edit_json(root, CLIENT_CONFIG, lambda d: (loopback(d), d.update(
-        node_name="node1")))
+    master_and_client(root)
     assert root.run("dpd-masterd --check").stdout.endswith(": OK\n")
     assert "node1" in root.run("dpd-clientd --check").stdout
     root.run("/etc/init.d/dpd-masterd start")
@@ -511,16 +517,10 @@ def test_an_install_from_before_the_user_moves_as_the_readme_says(
     install(root, built_deb)
     root.run("cp %sdiprocd-worker.example.json %s" % (EXAMPLES,
                                                       OLD_WORKER_CONFIG))
-    for example, config in (("master", MASTER_CONFIG),
-                            ("client", CLIENT_CONFIG)):
-        root.run("cp %sdiprocd-%s.example.json %s" % (EXAMPLES, example,
-                                                      config))
-    edit_json(root, MASTER_CONFIG, loopback)
     # The client's file as the example had it before the user.
-    edit_json(root, CLIENT_CONFIG, lambda d: (loopback(d), d.update(
-        node_name="node1", conf_file=OLD_WORKER_CONFIG,
-        pid_file="/var/run/dpd-clientd.pid",
-        log_file="/var/log/diprocd/dpd-clientd.log")))
+    master_and_client(root, conf_file=OLD_WORKER_CONFIG,
+                      pid_file="/var/run/dpd-clientd.pid",
+                      log_file="/var/log/diprocd/dpd-clientd.log")
     for command in ("dpd-masterd", "dpd-workerd", "dpd-clientd"):
         root.run("/etc/init.d/%s start" % command)
     client = root.run("dpd-clientd --pid").stdout.strip()
