@@ -8,7 +8,7 @@ for the fork path: the tests run both), ``sys.prefix/lib/diprocd/dpd-exec``
 ``/usr/lib/diprocd/dpd-exec``; the worker logs which it uses and puts it in
 its status file (``Spawner``).
 
-``start(plan, ...)`` is one ``os.posix_spawn`` (vfork-like: its cost does not
+``start(path, plan, log_fd, report_fd)`` is one ``os.posix_spawn`` (vfork-like: its cost does not
 grow with the worker's size, where a fork's does): a session of its own
 (setsid, so it leads its process group), every catchable signal back to its
 default, an empty mask, and the descriptors dpd-exec expects (0 /dev/null,

@@ -149,7 +149,12 @@ class HealthChecks:
 
     def _run(self):
         self._timer_at = None
-        now = self.clock.monotonic()
+        try:
+            self._due(self.clock.monotonic())
+        finally:  # whatever failed, the checks of the others go on
+            self._rearm()
+
+    def _due(self, now):
         while self._heap and self._heap[0][0] <= now:
             when, _, what, record = heapq.heappop(self._heap)
             if not record.active:
@@ -159,6 +164,8 @@ class HealthChecks:
             elif what == "expire" and record.probe is not None \
                     and record.expires == when:
                 record.probe.expire()
+
+    def _rearm(self):
         # Entries of ended records are dropped as they come up: find the
         # next live one for the timer.
         while self._heap and not self._heap[0][3].active:
@@ -175,7 +182,11 @@ class HealthChecks:
         probe = PROBES[check.kind](self, record)
         record.probe = probe
         self._push(record.expires, "expire", record)
-        probe.start()
+        try:
+            probe.start()
+        except OSError as err:  # no descriptor left (EMFILE)...: a failure
+            probe.finish(False, "cannot run the check: %s"
+                         % (err.strerror or err))
 
     def result(self, record, ok, output):
         """A probe of ``record`` ended (called once per probe)."""

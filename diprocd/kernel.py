@@ -156,6 +156,38 @@ def signal_name(signum):
         return "signal %d" % signum
 
 
+# rt_sigaction(2)'s number, where we know it: the C library's sigaction()
+# refuses its own signals (glibc's two below SIGRTMIN).
+SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134,
+                    "i386": 174, "i686": 174, "armv7l": 174, "ppc64le": 173,
+                    "s390x": 174}.get(os.uname().machine)
+HIDDEN_SIGNALS = range(32, signal.SIGRTMIN)  # glibc's: 32 and 33
+_sigaction = None
+
+
+def prepare_default_hidden_signals():
+    """Look up what ``default_hidden_signals`` calls (before forking)."""
+    global _sigaction
+    if _sigaction is None and SYS_RT_SIGACTION is not None:
+        try:
+            _sigaction = ctypes.CDLL(None, use_errno=True).syscall
+        except (OSError, AttributeError):
+            pass
+
+
+def default_hidden_signals():
+    """The C library's own signals back to their default in this process:
+    a parent's posix_spawn (GNU make's, for one) leaves them ignored, and
+    an exec keeps an ignored signal. A zeroed struct is SIG_DFL, no flags,
+    an empty mask, whatever the architecture's field order. Nothing where
+    the call's number is not known here."""
+    if _sigaction is None:
+        return
+    action = ctypes.create_string_buffer(64)  # larger than any kernel's
+    for signum in HIDDEN_SIGNALS:
+        _sigaction(SYS_RT_SIGACTION, signum, action, None, 8)
+
+
 # clone3(2): the same number on every architecture Linux gives it to.
 SYS_CLONE3 = 435
 CLONE_INTO_CGROUP = 0x200000000

@@ -191,8 +191,12 @@ def _make_folder(path, mode):
     if os.path.isdir(path):
         return
     try:
-        os.makedirs(path, mode)
-        os.chmod(path, mode)
+        os.makedirs(os.path.dirname(path) or "/", 0o755, exist_ok=True)
+        old_umask = os.umask(0)  # the mode as given, no chmod: a link
+        try:                     # swapped in meanwhile is not followed
+            os.mkdir(path, mode)
+        finally:
+            os.umask(old_umask)
     except FileExistsError:
         pass
     except OSError as err:

@@ -47,7 +47,8 @@ STATES = (STOPPED, WAITING, BACKOFF, STARTING, RUNNING, STOPPING, CANCELLING,
           EXITED, FAILED, GIVEN_UP)
 
 TRANSITIONS = {
-    STOPPED: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP},
+    # BACKOFF, EXITED: an adopted pid that died while being watched.
+    STOPPED: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP, BACKOFF, EXITED},
     WAITING: {WAITING, STARTING, RUNNING, FAILED, GIVEN_UP, STOPPED, BACKOFF},
     BACKOFF: {WAITING, STOPPED},
     STARTING: {RUNNING, CANCELLING, WAITING, EXITED, FAILED, GIVEN_UP,
@@ -341,6 +342,8 @@ class Process:
         # Its run before is not known here: its time counts from now.
         self.run_since = self.clock.monotonic()
         self._set_pid(pid, ticks)
+        if self.pid is None:
+            return  # it died meanwhile: on_exit took it on
         self._set_state(RUNNING)
 
     def _set_pid(self, pid, ticks=None):
@@ -378,7 +381,7 @@ class Process:
         self.last_exit = how
         name = self.spec.name
         self._set_pid(None)
-        if self.state == STOPPING:
+        if self.state in (STOPPING, CANCELLING):
             self._finish_stop(how)
             return
         log.warning("%s: exited (%s)", name, how)
@@ -449,6 +452,9 @@ class Process:
             if self.state == STARTING:
                 self._poll_daemon_pid()
             return
+        if self.state == RUNNING and not self.unhealthy:
+            self.deadline = None  # nothing is due: never a busy loop
+            return
         if self.state == STOPPING or (self.state == RUNNING
                                       and self.unhealthy):
             log.warning("%s: still alive %.1fs after %s: SIGKILL",
@@ -486,6 +492,9 @@ class Process:
         pid = self._found_daemon_pid()
         if pid is None:
             return False
+        if self.pid != pid:
+            return True  # it died as it was found: on_exit took it on
+        self.deadline = None  # the pid file's wait is over
         self._set_state(RUNNING)
         log.info("%s: daemon running, pid %d", self.spec.name, pid)
         return True
@@ -496,6 +505,8 @@ class Process:
         pid = self._found_daemon_pid()
         if pid is None:
             return False
+        if self.pid != pid:
+            return True  # it died as it was found: on_exit ended the stop
         self.deadline = self.clock.monotonic() + self.spec.stop_timeout
         log.info("%s: stopping daemon pid %d with %s", self.spec.name, pid,
                  signal.Signals(self.spec.stop_signal).name)
@@ -612,6 +623,7 @@ class Process:
         self.held = True
         if self.state in (WAITING, BACKOFF):
             self._set_state(STOPPED)
+            self.ops.stopped(self)  # what is left in its cgroup goes too
         elif self.state not in (STOPPING, CANCELLING):
             self.stop()
         # Stopping already: a definition it was to restart with (next_spec)

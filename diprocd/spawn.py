@@ -70,7 +70,7 @@ errors; ``by_helper`` chooses, per spec:
    m. ``execve`` with a clean environment (PATH, HOME, USER, LOGNAME, SHELL
       of the target user) overlaid with ``env``.
    Any failure writes ``E<step>: <reason>`` on the pipe and exits 127.
-   Steps d-g are ``_confine``, shared with ``start_check``.
+   Steps d-i are ``_confine``, shared with ``start_check``.
 4. The worker reads the pipe to its end (``Launch.wait``): a successful exec
    closes it with no error, so a failure comes back as a SpawnError with its
    reason, not as a silent death. ``launch`` returns after step 1, so a
@@ -188,6 +188,7 @@ class Plan:
         else:
             self.groups = None
         self.spec = spec
+        kernel.prepare_default_hidden_signals()  # the child looks up nothing
         self.argv = list(argv) if argv else [spec.run] + list(spec.args)
         self.env = clean_environment(spec, self.user)
         self.journal = journal
@@ -365,9 +366,9 @@ def _report_and_exit(fd, prefix, err):
 def start_check(spec, program_nofile=None):
     """Start ``spec``'s exec health check as a child of the worker, with
     the process's user, chroot, working directory, umask and environment
-    (steps a, d and f-k of a start, its limits too: no double fork, no
-    cgroup, no journal, no ``logs``: a check is not supervised, not
-    recorded, not adopted).
+    (steps a, j, then d-i and k of a start, its limits too: no double
+    fork, no cgroup, no journal, no ``logs``: a check is not supervised,
+    not recorded, not adopted).
     Returns (pid, fd): the fd (non-blocking) reads its stdout and stderr,
     and a failure before exec (``cannot <step>: <reason>``, exit 127).
     Raise SpawnError for what fails before the fork."""
@@ -402,8 +403,9 @@ def _reset_signals():
             continue
         try:
             signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # glibc's own two: below
             pass
+    kernel.default_hidden_signals()
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

@@ -73,8 +73,9 @@ def note(entry, now):
     if entry.get("adopted"):
         text = ("adopted; " + text) if text else "adopted"
     due = entry.get("next_start")
+    # A node's report is not trusted to hold a time localtime takes.
     if entry.get("state") == "backoff" and isinstance(due, (int, float)) \
-            and not isinstance(due, bool):
+            and not isinstance(due, bool) and 0 <= due < 1e11:
         text = "next start in %s (%s)%s" % (
             _age(max(0, due - now + 0.999)),
             time.strftime("%H:%M:%S", time.localtime(due)),

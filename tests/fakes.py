@@ -65,6 +65,10 @@ class FakeOps(ProcessOps):
         pass
 
     def watch(self, proc, pid, kind):
+        if pid in getattr(self, "dead_on_watch", ()):
+            # As pidwatch does for a pid already gone: at once.
+            proc.on_exit("exit status unknown (gone before it was watched)")
+            return
         self.watched[pid] = (proc, kind)
 
     def unwatch(self, pid):

@@ -267,6 +267,8 @@ def test_the_operators_stop_of_a_process_in_backoff():
     proc.hold()
     assert proc.state == P.STOPPED and proc.held and proc.deadline is None
     assert proc.next_deadline() is None
+    # Stopped like any other: the worker ends what is left of its tree.
+    assert ops.stopped_procs == [proc]
     clock.now += 1000
     proc.tick(clock.now)
     assert proc.state == P.STOPPED and len(ops.spawned) == 1

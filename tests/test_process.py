@@ -176,6 +176,16 @@ def test_daemon_waits_for_its_pid_file():
     clock.now += 0.05
     proc.tick(clock.now)
     assert proc.state == P.RUNNING and proc.pid == 555
+    # The pid file's wait is over: no deadline left for the worker's loop
+    # (a past one made it spin at 100 % of a core once the 10 s passed).
+    assert proc.deadline is None and proc.next_deadline() is None
+
+
+def test_an_adopted_pid_that_dies_while_watched_is_restarted():
+    proc, ops, clock = make(restart_delay=5)
+    ops.dead_on_watch = {777}
+    proc.adopt(777, 12345)
+    assert proc.state == P.BACKOFF and proc.pid is None
 
 
 def test_daemon_without_pid_file_fails_after_timeout():

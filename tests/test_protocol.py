@@ -163,3 +163,13 @@ def test_malformed_beats_are_rejected(frames, why):
     with pytest.raises(ProtocolError) as info:
         protocol.decode_beat(frames)
     assert why in str(info.value)
+
+
+def test_a_backoff_with_a_next_start_out_of_range_is_shown_without_it():
+    # A node's report is the node's word: a time localtime cannot take
+    # must not break dpdctl status for the whole fleet.
+    from diprocd import status
+    for due in (1e300, 10 ** 30, -5.0, float("inf")):
+        text = status.note({"state": "backoff", "next_start": due,
+                            "error": "boom"}, 1000.0)
+        assert "boom" in text and "next start" not in text
