@@ -8,10 +8,11 @@ for the fork path: the tests run both), ``sys.prefix/lib/diprocd/dpd-exec``
 ``/usr/lib/diprocd/dpd-exec``; the worker logs which it uses and puts it in
 its status file (``Spawner``).
 
-``start(path, plan, log_fd, report_fd)`` is one ``os.posix_spawn`` (vfork-like: its cost does not
-grow with the worker's size, where a fork's does): a session of its own
-(setsid, so it leads its process group), every catchable signal back to its
-default, an empty mask, and the descriptors dpd-exec expects (0 /dev/null,
+``start(path, plan, log_fd, report_fd)`` is one ``os.posix_spawn``
+(vfork-like: its cost does not grow with the worker's size, where a fork's
+does): a session of its own (setsid, so it leads its process group),
+every catchable signal back to its default, an empty mask, and the
+descriptors dpd-exec expects (0 /dev/null,
 1 and 2 the log, 3 the report pipe, 4 the journal, 5 the plan, 6 the cgroup
 v2 folder the program is to be born in, when it is). The plan is
 a memfd of NUL-terminated fields (``encode``): the program's arguments and
