@@ -402,27 +402,27 @@ def _write(path, text):
         os.close(fd)
 
 
-def _read_lines(path):
+def _read(path):
+    """The text of a cgroup file, "" when it cannot be read."""
     try:
         with open(path) as handle:
-            return handle.read().splitlines()
+            return handle.read()
     except OSError:
-        return []
+        return ""
+
+
+def _read_lines(path):
+    return _read(path).splitlines()
 
 
 def _read_words(path):
-    try:
-        with open(path) as handle:
-            return handle.read().split()
-    except OSError:
-        return []
+    return _read(path).split()
 
 
 def _read_pids(path):
     try:
-        with open(path) as handle:
-            return [int(word) for word in handle.read().split()]
-    except (OSError, ValueError):
+        return [int(word) for word in _read_words(path)]
+    except ValueError:
         return []
 
 

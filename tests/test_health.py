@@ -86,17 +86,23 @@ def test_null_is_no_check_and_the_spec_keeps_it():
 
 # --- the counting, with a fake clock ------------------------------------------
 
-def test_readiness_grace_and_failures_in_a_row_restart_through_on_exit():
+def started_with_checks(check, **fields):
+    """A Process with ``check``, started on fakes, its checks followed:
+    (proc, ops, clock, checks, its check record)."""
     clock, ops = FakeClock(), FakeOps()
-    proc = P.Process(ProcessSpec(name="p", run="/bin/sleep", check=CheckSpec(
-        "tcp", "127.0.0.1:9", interval=1, failures=2, grace=5,
-        timeout=1)), ops, clock)
+    proc = P.Process(ProcessSpec(name="p", run="/bin/sleep", check=check,
+                                 **fields), ops, clock)
     checks = HealthChecks(Loop(clock=clock.monotonic), None, clock,
                           logging.getLogger("test"), lambda: None)
     ops.changed = checks.follow
     proc.want()
     proc.start()
-    record = checks.records[proc]
+    return proc, ops, clock, checks, checks.records[proc]
+
+
+def test_readiness_grace_and_failures_in_a_row_restart_through_on_exit():
+    proc, ops, clock, checks, record = started_with_checks(CheckSpec(
+        "tcp", "127.0.0.1:9", interval=1, failures=2, grace=5, timeout=1))
 
     def result(ok, output):  # a probe begun and ended now
         record.started = clock.now
@@ -372,16 +378,8 @@ def test_an_exec_check_runs_as_the_process_does(node):
 
 def test_a_failed_check_restarts_through_the_restart_policy():
     """A process ended by its check backs off like any quick death."""
-    clock, ops = FakeClock(), FakeOps()
-    proc = P.Process(ProcessSpec(name="p", run="/bin/sleep", restart_delay=5,
-                                 check=CheckSpec("tcp", "127.0.0.1:9",
-                                                 failures=1)), ops, clock)
-    checks = HealthChecks(Loop(clock=clock.monotonic), None, clock,
-                          logging.getLogger("test"), lambda: None)
-    ops.changed = checks.follow
-    proc.want()
-    proc.start()
-    record = checks.records[proc]
+    proc, ops, clock, checks, record = started_with_checks(
+        CheckSpec("tcp", "127.0.0.1:9", failures=1), restart_delay=5)
     record.started = clock.now
     checks.result(record, False, "refused")
     assert ops.signals == [(101, signal.SIGTERM)]
