@@ -55,6 +55,10 @@ class ZmtpProxy:
 
     def cut(self):
         listener, self.listener = self.listener, None
+        try:  # wakes the accept() blocked on it: close() alone does not,
+            listener.shutdown(socket.SHUT_RDWR)  # and it would take one
+        except OSError:  # more connection after the cut
+            pass
         listener.close()
         with self.lock:
             conns, self.conns = self.conns, []
@@ -79,6 +83,9 @@ class ZmtpProxy:
             try:
                 down, _ = listener.accept()
             except OSError:
+                return
+            if listener is not self.listener:  # accepted as it was cut
+                down.close()
                 return
             try:
                 up = socket.create_connection(self.upstream, timeout=5)
