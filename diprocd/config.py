@@ -573,6 +573,7 @@ class _Where:
         self.where = where
         self.problems = []
         self.warnings = []
+        self.users = set()  # found on this machine: looked up once a file
 
     def problem(self, label, field, why):
         self.problems.append('%s: %s: field "%s": %s'
@@ -672,10 +673,13 @@ def _machine_defaults(values, item, label, out, folders, check_users):
     default logs (``folders``: their folders, or None)."""
     pid_dir, log_dir = folders
     if "user" in values and check_users:
-        try:
-            lookup_user(values["user"])
-        except (KeyError, OverflowError, ValueError):
-            out.problem(label, "user", 'unknown user "%s"' % values["user"])
+        if values["user"] not in out.users:
+            try:
+                lookup_user(values["user"])
+                out.users.add(values["user"])
+            except (KeyError, OverflowError, ValueError):
+                out.problem(label, "user",
+                            'unknown user "%s"' % values["user"])
     elif "user" not in values and item.get("user") is None and check_users:
         values["user"] = default_user()
     if "pid_file" not in values and pid_dir is not None:

@@ -18,12 +18,14 @@ a user, a name or an argument goes).
 """
 
 import math
+import re
 
 import simplejson as json
 
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 19         # 64 bits: 9223372036854775807
 INT_BOUND = 2 ** 63
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class _Refused(ValueError):
@@ -72,27 +74,38 @@ def loads(data, where, error, max_bytes):
                     % (where, err.lineno, err.colno, err.msg))
     except (RecursionError, ValueError) as err:
         raise error("%s: not JSON: %s" % (where, err))
-    _check_tree(value, where, error)
+    # A lone surrogate can only come from a \\uD800-\\uDFFF escape (UTF-8
+    # has none): without one in the text, only the depth is checked.
+    _check_tree(value, where, error,
+                _SURROGATE_ESCAPE.search(data) is not None)
     return value
 
 
-def _check_tree(value, where, error):
-    """Depth and strings, without recursion (a deep tree would overflow it)."""
+def _check_tree(value, where, error, strings=True):
+    """Depth, and the strings when ``strings``, without recursion (a deep
+    tree would overflow it)."""
+    if not isinstance(value, (list, dict)):
+        if strings and isinstance(value, str):
+            _check_string(value, where, error)
+        return
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_string(item, where, error)
-        elif isinstance(item, (list, dict)):
-            if depth > MAX_DEPTH:
-                raise error("%s: nested deeper than %d levels"
-                            % (where, MAX_DEPTH))
-            if isinstance(item, dict):
-                for key, child in item.items():
+        if depth > MAX_DEPTH:
+            raise error("%s: nested deeper than %d levels"
+                        % (where, MAX_DEPTH))
+        if isinstance(item, dict):
+            if strings:
+                for key in item:
                     _check_string(key, where, error)
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            if isinstance(child, (list, dict)):
+                stack.append((child, depth + 1))
+            elif strings and isinstance(child, str):
+                _check_string(child, where, error)
 
 
 def _check_string(text, where, error):

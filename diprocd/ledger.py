@@ -3,7 +3,9 @@ view of its processes that others read. One format, written and read here.
 
 Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
 
-- ``dpd-workerd.status.json``, rewritten atomically on every change::
+- ``dpd-workerd.status.json``, rewritten atomically after changes (at
+  most every ``STATUS_INTERVAL`` seconds: worker.py), compact, each
+  process's part encoded again only when it changed::
 
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
        "updated": T, "spawner": HOW,   # "dpd-exec PATH" or "fork (why)"
@@ -62,6 +64,10 @@ STATUS_VERSION = 2
 MAX_STATUS_BYTES = 16 * 1024 * 1024
 
 
+def _dumps(obj):
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def status_path(worker_pid_file):
     """``/run/dpd-workerd.pid`` -> ``/run/dpd-workerd.status.json``."""
     return beside_pid_file(worker_pid_file, ".status.json")
@@ -94,7 +100,9 @@ class Record:
                    spec.write_pid, (spec.stop_signal, spec.stop_timeout))
 
     def to_json(self):
-        out = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies, and was two thirds
+        # of a status write.
+        out = {name: getattr(self, name) for name in _RECORD_FIELDS}
         for key in ("launcher", "stop"):
             out[key] = list(out[key]) if out[key] is not None else None
         return out
@@ -134,6 +142,9 @@ class Record:
             kwargs["stop_signal"] = int(self.stop[0])
             kwargs["stop_timeout"] = float(self.stop[1])
         return ProcessSpec(**kwargs)
+
+
+_RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(Record))
 
 
 def _is_int(value):
@@ -189,6 +200,9 @@ class Ledger:
         self.journal_path = journal_path(worker_pid_file)
         self.boot_id = boot_id
         self.journal_fd = None
+        # {name: (view, record, their JSON texts)} of the last write: a
+        # process is encoded again only when its view or record changed.
+        self._texts = {}
 
     def open(self, wait=0.0):
         """Open the journal and lock it, waiting at most ``wait`` seconds
@@ -228,20 +242,30 @@ class Ledger:
         in the status now); ``spawner`` says how the worker starts
         processes. OSError propagates: the old file is kept and the caller
         retries."""
-        document = {
+        head = _dumps({
             "version": STATUS_VERSION, "worker_pid": worker_pid,
             "config": config_path, "boot_id": self.boot_id,
-            "updated": updated, "spawner": spawner, "tree": tree,
-            "procs": {name: view_of(proc)
-                      for name, proc in sorted(procs.items())},
-            "records": {name: Record.of(proc).to_json()
-                        for name, proc in sorted(procs.items())},
-            # Stopped by the operator, with the definition it applies to.
-            "held": {name: proc.spec.fingerprint()
-                     for name, proc in sorted(procs.items()) if proc.held},
-        }
-        atomic_write(self.status_path, json.dumps(document, indent=1),
-                     mode=0o644, fsync=False, follow_symlinks=False)
+            "updated": updated, "spawner": spawner, "tree": tree})
+        views, records, held, texts = [], [], {}, {}
+        for name in sorted(procs):
+            proc = procs[name]
+            view, record = view_of(proc), Record.of(proc).to_json()
+            text = self._texts.get(name)
+            if text is None or text[0] != view or text[1] != record:
+                key = _dumps(name) + ":"
+                text = (view, record, key + _dumps(view),
+                        key + _dumps(record))
+            texts[name] = text
+            views.append(text[2])
+            records.append(text[3])
+            if proc.held:
+                # Stopped by the operator, with the definition it applies to.
+                held[name] = proc.spec.fingerprint()
+        document = "%s,\"procs\":{%s},\"records\":{%s},\"held\":%s}" % (
+            head[:-1], ",".join(views), ",".join(records), _dumps(held))
+        atomic_write(self.status_path, document, mode=0o644, fsync=False,
+                     follow_symlinks=False)
+        self._texts = texts
         if self.journal_fd is not None:
             os.ftruncate(self.journal_fd, 0)
 

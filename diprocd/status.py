@@ -96,8 +96,9 @@ def process_rows(procs, now, prefix=(), local=True):
     for name, entry in procs.items():
         if not isinstance(entry, dict):
             continue
-        if local:
-            state, ok = live_state(entry), as_desired(entry)
+        if local:  # as_desired's rule, the pid looked up once
+            state = live_state(entry)
+            ok = bool(entry.get("ok")) and state != "dead"
         else:
             state, ok = entry.get("state", "?"), bool(entry.get("ok"))
         started = entry.get("started_at")
@@ -139,14 +140,14 @@ def status_main(config_path, owners=()):
     the pid file the CONFIG names, with its problems. ``owners``: as the
     worker's --config-owner."""
     try:
-        load_worker_config(config_path, owners)
+        pid_file = load_worker_config(config_path, owners).pid_file
         problems = []
     except ConfigError as err:
         problems = err.problems
-    try:
-        pid_file = load_pid_file(config_path)
-    except ConfigError:
-        pid_file = None
+        try:
+            pid_file = load_pid_file(config_path)
+        except ConfigError:
+            pid_file = None
     for problem in problems:
         print("error: " + problem)
     if pid_file is None:

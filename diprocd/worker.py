@@ -40,6 +40,13 @@ from diprocd.process import CANCELLING, STOPPING, WAITING, Process
 
 # How often a status file write that failed (disk full...) is retried.
 STATUS_RETRY = 1.0
+# The status file is written STATUS_DELAY after a change, so that a burst
+# of changes is one write and a restart's program reaches exec before the
+# worker spends a core on the file; and at most every STATUS_INTERVAL,
+# whatever the rate of changes (it is read by people and the client, the
+# journal is what adoption needs meanwhile: ledger.py).
+STATUS_DELAY = 0.02
+STATUS_INTERVAL = 0.1
 # Starts in flight at once in a burst (each holds a pipe until exec).
 LAUNCH_BATCH = 64
 
@@ -72,6 +79,7 @@ class Worker:
         # How process trees are grouped: detected in run().
         self.tree = cgroup.Tree(cgroup.PROCESS_GROUP)
         self._status_dirty = True
+        self._status_written = float("-inf")  # monotonic time of the last
         self._schedule_dirty = True
         self._status_error = None
         self.control = None
@@ -430,9 +438,19 @@ class Worker:
 
     # --- status ----------------------------------------------------------------
     def _flush_status(self, force=False):
-        if not (self._status_dirty or force):
-            return
+        """Write the status file now (``force``), or schedule its write
+        when something changed (see STATUS_DELAY)."""
+        if force:
+            self.loop.cancel("status")
+            self._write_status()
+        elif self._status_dirty and self.loop.pending("status") is None:
+            due = max(self.clock.monotonic() + STATUS_DELAY,
+                      self._status_written + STATUS_INTERVAL)
+            self.loop.call_at("status", due, self._write_status)
+
+    def _write_status(self):
         self._status_dirty = False
+        self._status_written = self.clock.monotonic()
         try:
             self.ledger.write(os.getpid(), self.config.path, self.clock.time(),
                               self.procs, self.tree.describe(),
