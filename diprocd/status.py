@@ -27,8 +27,11 @@ def live_state(entry):
     return entry.get("state", "?")
 
 
-def as_desired(entry):
-    return bool(entry.get("ok")) and live_state(entry) != "dead"
+def as_desired(entry, state=None):
+    """``state``: its ``live_state`` when already known."""
+    if state is None:
+        state = live_state(entry)
+    return bool(entry.get("ok")) and state != "dead"
 
 
 def tree_line(tree):
@@ -96,9 +99,9 @@ def process_rows(procs, now, prefix=(), local=True):
     for name, entry in procs.items():
         if not isinstance(entry, dict):
             continue
-        if local:  # as_desired's rule, the pid looked up once
+        if local:  # the pid looked up once
             state = live_state(entry)
-            ok = bool(entry.get("ok")) and state != "dead"
+            ok = as_desired(entry, state)
         else:
             state, ok = entry.get("state", "?"), bool(entry.get("ok"))
         started = entry.get("started_at")

@@ -527,14 +527,17 @@ class Node:
     def state(self, name):
         return self.status().get(name, {})
 
-    def wait_state(self, name, state, timeout=10, **expect):
+    def wait_state(self, name, state, timeout=10, alive=False, **expect):
         """Wait for process ``name`` in ``state`` with the ``expect``ed
-        fields; return its status entry."""
+        fields (and, with ``alive``, a pid alive); return its status
+        entry."""
         def ok():
             entry = self.state(name)
             if entry.get("state") != state:
                 return None
             if any(entry.get(k) != v for k, v in expect.items()):
+                return None
+            if alive and not (entry.get("pid") and is_alive(entry["pid"])):
                 return None
             return entry
         return wait_for(ok, timeout, what=lambda: "%s to be %s %s; status: %s;"
@@ -542,10 +545,10 @@ class Node:
                                        self.log()[-3000:]))
 
     def wait_running(self, name, **kw):
-        """Wait for ``name`` to run; return its pid."""
-        entry = self.wait_state(name, "running", **kw)
-        assert is_alive(entry["pid"])
-        return entry["pid"]
+        """Wait for ``name`` to run with a live pid (the status is written
+        up to STATUS_INTERVAL after a change: until then it names the pid
+        a restart ended); return its pid."""
+        return self.wait_state(name, "running", alive=True, **kw)["pid"]
 
     def running(self):
         """{process name: pid} of the processes running on this node."""
