@@ -17,8 +17,9 @@ import tempfile
 import time
 import uuid
 
-from supervisors import (BenchError, cpu_seconds, cpu_seconds_precise,
-                         kill_marked, _read)
+from procevents import ExecEvents
+from supervisors import (RESTART_POLL, BenchError, cpu_seconds,
+                         cpu_seconds_precise, kill_marked, _read)
 from diprocd.kernel import rss_bytes
 
 # Let the supervisor finish its bookkeeping (status file, log) between two
@@ -78,6 +79,21 @@ def measure_restarts(supervisors, victims, progress):
     latencies in seconds, {label: [seconds]}."""
     latencies = {s.label: [] for s in supervisors}
     kills = max(len(names) for names in victims.values())
+    events = ExecEvents.open()
+    progress("restart: the new process seen %s" % (
+        "by the kernel's exec events" if events is not None
+        else "by polling /proc every %g ms (exec events need root)"
+        % (RESTART_POLL * 1000)))
+    try:
+        _kill_in_turns(supervisors, victims, kills, latencies, events,
+                       progress)
+    finally:
+        if events is not None:
+            events.close()
+    return latencies
+
+
+def _kill_in_turns(supervisors, victims, kills, latencies, events, progress):
     for index in range(kills):
         for supervisor in supervisors:
             names = victims[supervisor.label]
@@ -88,15 +104,17 @@ def measure_restarts(supervisors, victims, progress):
             if old_pid is None:
                 old_pid, _ = supervisor.wait_running(name, None,
                                                      time.perf_counter())
+            if events is not None:
+                events.drain()
             started = time.perf_counter()
             os.kill(old_pid, signal.SIGKILL)
-            _, elapsed = supervisor.wait_running(name, old_pid, started)
+            _, elapsed = supervisor.wait_running(name, old_pid, started,
+                                                 events=events)
             latencies[supervisor.label].append(elapsed)
             time.sleep(SETTLE)
         progress("restart %d/%d: %s" % (index + 1, kills, ", ".join(
             "%s %.1f ms" % (label, values[-1] * 1000)
             for label, values in latencies.items() if values)))
-    return latencies
 
 
 def measure_command(argv, runs, timeout=60.0):

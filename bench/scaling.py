@@ -25,7 +25,9 @@ idle CPU     utime+stime of each supervisor (/proc/PID/stat, all threads)
              from schedstat, in ns); RSS is VmRSS at the end of it.
 restart      ``--kills`` kill -9 of random programs each (``--peer-kills``
              for the peers), taking turns: from the kill to the new process
-             running, polled every millisecond; median and p99 (nearest
+             running, the kernel's time of its exec (``procevents``: exec
+             events, as root; else /proc polled every millisecond, the
+             output says which); median and p99 (nearest
              rank: with fewer than 100 kills, the largest).
 status       ``--status-runs`` runs of each status command, wall clock,
              median: ``dpd-workerd --status CONFIG``, ``supervisorctl

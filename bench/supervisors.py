@@ -50,6 +50,10 @@ RESTART_POLL = 0.001
 COLD_START_POLL = 0.005
 COLD_START_TIMEOUT = 300.0
 EVENT_TIMEOUT = 30.0
+# With exec events (procevents): how long a found program's later execs are
+# waited for, and how often /proc is scanned in case the kernel dropped one.
+EXEC_SETTLE = 0.005
+EXEC_RESCAN = 0.05
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -241,9 +245,13 @@ class Supervisor:
                 if is_alive(pid)]
 
     def wait_running(self, name, not_pid, started, timeout=EVENT_TIMEOUT,
-                     poll=RESTART_POLL):
+                     poll=RESTART_POLL, events=None):
         """Wait for ``name`` to run as a pid other than ``not_pid``; return
-        (pid, seconds since ``started``)."""
+        (pid, seconds since ``started``). With ``events`` (a
+        ``procevents.ExecEvents``), the time is the kernel's of the exec
+        that made it the program, and nothing polls meanwhile."""
+        if events is not None:
+            return self._wait_exec(name, not_pid, started, timeout, events)
         deadline = started + timeout
         while True:
             pid = self.scan().get(name)
@@ -255,6 +263,44 @@ class Supervisor:
                 raise BenchError("%s: %s not running %.0fs after the event"
                                  % (self.label, name, timeout))
             time.sleep(poll)
+
+    def _wait_exec(self, name, not_pid, started, timeout, events):
+        """wait_running by exec events: the first exec, after ``started``, of
+        a pid that then is this program (its comm and marker); then the
+        last exec of that pid within EXEC_SETTLE (when the comm was read
+        after a later exec than the event's: ``sh -c '...; exec sleep'``).
+        Events the kernel dropped are made up for by a scan every
+        EXEC_RESCAN seconds (then the time is the scan's)."""
+        deadline = started + timeout
+        marker = self.marker(name)
+        found = None  # (pid, exec time)
+        settle_until = None
+        rescan_at = time.perf_counter() + EXEC_RESCAN
+        while True:
+            now = time.perf_counter()
+            if found is not None and now >= settle_until:
+                return found[0], found[1] - started
+            if now > deadline:
+                self.check_alive()
+                raise BenchError("%s: %s not running %.0fs after the event"
+                                 % (self.label, name, timeout))
+            if found is None and now >= rescan_at:
+                pid = self.scan().get(name)
+                if pid is not None and pid != not_pid:
+                    return pid, time.perf_counter() - started
+                rescan_at = now + EXEC_RESCAN
+            until = settle_until if found is not None else min(deadline,
+                                                               rescan_at)
+            for pid, when in events.read(until - now):
+                if found is not None:
+                    if pid == found[0]:
+                        found = (pid, when)
+                    continue
+                if pid != not_pid and when >= started \
+                        and comm_of(pid) == PROGRAM_COMM \
+                        and marker_of(pid) == marker:
+                    found = (pid, when)
+                    settle_until = time.perf_counter() + EXEC_SETTLE
 
     def wait_all_running(self, count, started, timeout=COLD_START_TIMEOUT):
         """Wait for ``count`` programs to run; seconds since ``started``, or

@@ -16,7 +16,9 @@ idle CPU     utime+stime of the supervisor itself (/proc/PID/stat) over
              per minute; RSS is VmRSS at the end of that window.
 restart      ``--kills`` kill -9 of random programs (no program twice), taking
              turns between the supervisors: from the kill to the new process
-             running, polled every millisecond.
+             running, the kernel's time of its exec (``procevents``: exec
+             events, as root; else /proc polled every millisecond, the
+             output says which).
 reload       ``--reloads`` times add one program: dpd-workerd: atomic rename
              of CONFIG, from the rename to the new process running;
              supervisord: write a file in its include folder and run

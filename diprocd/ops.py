@@ -36,6 +36,7 @@ class NodeOps(ProcessOps):
         self.log = log
         self.program_nofile = program_nofile
         self.helper = None  # dpd-exec's path (dpdexec.find), or None
+        self.server = None  # a dpdexec.Server of it, or None
         self.changed = on_changed
         self.stopped = on_stopped
 
@@ -50,7 +51,7 @@ class NodeOps(ProcessOps):
             folders, born_inside = self._prepare_tree(spec)
             return spawn.launch(spec, self.ledger.slot(spec),
                                 self.program_nofile, folders, born_inside,
-                                self.helper)
+                                self.helper, self.server)
         except OSError as err:  # pid file, pipes, fork...: one start fails
             raise SpawnError("%s: %s" % (err.filename or "start",
                                          err.strerror or err))

@@ -22,6 +22,10 @@ errors; ``by_helper`` chooses, per spec:
   (the worker, a child subreaper, watches it by pidfd either way). Either
   way it leads its session, so a terminal it opens without O_NOCTTY becomes
   its controlling terminal, which the fork path's process cannot get.
+  With a ``dpdexec.Server`` (the worker's, by default), the server is
+  asked instead of a posix_spawn: it clones the process as the worker's
+  own child, born in the first cgroup folder, and the same steps follow
+  in the same code; where the server cannot take it, the posix_spawn.
 - **the fork path**, below, where there is no dpd-exec (``$DIPROCD_EXEC=none``
   forces it):
 
@@ -159,7 +163,11 @@ class Launch:
                 _reap(self.pid)  # dpd-exec, the worker's child, exits at once
             pid = pid or self.pid
         if pid is None:
-            raise SpawnError(error or "fork: the intermediate child failed")
+            raise SpawnError(error or (
+                "fork: the intermediate child failed"
+                if self.middle_pid is not None else
+                "%s server: it ended before starting the process"
+                % dpdexec.NAME))
         if error is not None:
             failure = SpawnError(error)
             failure.pid = pid
@@ -214,7 +222,7 @@ class Plan:
 
 
 def launch(spec, journal=None, program_nofile=None, cgroups=(),
-           born_inside=False, helper=None):
+           born_inside=False, helper=None, server=None):
     """Start ``spec`` and return a Launch at once; raise SpawnError for what
     fails before the process exists.
 
@@ -224,11 +232,12 @@ def launch(spec, journal=None, program_nofile=None, cgroups=(),
     program gets (the worker raised its own). ``cgroups``: the folders the
     process joins (step e), born in the first one with ``born_inside``.
     ``helper`` is dpd-exec's path (``dpdexec.find``), or None for the fork
-    path."""
+    path; ``server`` a ``dpdexec.Server`` of it, which starts the process
+    where it can (else dpd-exec is started for it)."""
     plan = Plan(spec, journal, program_nofile, cgroups, born_inside)
     try:
         if by_helper(spec, helper):
-            return _launch_by_helper(plan, helper)
+            return _launch_by_helper(plan, helper, server)
         return _launch_by_fork(plan)
     finally:
         if plan.cgroup_fd is not None:  # the children have their own
@@ -241,9 +250,9 @@ def by_helper(spec, helper):
     return helper is not None
 
 
-def _launch_by_helper(plan, helper):
-    """Open the log as the user, then posix_spawn dpd-exec (module
-    docstring)."""
+def _launch_by_helper(plan, helper, server=None):
+    """Open the log as the user, then have the dpd-exec server start the
+    process, or posix_spawn dpd-exec where it cannot (module docstring)."""
     spec = plan.spec
     try:
         log_fd = _open_log(spec.logs, plan.user, plan.groups)
@@ -252,7 +261,13 @@ def _launch_by_helper(plan, helper):
     try:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = dpdexec.start(helper, plan, log_fd, write_end)
+            pid = None  # the server's child says its pid on the pipe
+            try:
+                if server is None:
+                    raise OSError(errno.ENOENT, "no server")
+                server.start_process(plan, log_fd, write_end)
+            except OSError:
+                pid = dpdexec.start(helper, plan, log_fd, write_end)
         except (OSError, ValueError) as err:
             os.close(read_end)
             raise SpawnError("%s %s: %s" % (dpdexec.NAME, helper,
@@ -567,7 +582,12 @@ def _read_some(fd, deadline):
 def _parse_report(report):
     pid, error = None, None
     text = report.decode("utf-8", "replace")
-    if text.startswith("P"):
+    head, nul, tail = text.partition("\0")
+    if nul:  # the dpd-exec server's "\0P<pid>", before or after the error
+        line, _, rest = tail.partition("\n")
+        pid = int(line[1:])
+        text = head + rest
+    elif text.startswith("P"):
         line, _, rest = text.partition("\n")
         pid = int(line[1:])
         text = rest

@@ -92,6 +92,7 @@ class Worker:
             kernel.raise_open_files_limit()
         self.spawner = dpdexec.find()
         self.ops.helper = self.spawner.path
+        self.ops.server = self.spawner.server(self.log)
         self.tree = self.ops.tree = cgroup.detect(self.config.pid_file)
         self._say_tree()
         if not kernel.become_subreaper():
@@ -141,6 +142,8 @@ class Worker:
             if self.control is not None:
                 self.control.close()
             self.health.close()
+            if self.ops.server is not None:
+                self.ops.server.close()
             self.pidwatch.close()
             loop.close()
             self.ledger.close()

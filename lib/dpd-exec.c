@@ -48,6 +48,13 @@
  *                 one write, so that no program ever runs unrecorded
  *   exec          execve(program, argv, environment)
  *
+ * As "dpd-exec --serve" (serve() below), it is a server the worker runs for
+ * its life, fd 3 a SOCK_SEQPACKET socket: for each message it clones a child
+ * of the worker (CLONE_PARENT), born in the cgroup v2 folder where one is
+ * sent, which puts the descriptors sent where they are listed above and goes
+ * on from "signals" (the birth done); the server writes "\0P<pid>\n" on the
+ * report pipe.
+ *
  * Descriptors 3 and 4 are close-on-exec: a successful exec closes the report
  * pipe (the worker reads end of file: started) and this process's share of
  * the journal's open file, through which the worker's flock on it is held
@@ -64,6 +71,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -82,6 +90,12 @@
 #define SYS_clone3 435
 #endif
 #define CLONE_INTO_CGROUP_FLAG 0x200000000ULL
+#define CLONE_PARENT_FLAG 0x00008000ULL
+
+/* The server's socket, its hello, and how many descriptors a start has. */
+#define SERVE_FD 3
+#define SERVE_HELLO "dpd-exec serve 1"
+#define SERVE_FDS 5
 
 struct clone_arguments {
     unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal,
@@ -428,14 +442,16 @@ static void close_from(int low, long max)
         close((int)fd);
 }
 
-int main(void)
+/* From the plan to the exec, once descriptors 0-6 are in place;
+ * ``in_folder``: the process already is in the plan's cgroup v2 folder
+ * (born there by the server); else, with one, it is born there now. */
+static void start_program(int in_folder)
 {
     struct plan plan;
     size_t size, length;
     char *data, *line;
     long open_max = sysconf(_SC_OPEN_MAX);
     unsigned long i;
-    int joined_born = 0;
 
     if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) != 0)
         _exit(127);  /* no report pipe: nobody to tell */
@@ -445,10 +461,10 @@ int main(void)
     if (plan.record[0] != '\0' && fcntl(JOURNAL_FD, F_SETFD, FD_CLOEXEC) != 0)
         fail_errno("journal", NULL);
 
-    if (plan.born[0] != '\0')
-        joined_born = born_inside();
+    if (plan.born[0] != '\0' && !in_folder)
+        in_folder = born_inside();
     line = journal_line(plan.record);
-    if (plan.born[0] != '\0' && !joined_born)
+    if (plan.born[0] != '\0' && !in_folder)
         join_cgroup(plan.born);
     for (i = 0; i < plan.joined_count; i++)
         join_cgroup(plan.joined[i]);
@@ -473,5 +489,160 @@ int main(void)
     }
     execve(plan.program, plan.argv, plan.envp);
     fail_errno("exec", plan.program);
+}
+
+/* --- the server (dpd-exec --serve) ------------------------------------ */
+
+/* The server's child: the received descriptors (log, report, plan, then
+ * the journal and the cgroup folder where given, -1 where not) moved to
+ * 1-6 (0 is the server's /dev/null), a session of its own, then the
+ * program. Never returns. */
+static void served_child(int *fds, int in_folder)
+{
+    static const int targets[SERVE_FDS] = {1, REPORT_FD, PLAN_FD, JOURNAL_FD,
+                                           CGROUP_FD};
+    int moved[SERVE_FDS], i;
+
+    /* Above every target first: a received one may be numbered 4-6. */
+    for (i = 0; i < SERVE_FDS; i++) {
+        moved[i] = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC,
+                                           CGROUP_FD + 1);
+        if (fds[i] >= 0 && moved[i] < 0)
+            _exit(127);
+    }
+    for (i = 0; i < SERVE_FDS; i++)
+        if (moved[i] >= 0 && dup2(moved[i], targets[i]) < 0)
+            _exit(127);
+    if (dup2(1, 2) < 0)
+        _exit(127);
+    if (setsid() < 0)
+        fail_errno("setsid", NULL);
+    start_program(in_folder);
+    _exit(127);
+}
+
+/* One start asked for: a child of the worker itself (CLONE_PARENT: the
+ * worker, a child subreaper, reaps it and watches it by pidfd as its own),
+ * born in its cgroup v2 folder where one is given and the kernel can;
+ * "\0P<pid>\n" on its report pipe, before or after what the child writes
+ * there (no wait: the worker finds the line after the NUL). */
+static void serve_one(int *fds)
+{
+    struct clone_arguments args;
+    char text[32];
+    long pid;
+    int length, in_folder = fds[4] >= 0;
+
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_PARENT_FLAG | (in_folder ? CLONE_INTO_CGROUP_FLAG : 0);
+    /* No exit_signal with CLONE_PARENT: the server's own (SIGCHLD). */
+    args.cgroup = in_folder ? (unsigned long long)fds[4] : 0;
+    pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0 && in_folder && errno != EAGAIN && errno != ENOMEM) {
+        /* No birth in that folder here: the child joins it instead. */
+        in_folder = 0;
+        args.flags = CLONE_PARENT_FLAG;
+        args.cgroup = 0;
+        pid = syscall(SYS_clone3, &args, sizeof args);
+    }
+    if (pid == 0)
+        served_child(fds, in_folder);
+    if (pid < 0) {
+        length = snprintf(text, sizeof text, "Efork: ");
+        if (write(fds[1], text, (size_t)length) < 0
+                || write(fds[1], strerror(errno), strlen(strerror(errno))) < 0) {
+            /* the worker is gone: nobody to tell */
+        }
+        return;
+    }
+    /* After a NUL: the child may have written its error already. */
+    length = snprintf(text, sizeof text, "%cP%ld\n", '\0', pid);
+    if (write(fds[1], text, (size_t)length) != length)
+        kill((pid_t)pid, SIGKILL);  /* the worker would not know of it */
+}
+
+/* Serve the worker on fd 3 (a SOCK_SEQPACKET socket): first "ready" once
+ * the kernel has clone3 (else exit 2: the worker starts dpd-exec for each
+ * process instead), then one start per message: its data "L" (log, report,
+ * plan) followed by "J" with a journal and "C" with a cgroup v2 folder, its
+ * descriptors in that order (SCM_RIGHTS). End of file: the worker is
+ * gone, exit 0. A message that is not one is dropped (its descriptors
+ * closed). */
+static int serve(void)
+{
+    static const char hello[] = SERVE_HELLO;
+    char data[16];
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int) * SERVE_FDS)];
+    } control;
+    int fds[SERVE_FDS], got[SERVE_FDS], count, i;
+
+    if (fcntl(SERVE_FD, F_SETFD, FD_CLOEXEC) != 0)
+        return 1;
+    if (syscall(SYS_clone3, NULL, 0) < 0 && errno == ENOSYS)
+        return 2;
+    if (write(SERVE_FD, hello, sizeof hello - 1) < 0)
+        return 1;
+    for (;;) {
+        struct iovec io = {data, sizeof data};
+        struct msghdr message;
+        struct cmsghdr *part;
+        ssize_t length;
+
+        memset(&message, 0, sizeof message);
+        message.msg_iov = &io;
+        message.msg_iovlen = 1;
+        message.msg_control = control.space;
+        message.msg_controllen = sizeof control.space;
+        length = recvmsg(SERVE_FD, &message, MSG_CMSG_CLOEXEC);
+        if (length < 0 && errno == EINTR)
+            continue;
+        if (length <= 0)
+            return 0;
+        count = 0;
+        for (part = CMSG_FIRSTHDR(&message); part != NULL;
+             part = CMSG_NXTHDR(&message, part)) {
+            int *at = (int *)CMSG_DATA(part);
+            size_t n = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            if (part->cmsg_level != SOL_SOCKET || part->cmsg_type != SCM_RIGHTS)
+                continue;
+            while (n-- > 0) {
+                if (count < SERVE_FDS)
+                    got[count++] = *at;
+                else
+                    close(*at);
+                at++;
+            }
+        }
+        for (i = 0; i < SERVE_FDS; i++)
+            fds[i] = -1;
+        if (length >= 1 && data[0] == 'L' && !(message.msg_flags & MSG_CTRUNC)) {
+            int want = 3, next = 3;
+            for (i = 1; i < length; i++)
+                want += data[i] == 'J' || data[i] == 'C';
+            if (want == count) {
+                fds[0] = got[0];
+                fds[1] = got[1];
+                fds[2] = got[2];
+                for (i = 1; i < length; i++) {
+                    if (data[i] == 'J')
+                        fds[3] = got[next++];
+                    else if (data[i] == 'C')
+                        fds[4] = got[next++];
+                }
+                serve_one(fds);
+            }
+        }
+        for (i = 0; i < count; i++)
+            close(got[i]);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--serve") == 0)
+        return serve();
+    start_program(0);
     return 127;
 }

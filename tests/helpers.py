@@ -238,13 +238,16 @@ def fork_path():
 def wrapped_helper(folder, *lines):
     """The environment that makes a worker start each process with a shell
     script running ``lines`` first, then exec'ing the real dpd-exec (same
-    pid, same descriptors): the dpd-exec path's ``patched_python``."""
+    pid, same descriptors): the dpd-exec path's ``patched_python``. Without
+    the dpd-exec server (which would run the script once, for itself): each
+    start posix_spawns the script; the server's children go on from the
+    same code (lib/dpd-exec.c, start_program)."""
     path = os.path.join(str(folder), "dpd-exec-wrapped")
     with open(path, "w") as handle:
-        handle.write("#!/bin/sh\n%s\nexec '%s'\n" % (
+        handle.write("#!/bin/sh\n%s\nexec '%s' \"$@\"\n" % (
             "\n".join(lines), os.environ["DIPROCD_EXEC"]))
     os.chmod(path, 0o755)
-    return {"DIPROCD_EXEC": path}
+    return {"DIPROCD_EXEC": path, "DIPROCD_EXEC_SERVER": "none"}
 
 
 def run_command(command, args, marker=None, timeout=30, **kwargs):

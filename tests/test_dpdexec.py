@@ -4,7 +4,9 @@ must give the same process and the same errors, naming the step."""
 
 import os
 import pwd
+import re
 import resource
+import signal
 import subprocess
 
 import pytest
@@ -14,7 +16,8 @@ from diprocd import cgroup, dpdexec, kernel, spawn
 from diprocd.errors import SpawnError
 from diprocd.ledger import JournalSlot, read_journal
 from diprocd.spec import ProcessSpec
-from helpers import Node, fork_path, proc_limits, run_command, wait_for
+from helpers import (Node, fork_path, is_alive, proc_limits, run_command,
+                     wait_for)
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 HELPER = os.environ.get("DIPROCD_EXEC")
@@ -341,3 +344,53 @@ def test_the_worker_says_which_spawner_it_uses(tmp_path, marker):
         assert "starting processes with " + spawner in shown.stdout
     finally:
         node.close()
+
+
+# --- the server ----------------------------------------------------------------
+
+def _parent(pid):
+    with open("/proc/%d/stat" % pid) as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[1])
+
+
+def _server_pids(node):
+    return [int(pid) for pid in re.findall(r"dpd-exec server started, pid (\d+)",
+                                           node.log())]
+
+
+@needs_helper
+def test_the_server_starts_processes_as_the_workers_children(tmp_path, marker):
+    """With dpd-exec (and not $DIPROCD_EXEC_SERVER=none), the worker starts
+    one ``dpd-exec --serve`` at its first start; each process is the
+    worker's own child, leads its own session, and runs with its own
+    environment. Killed, the server is replaced at the next start (a
+    restart here); the worker's exit ends the server."""
+    if os.environ.get(dpdexec.SERVER_ENV_VAR) == "none":
+        pytest.skip("%s=none" % dpdexec.SERVER_ENV_VAR)
+    node = Node(tmp_path, marker)
+    servers = []
+    try:
+        node.write([node.proc("p", "/bin/sleep", "1000", env={"X": "1"})])
+        node.start()
+        pid = node.wait_running("p")
+        servers = wait_for(lambda: _server_pids(node), what="the server")
+        server = servers[0]
+        with open("/proc/%d/cmdline" % server, "rb") as handle:
+            assert handle.read() == b"dpd-exec\0--serve\0"
+        assert _parent(pid) == node.daemon.pid
+        assert os.getsid(pid) == pid
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            assert b"X=1" in handle.read().split(b"\0")
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: not is_alive(server), what="the server to end")
+        os.kill(pid, signal.SIGKILL)
+        again = wait_for(lambda: node.running().get("p") not in (None, pid)
+                         and node.running()["p"], what="p restarted")
+        assert _parent(again) == node.daemon.pid
+        servers = _server_pids(node)
+        assert len(servers) == 2 and is_alive(servers[1]), servers
+        assert node.status()["p"]["starts"] == 2
+    finally:
+        node.close()
+    wait_for(lambda: not any(is_alive(pid) for pid in servers),
+             what="the server to end with the worker")
