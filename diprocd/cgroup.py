@@ -82,6 +82,9 @@ class Tree:
         self.memory = memory
         self.memory_base = memory_base
         self.why = why  # why no cgroup, or why no memory controller
+        # name -> memory_max set in its folder, for the folders this Tree
+        # made and no cgroup.kill hit since: used again as they are.
+        self._clean = {}
 
     @property
     def enabled(self):
@@ -102,29 +105,45 @@ class Tree:
             out.append(os.path.join(self.memory_base, name))
         return out
 
-    def prepare(self, name, memory_max):
+    def prepare(self, name, memory_max, members=None):
         """Make ``name``'s folders, end what an earlier run left in them
-        and set its memory limit; return (the folders the new process joins,
-        the membership one first; whether that one is new). Raise OSError.
+        (``members``, when the caller just read them) and set its memory
+        limit; return (the folders the new process joins, the membership
+        one first; whether a child can be born in that one). Raise OSError.
 
-        The membership folder is made anew for each start: a child born in
-        a v2 folder (``CLONE_INTO_CGROUP``) after a ``cgroup.kill`` of that
-        folder is killed at birth (Linux 6.18 here), so a used one is
-        removed first; where it cannot be (members still leaving), it is
-        kept and the child moves in instead (step e of ``spawn``)."""
+        A child born in a v2 folder (``CLONE_INTO_CGROUP``) after a
+        ``cgroup.kill`` of that folder is killed at birth (Linux 6.18 here),
+        so a folder is made anew unless this Tree made it and killed
+        nothing in it since (a restart after the main process died alone:
+        the folder is used again as it is, its limit written only when it
+        changed); where the old one cannot be removed (members still
+        leaving), it is kept and the child moves in instead (step e of
+        ``spawn``)."""
         if not self.enabled:
             return [], False
-        if self.members(name):
+        if members is None:
+            members = self.members(name)
+        if members:
             self.kill(name)
             _wait_empty(self._procs_file(name))
         folder = os.path.join(self.base, name)
-        _rmdir(folder)
-        fresh = not os.path.isdir(folder)
-        _make(folder)
+        clean = name in self._clean and os.path.isdir(folder)
+        if not clean:
+            _rmdir(folder)
+            fresh = not os.path.isdir(folder)
+            _make(folder)
+        else:
+            fresh = True
         folders = [folder]
+        limit_set = self._clean.get(name, _UNSET) if clean else _UNSET
+        if fresh:
+            self._clean[name] = memory_max
+        else:
+            self._clean.pop(name, None)
         if self.memory == "cgroup v2":
-            _write(os.path.join(folder, "memory.max"),
-                   "max" if memory_max is None else str(memory_max))
+            if limit_set != memory_max:
+                _write(os.path.join(folder, "memory.max"),
+                       "max" if memory_max is None else str(memory_max))
         elif self.memory is not None and memory_max is not None:
             folder = os.path.join(self.memory_base, name)
             _make(folder)
@@ -169,6 +188,7 @@ class Tree:
         members = self.members(name)
         if not members:
             return 0
+        self._clean.pop(name, None)
         if self.mechanism == "cgroup v2":
             _write(os.path.join(folder, "cgroup.kill"), "1")
         elif self.mechanism == "cgroup v1 (freezer)":
@@ -187,6 +207,7 @@ class Tree:
         when one could not be removed yet (members still leaving)."""
         if not self.enabled:
             return True
+        self._clean.pop(name, None)
         try:
             self.kill(name)
         except OSError:
@@ -205,6 +226,7 @@ class Tree:
     def tidy(self):
         """Remove the empty process folders, then this worker's folder
         when nothing is left in it."""
+        self._clean.clear()
         for name in self.names():
             if not self.members(name):
                 for folder in self.folders(name):
@@ -386,6 +408,9 @@ def _enable_memory_v2(point, base, create):
 
 
 # --- small file work ---------------------------------------------------------
+
+_UNSET = object()  # no memory limit written yet (None is "max")
+
 
 def _make(folder):
     try:

@@ -197,7 +197,8 @@ def run_daemon(prog, args, loader, app_factory):
         if config_lock is not None:
             config_lock.write_pid()
         log = setup_logging(prog, args.foreground, args.verbose,
-                            config.log_file)
+                            config.log_file, buffered=getattr(
+                                app_factory, "BUFFERED_LOG", False))
         for warning in config.warnings:
             log.warning(warning)
         try:

@@ -24,6 +24,7 @@ import pwd
 import re
 import signal
 import socket
+import time
 
 import simplejson as json
 
@@ -513,6 +514,48 @@ def lookup_user(user):
     if isinstance(user, int) or (isinstance(user, str) and user.isdigit()):
         return pwd.getpwuid(int(user))
     return pwd.getpwnam(user)
+
+
+class Accounts:
+    """Users as a start needs them: (passwd entry, groups as ``initgroups``
+    would set them, or None without ``groups``), each looked up once and
+    kept while /etc/passwd and /etc/group stay the same files with the same
+    times, and for at most ``TTL`` seconds (a user of another NSS source,
+    LDAP say, changes without them: nscd keeps a user 600 s). A user not
+    found is looked up again each time (KeyError, OverflowError or
+    ValueError, as ``lookup_user``)."""
+
+    TTL = 60.0
+    FILES = ("/etc/passwd", "/etc/group")
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._known = {}  # (user, groups wanted) -> (entry, groups, when)
+        self._files = None
+
+    def lookup(self, user, groups=False):
+        files = tuple(_file_stamp(path) for path in self.FILES)
+        if files != self._files:
+            self._known.clear()
+            self._files = files
+        key = (user, groups)
+        now = self.clock()
+        known = self._known.get(key)
+        if known is not None and now - known[2] < self.TTL:
+            return known[0], known[1]
+        entry = lookup_user(user)
+        found = os.getgrouplist(entry.pw_name, entry.pw_gid) if groups \
+            else None
+        self._known[key] = (entry, found, now)
+        return entry, found
+
+
+def _file_stamp(path):
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
 
 
 # --- process lists ------------------------------------------------------------------

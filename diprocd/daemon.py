@@ -170,9 +170,12 @@ def daemonize(preserve_fds=()):
     return context
 
 
-def setup_logging(name, foreground, verbose, log_file):
+def setup_logging(name, foreground, verbose, log_file, buffered=False):
     """Log to stderr in the foreground, else to ``log_file`` through a
-    handler that reopens the file when logrotate moves it."""
+    handler that reopens the file when logrotate moves it. ``buffered``:
+    through the standard library's MemoryHandler, which holds the lines
+    until ``flush_logs()`` (a daemon's loop calls it once a turn, after the
+    work that must not wait for a write), an error, or LOG_BUFFER_LINES."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -186,9 +189,22 @@ def setup_logging(name, foreground, verbose, log_file):
         from logging.handlers import WatchedFileHandler
         handler = WatchedFileHandler(log_file)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    if buffered:
+        from logging.handlers import MemoryHandler
+        handler = MemoryHandler(LOG_BUFFER_LINES, flushLevel=logging.ERROR,
+                                target=handler)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     return logging.getLogger(name)
+
+
+LOG_BUFFER_LINES = 500
+
+
+def flush_logs():
+    """Write what the root logger's handlers hold (a buffered log's lines)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 class SignalPipe:

@@ -67,14 +67,18 @@ class NodeOps(ProcessOps):
             return [], False
         left = self.tree.members(spec.name)
         try:
-            folders, fresh = self.tree.prepare(spec.name, spec.memory_max)
+            folders, fresh = self.tree.prepare(spec.name, spec.memory_max,
+                                               left)
         except OSError as err:
             raise SpawnError("cgroup: %s: %s" % (
                 err.filename or self.tree.base, err.strerror or err))
         if left:
             self.log.warning("%s: %d processes left in its cgroup by its "
                              "last run: killed", spec.name, len(left))
-        self._oom_kills[spec.name] = self.tree.oom_kills(spec.name)
+        if spec.memory_max is not None:  # else no OOM kill to tell of
+            self._oom_kills[spec.name] = self.tree.oom_kills(spec.name)
+        else:
+            self._oom_kills.pop(spec.name, None)
         return folders, fresh and self.tree.born_inside
 
     def wait_launch(self, handle):
@@ -121,6 +125,8 @@ class NodeOps(ProcessOps):
 
     def exit_words(self, spec, how):
         before = self._oom_kills.get(spec.name)
+        if before is None:
+            return how
         after = self.tree.oom_kills(spec.name)
         if before is None or after is None or after <= before:
             return how

@@ -94,11 +94,14 @@ import signal
 import time
 
 from diprocd import dpdexec, kernel, trust
-from diprocd.config import lookup_user
+from diprocd.config import Accounts
 from diprocd.errors import SpawnError
 
 # How long the worker waits for the final child to reach exec.
 EXEC_TIMEOUT = 10.0
+
+# The users of starts, looked up once a while (config.Accounts).
+ACCOUNTS = Accounts()
 
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -182,19 +185,16 @@ class Plan:
 
     def __init__(self, spec, journal, program_nofile, cgroups=(),
                  born_inside=False, argv=None):
+        root = os.geteuid() == 0
         try:
-            self.user = lookup_user(spec.user)
+            # The groups looked up here, not by initgroups() in every child:
+            # the child would load the NSS machinery from scratch each time.
+            self.user, self.groups = ACCOUNTS.lookup(spec.user, groups=root)
         except (KeyError, OverflowError, ValueError):
             raise SpawnError('user: unknown user "%s"' % spec.user)
-        if os.geteuid() == 0:
-            # Looked up here, once, not by initgroups() in every child: the
-            # child would load the NSS machinery from scratch each time.
-            self.groups = os.getgrouplist(self.user.pw_name, self.user.pw_gid)
-        elif self.user.pw_uid != os.geteuid():
+        if not root and self.user.pw_uid != os.geteuid():
             raise SpawnError('user: cannot run as "%s": the worker is not '
                              'root' % spec.user)
-        else:
-            self.groups = None
         self.spec = spec
         kernel.prepare_default_hidden_signals()  # the child looks up nothing
         self.argv = list(argv) if argv else [spec.run] + list(spec.args)

@@ -29,7 +29,7 @@ from diprocd import adoption, cgroup, dpdexec, kernel, spawn
 from diprocd.commands import WorkerCommands
 from diprocd.config import load_worker_config
 from diprocd.control import ControlServer, control_path
-from diprocd.daemon import carry_over
+from diprocd.daemon import carry_over, flush_logs
 from diprocd.errors import ConfigError, SpawnError
 from diprocd.health import HealthChecks
 from diprocd.ledger import Ledger
@@ -60,6 +60,10 @@ class Worker:
     """The node supervisor. ``Worker(config, log).run()`` returns the exit
     code; see the module docstring. ``ops`` and ``clock`` are replaceable:
     the unit tests drive the diff and the scheduling with fakes."""
+
+    # Its log is held for a turn of the loop (daemon.setup_logging): the
+    # lines of an exit are written once its restart is under way.
+    BUFFERED_LOG = True
 
     def __init__(self, config, log, clock=None, ops=None, loop=None,
                  pid_lock=None):
@@ -150,6 +154,7 @@ class Worker:
             self.ops.tidy_trees()
         self.log.info("dpd-workerd exiting; %d processes left running",
                       sum(1 for p in self.procs.values() if p.alive))
+        flush_logs()
         return 0
 
     def _say_tree(self):
@@ -172,6 +177,7 @@ class Worker:
                 proc.tick(now)
         self.run_schedulers()
         self._flush_status()
+        flush_logs()
         deadlines = [p.next_deadline() for p in self.procs.values()
                      if p.deadline is not None]
         return min(deadlines) if deadlines else None

@@ -264,3 +264,38 @@ def test_http_listen_off_loopback_is_a_warning_and_env_values_never_shown(
     _, problems, _ = problems_of([{"name": "a", "run": "/bin/true",
                                    "env": {"K": "secret-8501\0"}}])
     assert problems and "secret-8501" not in " ".join(problems)
+
+
+def test_accounts_look_a_user_up_once_until_the_files_change_or_ttl(
+        tmp_path, monkeypatch):
+    """config.Accounts (a start's user and groups): one lookup while the
+    user files stay as they are, within the TTL; again after either; a
+    user not found is not kept."""
+    calls = []
+    real = config.lookup_user
+
+    def counted(user):
+        calls.append(user)
+        return real(user)
+    monkeypatch.setattr(config, "lookup_user", counted)
+    files = [tmp_path / "passwd", tmp_path / "group"]
+    for path in files:
+        path.write_text("x\n")
+    now = [100.0]
+    accounts = config.Accounts(clock=lambda: now[0])
+    accounts.FILES = tuple(str(path) for path in files)
+    entry, groups = accounts.lookup("root", groups=True)
+    assert entry.pw_uid == 0 and 0 in groups
+    assert accounts.lookup("root", groups=True) == (entry, groups)
+    assert accounts.lookup("root") == (entry, None)
+    assert calls == ["root", "root"]  # with and without groups
+    files[1].write_text("x\ny\n")
+    accounts.lookup("root", groups=True)
+    assert len(calls) == 3
+    now[0] += config.Accounts.TTL + 1
+    accounts.lookup("root", groups=True)
+    assert len(calls) == 4
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            accounts.lookup("no-such-user-dpd")
+    assert calls[-2:] == ["no-such-user-dpd"] * 2

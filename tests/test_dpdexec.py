@@ -91,7 +91,10 @@ def test_the_process_has_its_session_fds_signals_env_and_limits(
     # A session of its own (the fork path's leader is its intermediate
     # child), a process group it leads.
     assert os.getsid(pid) != os.getsid(0) and stat.pgrp == pid
-    assert sorted(os.listdir("/proc/%d/fd" % pid)) == ["0", "1", "2"]
+    # (Right after the exec, the dynamic loader may hold the C library
+    # open as fd 3 for a moment.)
+    wait_for(lambda: sorted(os.listdir("/proc/%d/fd" % pid))
+             == ["0", "1", "2"], timeout=5, what="only fds 0-2 open")
     assert os.readlink("/proc/%d/fd/0" % pid) == "/dev/null"
     assert os.readlink("/proc/%d/fd/1" % pid) == str(tmp_path / "out.log")
     assert os.readlink("/proc/%d/cwd" % pid) == "/tmp"
@@ -216,6 +219,37 @@ def test_the_process_is_in_its_cgroups(tmp_path, helper, started, tree,
     assert kernel.proc_stat(pid).pgrp == pid
     if helper is not None:  # and its session: setsid after the clone3
         assert os.getsid(pid) == pid
+
+
+def test_a_folder_is_used_again_until_a_kill_hits_it(tmp_path, helper,
+                                                    started, tree):
+    """After a main process that died alone, the next start uses its folder
+    as it is (same inode, its memory limit kept, a child born in it); after
+    a cgroup.kill, and after a folder removed behind the tree's back, the
+    folder is made anew."""
+    limit = 64 << 20 if tree.memory else None
+    folders, fresh = tree.prepare("p", limit)
+    first = os.stat(folders[0]).st_ino
+    pid = started(spec(tmp_path, "/bin/sleep", ["100"]), helper,
+                  cgroups=folders, born_inside=fresh and tree.born_inside)
+    kernel.kill_quietly(pid)
+    wait_for(lambda: tree.members("p") == [], what="the folder to empty")
+    again, fresh = tree.prepare("p", limit)
+    assert again == folders and fresh and os.stat(folders[0]).st_ino == first
+    if tree.memory == "cgroup v2":
+        with open(os.path.join(folders[0], "memory.max")) as handle:
+            assert handle.read().strip() == str(limit)
+    pid = started(spec(tmp_path, "/bin/sleep", ["100"]), helper,
+                  cgroups=folders, born_inside=fresh and tree.born_inside)
+    assert tree.members("p") == [pid]
+    assert tree.kill("p") == 1
+    wait_for(lambda: tree.members("p") == [], what="the folder to empty")
+    tree.prepare("p", limit)
+    second = os.stat(folders[0]).st_ino
+    assert second != first
+    os.rmdir(folders[0])
+    tree.prepare("p", limit)
+    assert os.path.isdir(folders[0])
 
 
 def test_a_failure_after_the_birth_in_a_cgroup(tmp_path, helper, tree):
