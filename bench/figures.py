@@ -4,6 +4,7 @@ the status command), how they print, and a benchmark's run: one token, one
 temporary folder, and every supervisor and program of the run killed by pid
 at the end, also after Ctrl-C, TERM or an error."""
 
+import compileall
 import math
 import os
 import platform
@@ -18,7 +19,7 @@ import time
 import uuid
 
 from procevents import ExecEvents
-from supervisors import (RESTART_POLL, BenchError, cpu_seconds,
+from supervisors import (RESTART_POLL, ROOT, BenchError, cpu_seconds,
                          cpu_seconds_precise, kill_marked, _read)
 from diprocd.kernel import rss_bytes
 
@@ -224,6 +225,14 @@ def raise_open_files_limit():
     return soft
 
 
+def compile_package():
+    """Byte-compile diprocd (``__pycache__``, git-ignored) as the Debian
+    package's install does (py3compile) and pip does for the peers: where
+    PYTHONDONTWRITEBYTECODE is set, every command (``dpd-workerd
+    --status``) would otherwise compile its modules at each start."""
+    compileall.compile_dir(os.path.join(ROOT, "diprocd"), quiet=1)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
@@ -236,6 +245,7 @@ def run_benchmark(body, keep=False):
     token = uuid.uuid4().hex
     folder = tempfile.mkdtemp(prefix="dpd-bench-")
     supervisors = []
+    compile_package()
     # Ctrl-C raises KeyboardInterrupt already; TERM and HUP clean up too,
     # unless HUP was ignored on purpose (nohup).
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -25,6 +25,7 @@ import re
 import signal
 import socket
 import time
+import zlib
 
 import simplejson as json
 
@@ -825,6 +826,11 @@ class DaemonConfig:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    @property
+    def crc32(self):
+        """The CRC-32 of the bytes it was read from (None without them)."""
+        return None if self.data is None else zlib.crc32(self.data)
+
     def on_disk_differs(self):
         """True when CONFIG no longer holds the bytes this was read from."""
         try:
@@ -963,15 +969,18 @@ def _read_keys(path, table, owners=(), check=True):
     return values, problems, warnings
 
 
-def load_pid_file(path):
+def load_pid_file(path, with_crc32=False):
     """The "pid_file" of any daemon's CONFIG, checked as the loaders check
     it, the rest unread and the file's safety (``trust``) unchecked (an
     operator must still be able to stop a daemon whose CONFIG broke or
-    became unsafe); raise ConfigError."""
+    became unsafe); raise ConfigError. ``with_crc32``: (pid_file, the
+    CRC-32 of the bytes read)."""
     values, problems, _ = _read_keys(path, {"pid_file": COMMON_KEYS[
         "pid_file"]}, check=False)
     if problems:
         raise ConfigError(problems)
+    if with_crc32:
+        return values["pid_file"], zlib.crc32(values["data"])
     return values["pid_file"]
 
 

@@ -8,6 +8,7 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
   process's part encoded again only when it changed::
 
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
+       "config_crc32": C,           # of the CONFIG bytes applied (--status)
        "updated": T, "spawner": HOW,   # "dpd-exec PATH" or "fork (why)"
        "tree":    {"mechanism": M, "path": P, "memory": M, "note": N},
                                     # how process trees are grouped (cgroup)
@@ -236,15 +237,17 @@ class Ledger:
         return JournalSlot(self.journal_fd, record.encode("utf-8"))
 
     def write(self, worker_pid, config_path, updated, procs, tree=None,
-              spawner=None):
+              spawner=None, config_crc32=None):
         """Replace the status file with ``procs`` ({name: Process}) and
         ``tree`` (``cgroup.Tree.describe()``), and empty the journal (all
         in the status now); ``spawner`` says how the worker starts
-        processes. OSError propagates: the old file is kept and the caller
-        retries."""
+        processes, ``config_crc32`` is the CRC-32 of the CONFIG bytes it
+        applies (``dpd-workerd --status`` does not check those again).
+        OSError propagates: the old file is kept and the caller retries."""
         head = _dumps({
             "version": STATUS_VERSION, "worker_pid": worker_pid,
-            "config": config_path, "boot_id": self.boot_id,
+            "config": config_path, "config_crc32": config_crc32,
+            "boot_id": self.boot_id,
             "updated": updated, "spawner": spawner, "tree": tree})
         views, records, held, texts = [], [], {}, {}
         for name in sorted(procs):
@@ -365,5 +368,5 @@ def read_view(path):
     if document is None:
         return None
     return {key: document.get(key) for key in (
-        "version", "worker_pid", "config", "updated", "spawner", "tree",
-        "procs")}
+        "version", "worker_pid", "config", "config_crc32", "updated",
+        "spawner", "tree", "procs")}

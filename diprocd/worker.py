@@ -463,7 +463,7 @@ class Worker:
         try:
             self.ledger.write(os.getpid(), self.config.path, self.clock.time(),
                               self.procs, self.tree.describe(),
-                              self._spawner_name())
+                              self._spawner_name(), self.config.crc32)
             if self._status_error:
                 self.log.info("status file %s written again",
                               self.ledger.status_path)

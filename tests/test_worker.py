@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 
@@ -586,6 +587,32 @@ def test_status_sees_a_dead_worker_despite_a_live_pid(node):
         handle.write("1\n")  # a leftover pid file naming a live process
     result = run_command("dpd-workerd", ["--status", node.config_path])
     assert result.returncode == 1 and "not running" in result.stdout
+
+
+def test_status_checks_only_a_config_the_worker_does_not_apply(node):
+    """The status file names the CRC-32 of the CONFIG bytes applied:
+    ``--status`` does not check those again; other bytes (an invalid
+    CONFIG the worker refused) it checks, and shows the problems."""
+    node.write([sleeper(node, "z")])
+    node.start()
+    node.wait_running("z")
+    with open(node.config_path, "rb") as handle:
+        applied = zlib.crc32(handle.read())
+    wait_for(lambda: node.status_doc().get("config_crc32") == applied,
+             what="the CRC-32 of CONFIG in the status file")
+    result = run_command("dpd-workerd", ["--status", node.config_path])
+    assert result.returncode == 0 and "error" not in result.stdout
+    bad = sleeper(node, "y")
+    bad["user"] = "no-such-user-dpd"
+    node.write([sleeper(node, "z"), bad])
+    wait_for(lambda: "configuration rejected" in node.log()
+             or "no-such-user-dpd" in node.log(), what="the refusal")
+    result = run_command("dpd-workerd", ["--status", node.config_path])
+    assert result.returncode == 1
+    assert "no-such-user-dpd" in result.stdout
+    assert "is invalid: a running worker keeps the last good one" \
+        in result.stdout
+    assert "z " in result.stdout
 
 
 def test_duplicate_pid_files_are_refused(node, tmp_path):
