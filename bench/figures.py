@@ -74,6 +74,10 @@ def measure_idle(supervisors, seconds):
     return result
 
 
+# How the last measure_restarts saw a new process running, for the notes.
+RESTART_SEEN = ["not measured"]
+
+
 def measure_restarts(supervisors, victims, progress):
     """Kill -9 the programs named in ``victims`` ({label: [name]}), taking
     turns between the supervisors, each time waiting for the new process;
@@ -81,10 +85,11 @@ def measure_restarts(supervisors, victims, progress):
     latencies = {s.label: [] for s in supervisors}
     kills = max(len(names) for names in victims.values())
     events = ExecEvents.open()
-    progress("restart: the new process seen %s" % (
-        "by the kernel's exec events" if events is not None
-        else "by polling /proc every %g ms (exec events need root)"
-        % (RESTART_POLL * 1000)))
+    RESTART_SEEN[0] = ("seen by the kernel's time of its exec (exec events)"
+                       if events is not None else
+                       "polled every %g ms (exec events need root)"
+                       % (RESTART_POLL * 1000))
+    progress("restart: the new process %s" % RESTART_SEEN[0])
     try:
         _kill_in_turns(supervisors, victims, kills, latencies, events,
                        progress)

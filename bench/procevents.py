@@ -116,8 +116,8 @@ def parse(data):
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length = _NLMSGHDR.unpack_from(data, offset)[0]
-        if length < _NLMSGHDR.size:
-            break
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            break  # not a message, or cut short
         body = offset + _NLMSGHDR.size + _CN_MSG.size
         if body + _EVENT_HEAD.size + _EXEC_DATA.size <= offset + length:
             what, _cpu, stamp = _EVENT_HEAD.unpack_from(data, body)

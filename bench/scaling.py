@@ -58,7 +58,7 @@ import statistics
 import sys
 import time
 
-from figures import (SETTLE, add_run_options, format_goals, format_ms,
+from figures import (RESTART_SEEN, SETTLE, add_run_options, format_goals, format_ms,
                      format_ratio, machine_description, measure_command,
                      measure_cold_start, measure_idle, measure_restarts,
                      percentile, program_user, progress, report,
@@ -345,7 +345,7 @@ def render_table(args, results):
         "supervisor, has exec'd sleep and carries its marker: the "
         "benchmark never asks the supervisors); peers only up to %g s. "
         "Restart: %d kill -9 (peers %d), from the kill to the new process "
-        "running, polled every 1 ms; p99 nearest rank. Idle CPU: "
+        "running, %s; p99 nearest rank. Idle CPU: "
         "CPU time of all threads from schedstat (ns) over the same %.0f s "
         "for all (utime+stime in the JSON); RSS: VmRSS after it. "
         "Status: median of %d runs, wall clock, of `dpd-workerd --status`, "
@@ -353,7 +353,8 @@ def render_table(args, results):
         "(or `--burst`) killed at once, to all running again. No restart "
         "missed: N distinct programs running and STARTS has N + kills + "
         "burst lines." % (args.peer_timeout, args.kills, args.peer_kills,
-                          args.idle_seconds, args.status_runs),
+                          RESTART_SEEN[0], args.idle_seconds,
+                          args.status_runs),
     ]
     return "\n".join(lines + notes)
 

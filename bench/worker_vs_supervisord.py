@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 
-from figures import (SETTLE, add_run_options, format_goals, format_ms,
+from figures import (RESTART_SEEN, SETTLE, add_run_options, format_goals, format_ms,
                      format_ratio, machine_description, measure_cold_start,
                      measure_idle, measure_restarts, percentile,
                      program_user, progress, report, run_benchmark)
@@ -154,10 +154,10 @@ def render_table(args, results):
         "whose /proc comm is `sleep` (exec done) and whose environment "
         "carries its marker; the benchmark never asks the supervisors.",
         "Restart: kill -9 of a random program to its new process running, "
-        "polled every 1 ms. Cold start: from launching the supervisor to all "
+        "%s. Cold start: from launching the supervisor to all "
         "%d running. Idle CPU: utime+stime in /proc/PID/stat (10 ms ticks) "
         "over the same %d s for both%s. RSS: VmRSS at the end of that window."
-        % (args.n, args.idle_seconds,
+        % (RESTART_SEEN[0], args.n, args.idle_seconds,
            "" if None in precise else
            " (schedstat: dpd-workerd %.1f, supervisord %.1f ms/min)"
            % tuple(precise)),
