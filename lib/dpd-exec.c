@@ -548,9 +548,11 @@ static void serve_one(int *fds)
     if (pid == 0)
         served_child(fds, in_folder);
     if (pid < 0) {
-        length = snprintf(text, sizeof text, "Efork: ");
-        if (write(fds[1], text, (size_t)length) < 0
-                || write(fds[1], strerror(errno), strlen(strerror(errno))) < 0) {
+        char reason[300];
+        length = snprintf(reason, sizeof reason, "Efork: %s", strerror(errno));
+        if (length > (int)sizeof reason - 1)
+            length = (int)sizeof reason - 1;
+        if (write(fds[1], reason, (size_t)length) < 0) {
             /* the worker is gone: nobody to tell */
         }
         return;
@@ -561,9 +563,9 @@ static void serve_one(int *fds)
         kill((pid_t)pid, SIGKILL);  /* the worker would not know of it */
 }
 
-/* Serve the worker on fd 3 (a SOCK_SEQPACKET socket): first "ready" once
- * the kernel has clone3 (else exit 2: the worker starts dpd-exec for each
- * process instead), then one start per message: its data "L" (log, report,
+/* Serve the worker on fd 3 (a SOCK_SEQPACKET socket): first SERVE_HELLO
+ * once the kernel has clone3 (else exit 2: the worker starts dpd-exec for
+ * each process instead), then one start per message: its data "L" (log, report,
  * plan) followed by "J" with a journal and "C" with a cgroup v2 folder, its
  * descriptors in that order (SCM_RIGHTS). End of file: the worker is
  * gone, exit 0. A message that is not one is dropped (its descriptors

@@ -156,10 +156,22 @@ class Cluster:
         daemons = {label: daemon.pids(processes)
                    for label, daemon in self.daemons.items()}
         owned = {pid for pids in daemons.values() for pid in pids}
+        workers = {pid for label, pids in daemons.items()
+                   if label.endswith(" worker") for pid in pids}
         instances, others = collections.defaultdict(list), {}
+        servers = collections.Counter()
         for pid, argv in processes.items():
             if pid in owned:
                 continue
+            stat = proc_stat(pid)
+            if argv[:2] == ["dpd-exec", "--serve"] and stat is not None \
+                    and stat.ppid in workers:
+                # A live worker's dpd-exec server: one each (a second one
+                # is a stray; one left by a dead worker has it as parent
+                # no longer, and is a stray too).
+                servers[stat.ppid] += 1
+                if servers[stat.ppid] == 1:
+                    continue
             token = instance_token(argv)
             if token is None:
                 others[pid] = argv
