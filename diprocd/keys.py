@@ -51,21 +51,24 @@ class KeyPair:
     secret: bytes = None
 
 
-def _check_safe(fd, path, what, secret):
+def _check_safe(fd, path, what, secret, checked_folder=None):
     """The file-safety rules (``trust``): a key file or folder someone else
     could write is refused; a secret key readable by others too. ``fd``:
-    the open file (checked by fstat), or None (by path: a folder)."""
+    the open file (checked by fstat), or None (by path: a folder);
+    ``checked_folder``: as ``trust.check_opened``'s."""
     what += " secret key file" if secret else " key file" if path.endswith(
         PUBLIC_SUFFIX) else ""
     if fd is None:
         trust.check_file(path, what, secret)
     else:
-        trust.check_opened(fd, path, what, secret)
+        trust.check_opened(fd, path, what, secret,
+                           checked_folder=checked_folder)
 
 
-def read_key_file(path, what, secret=False):
+def read_key_file(path, what, secret=False, checked_folder=None):
     """The KeyPair in ``path``; ``secret``: it must hold the secret key.
-    Raise ConfigError naming the file and what is wrong."""
+    Raise ConfigError naming the file and what is wrong. ``checked_folder``:
+    the real path of its folder, already checked (``read_keyring``)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
@@ -73,7 +76,7 @@ def read_key_file(path, what, secret=False):
             what, path, err.strerror or err))
     # The file checked is the file read (fstat of this descriptor).
     try:
-        _check_safe(fd, path, what, secret)
+        _check_safe(fd, path, what, secret, checked_folder)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError("%s %s: not a regular file" % (what, path))
         with os.fdopen(fd, "rb") as handle:
@@ -146,6 +149,8 @@ def read_keyring(folder, what):
     """The Keyring of ``folder`` and the warnings about the files skipped;
     ConfigError when the folder itself cannot be read."""
     _check_safe(None, folder, what + " folder", False)
+    # Checked with its folders: each file then alone (thousands of nodes).
+    real_folder = os.path.realpath(folder)
     try:
         entries = sorted(os.listdir(folder))
     except OSError as err:
@@ -158,7 +163,7 @@ def read_keyring(folder, what):
         name = entry[:-len(PUBLIC_SUFFIX)]
         try:
             keys[name] = read_key_file(os.path.join(folder, entry),
-                                       what).public
+                                       what, checked_folder=real_folder).public
         except ConfigError as err:
             warnings.append("%s (skipped: that one is refused)"
                             % "; ".join(err.problems))

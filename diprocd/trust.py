@@ -52,18 +52,27 @@ def check_file(path, what, secret=False, owners=None):
     _raise_problems(info, path, real, what, secret, owners)
 
 
-def check_opened(fd, path, what, secret=False, owners=None):
-    """``check_file`` of the file open on ``fd`` (opened from ``path``)."""
+def check_opened(fd, path, what, secret=False, owners=None,
+                 checked_folder=None):
+    """``check_file`` of the file open on ``fd`` (opened from ``path``).
+    ``checked_folder``: the real path of ``path``'s folder, which passed
+    ``check_file`` (a folder of thousands of key files): unless ``path`` is a
+    symbolic link, only the file itself is checked then."""
+    if checked_folder is not None and not os.path.islink(path):
+        _raise_problems(os.fstat(fd), path, os.path.join(
+            checked_folder, os.path.basename(path)), what, secret, owners,
+            folders=False)
+        return
     _raise_problems(os.fstat(fd), path, os.path.realpath(path), what, secret,
                     owners)
 
 
-def _raise_problems(info, path, real, what, secret, owners):
+def _raise_problems(info, path, real, what, secret, owners, folders=True):
     uids = trusted_uids(owners)
     shown = path if real == os.path.abspath(path) else "%s (-> %s)" % (
         path, real)
     problems = _file_problems(info, uids, secret)
-    for folder in _ancestors(real):
+    for folder in _ancestors(real) if folders else ():
         problems += _folder_problems(folder, uids)
     if problems:
         raise ConfigError(["%s: unsafe %s, refused: %s" % (shown, what, why)

@@ -385,7 +385,8 @@ def test_the_masters_own_key_changes_only_at_a_restart(secured, tmp_path):
 
 @pytest.mark.parametrize("case", ["secret readable by others",
                                   "key writable by group",
-                                  "folder writable by others"])
+                                  "folder writable by others",
+                                  "link to a key in an unsafe folder"])
 def test_unsafe_key_files_are_refused(tmp_path, case):
     public, secret = keygen(tmp_path / "k", "node1")
     folder = tmp_path / "clients"
@@ -400,10 +401,22 @@ def test_unsafe_key_files_are_refused(tmp_path, case):
         ring, warnings = keys.read_keyring(str(folder), "clients")
         assert ring.keys == {}  # that one node is refused, with why
         assert "writable by group" in warnings[0]
-    else:
+    elif case == "folder writable by others":
         os.chmod(str(folder), 0o777)
         with pytest.raises(ConfigError, match="writable by others"):
             keys.read_keyring(str(folder), "clients")
+    else:
+        # The folder passes, so its files are checked alone, but a link is
+        # checked where it leads, with every folder on the way.
+        unsafe = tmp_path / "open"
+        unsafe.mkdir()
+        os.chmod(str(unsafe), 0o777)
+        shutil.copy(public, unsafe / "node2.key")
+        os.symlink(str(unsafe / "node2.key"), str(folder / "node2.key"))
+        ring, warnings = keys.read_keyring(str(folder), "clients")
+        assert set(ring.keys) == {"node1"}
+        assert "node2.key" in warnings[0] and "writable by others" in \
+            warnings[0]
 
 
 def test_dpdctl_keys_with_worker_are_a_usage_error(tmp_path):
