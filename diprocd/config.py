@@ -18,6 +18,7 @@ Every message names the file (and node), the process and the field.
 """
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import pwd
@@ -31,6 +32,7 @@ import simplejson as json
 
 from diprocd import jsonin, keys, protocol, trust
 from diprocd.daemon import beside_pid_file
+from diprocd.watch import file_signature
 from diprocd.errors import ConfigError, ProtocolError
 from diprocd.spec import (DEFAULTS, FIELDS, LIMIT_NAMES, REQUIRED, UNLIMITED,
                           CheckSpec, ProcessSpec)
@@ -535,7 +537,7 @@ class Accounts:
         self._files = None
 
     def lookup(self, user, groups=False):
-        files = tuple(_file_stamp(path) for path in self.FILES)
+        files = tuple(file_signature(path) for path in self.FILES)
         if files != self._files:
             self._known.clear()
             self._files = files
@@ -549,14 +551,6 @@ class Accounts:
             else None
         self._known[key] = (entry, found, now)
         return entry, found
-
-
-def _file_stamp(path):
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
 
 
 # --- process lists ------------------------------------------------------------------
@@ -826,9 +820,10 @@ class DaemonConfig:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
-    @property
+    @functools.cached_property
     def crc32(self):
-        """The CRC-32 of the bytes it was read from (None without them)."""
+        """The CRC-32 of the bytes it was read from (None without them),
+        worked out once."""
         return None if self.data is None else zlib.crc32(self.data)
 
     def on_disk_differs(self):

@@ -207,8 +207,8 @@ class Server:
 
     def start_process(self, plan, log_fd, report_fd):
         """Have the server start ``plan``; its pid comes on the report pipe.
-        OSError where the server cannot take it (ValueError for a NUL in a
-        field)."""
+        True once sent; OSError where the server cannot take it (ValueError
+        for a NUL in a field)."""
         plan_fd = _plan_file(plan)
         try:
             flags = b"L"
@@ -235,6 +235,7 @@ class Server:
             raise
         finally:
             os.close(plan_fd)
+        return True
 
     def _connected(self):
         if self._sock is not None:

@@ -128,7 +128,7 @@ class NodeOps(ProcessOps):
         if before is None:
             return how
         after = self.tree.oom_kills(spec.name)
-        if before is None or after is None or after <= before:
+        if after is None or after <= before:
             return how
         self._oom_kills[spec.name] = after
         return "%s (out of memory: memory_max %d bytes)" % (how,

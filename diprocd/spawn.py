@@ -261,13 +261,14 @@ def _launch_by_helper(plan, helper, server=None):
     try:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = None  # the server's child says its pid on the pipe
             try:
-                if server is None:
-                    raise OSError(errno.ENOENT, "no server")
-                server.start_process(plan, log_fd, write_end)
+                served = server is not None and server.start_process(
+                    plan, log_fd, write_end)
             except OSError:
-                pid = dpdexec.start(helper, plan, log_fd, write_end)
+                served = False
+            # Served: the server's child says its pid on the pipe.
+            pid = None if served else dpdexec.start(helper, plan, log_fd,
+                                                    write_end)
         except (OSError, ValueError) as err:
             os.close(read_end)
             raise SpawnError("%s %s: %s" % (dpdexec.NAME, helper,
