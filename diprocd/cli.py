@@ -270,13 +270,33 @@ def main(prog, argv=None):
     return run_daemon(prog, args, loader, app)
 
 
+def pipe_safe(entry):
+    """``entry`` as a command's main: a reader gone before the end of the
+    output (``--status | head``) ends the command quietly, status 1,
+    instead of with a traceback."""
+    @functools.wraps(entry)
+    def run(argv=None):
+        try:
+            status = entry(argv)
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:
+            # Else Python complains again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+    return run
+
+
+@pipe_safe
 def workerd_main(argv=None):
     return main("dpd-workerd", argv)
 
 
+@pipe_safe
 def masterd_main(argv=None):
     return main("dpd-masterd", argv)
 
 
+@pipe_safe
 def clientd_main(argv=None):
     return main("dpd-clientd", argv)

@@ -41,7 +41,7 @@ from diprocd.errors import ConfigError, ProtocolError
 from diprocd.fileio import (atomic_write, existing_mode,
                             remove_dead_writers_temps)
 from diprocd.loop import Loop
-from diprocd.status import live_state
+from diprocd.status import live_views
 from diprocd.watch import file_signature
 
 # Before the master's first update tells us its heartbeat, assume this one.
@@ -386,9 +386,7 @@ class Client:
             else None
         if status is not None:
             # The view may be older than a death: a gone pid is not running.
-            for entry in status["procs"].values():
-                if isinstance(entry, dict) and live_state(entry) == "dead":
-                    entry.update(state="dead", ok=False)
+            status["procs"] = live_views(status["procs"])
         if status is not None and len(json.dumps(status)) > \
                 protocol.MAX_MESSAGE_BYTES // 2:
             self.log.warning("worker status larger than %d bytes: not sent",

@@ -43,6 +43,7 @@ import simplejson as json
 
 from diprocd import (__version__, bus, fleet, jsonin, keys, kernel, paths,
                      status)
+from diprocd.cli import pipe_safe
 from diprocd.config import (load_master_control,
                             load_master_key_file, load_pid_file)
 from diprocd.control import control_path, request
@@ -296,7 +297,7 @@ def cmd_status(link, args, node, names):
             print(json.dumps({"worker_pid": reply["worker_pid"],
                               "config_error": reply["config_error"],
                               "tree": reply.get("tree"),
-                              "procs": _live(procs)}, indent=1,
+                              "procs": status.live_views(procs)}, indent=1,
                              sort_keys=True))
         else:
             text, ok = status.render(procs, time.time())
@@ -330,13 +331,6 @@ def cmd_status(link, args, node, names):
     for warning in reply.get("warnings") or ():
         print("warning: %s" % warning, file=sys.stderr)
     return EXIT_OK if ok else EXIT_NOT_OK
-
-
-def _live(procs):
-    """A local worker's views with the state as shown (a gone pid "dead")."""
-    return {name: dict(entry, state=status.live_state(entry),
-                       ok=status.as_desired(entry))
-            for name, entry in procs.items() if isinstance(entry, dict)}
 
 
 def _procs_of(link, node):
@@ -407,6 +401,7 @@ VERBS = {"status": cmd_status, "restart": cmd_restart, "stop": cmd_simple,
          "start": cmd_simple, "reload": cmd_simple, "tail": cmd_tail}
 
 
+@pipe_safe
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)

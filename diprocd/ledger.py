@@ -5,7 +5,8 @@ Two files beside the worker's pid file (``/run/dpd-workerd.pid``):
 
 - ``dpd-workerd.status.json``, rewritten atomically after changes (at
   most every ``STATUS_INTERVAL`` seconds: worker.py), compact, each
-  process's part encoded again only when it changed::
+  process's part encoded again only when it changed, the members up to
+  "procs" on the first line (read alone by ``read_view``)::
 
       {"version": 2, "worker_pid": N, "config": PATH, "boot_id": ID,
        "config_crc32": C,           # of the CONFIG bytes applied (--status)
@@ -63,6 +64,11 @@ from diprocd.spec import ProcessSpec
 STATUS_VERSION = 2
 # A status file larger than this is not read (16 KiB a process for 1000).
 MAX_STATUS_BYTES = 16 * 1024 * 1024
+
+
+# Ends the status file's first line, which holds the view: the members
+# before "records" (no compact JSON text holds a newline of its own).
+VIEW_END = "\n"
 
 
 def _dumps(obj):
@@ -264,8 +270,11 @@ class Ledger:
             if proc.held:
                 # Stopped by the operator, with the definition it applies to.
                 held[name] = proc.spec.fingerprint()
-        document = "%s,\"procs\":{%s},\"records\":{%s},\"held\":%s}" % (
-            head[:-1], ",".join(views), ",".join(records), _dumps(held))
+        # The view on the first line (the JSON text has no other newline):
+        # a reader of the view parses that line alone (read_view).
+        document = "%s,\"procs\":{%s},%s\"records\":{%s},\"held\":%s}" % (
+            head[:-1], ",".join(views), VIEW_END, ",".join(records),
+            _dumps(held))
         atomic_write(self.status_path, document, mode=0o644, fsync=False,
                      follow_symlinks=False)
         self._texts = texts
@@ -348,25 +357,50 @@ def _parse_journal_line(line):
     return entry if isinstance(entry, dict) else None
 
 
-def read_document(path):
-    """The whole status document, or None when missing or unreadable."""
+def _read_status(path):
     try:
         with open(path, "rb") as handle:
-            data = jsonin.loads(handle.read(MAX_STATUS_BYTES + 1), path,
-                                ConfigError, MAX_STATUS_BYTES)
-    except (OSError, ConfigError):
+            return handle.read(MAX_STATUS_BYTES + 1)
+    except OSError:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("procs"), dict):
+
+
+def _parse_status(data, path):
+    try:
+        document = jsonin.loads(data, path, ConfigError, MAX_STATUS_BYTES)
+    except ConfigError:
         return None
-    return data
+    if not isinstance(document, dict) \
+            or not isinstance(document.get("procs"), dict):
+        return None
+    return document
+
+
+def read_document(path):
+    """The whole status document, or None when missing or unreadable."""
+    data = _read_status(path)
+    return None if data is None else _parse_status(data, path)
+
+
+VIEW_KEYS = ("version", "worker_pid", "config", "config_crc32", "updated",
+             "spawner", "tree", "procs")
 
 
 def read_view(path):
     """What the worker shows others: the status document without the
-    adoption records; None when missing or unreadable."""
-    document = read_document(path)
-    if document is None:
+    adoption records; None when missing or unreadable. The first line
+    alone is parsed when it holds the view (half the bytes: the records
+    are as long as the views), else the whole."""
+    data = _read_status(path)
+    if data is None:
         return None
-    return {key: document.get(key) for key in (
-        "version", "worker_pid", "config", "config_crc32", "updated",
-        "spawner", "tree", "procs")}
+    end = data.find(VIEW_END.encode())
+    document = None
+    if 0 < end and data[end - 1:end] == b"," \
+            and len(data) <= MAX_STATUS_BYTES:
+        document = _parse_status(data[:end - 1] + b"}", path)
+    if document is None:
+        document = _parse_status(data, path)
+        if document is None:
+            return None
+    return {key: document.get(key) for key in VIEW_KEYS}

@@ -16,14 +16,19 @@ from diprocd.daemon import read_locked_pid
 from diprocd.errors import ConfigError
 
 
-def live_state(entry):
-    """The state to show: "running" (or "starting" with a pid: awaiting
-    its health check) only while its pid is alive."""
+def _claims_pid(entry):
     pid = entry.get("pid")
-    if entry.get("state") in ("running", "starting") \
-            and isinstance(pid, int) \
-            and not isinstance(pid, bool) and pid > 0 \
-            and not kernel.is_alive(pid):
+    return entry.get("state") in ("running", "starting") \
+        and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+
+
+def live_state(entry, alive=None):
+    """The state to show: "running" (or "starting" with a pid: awaiting
+    its health check) only while its pid is alive. ``alive``: the live
+    pids among the entries' (``kernel.alive``), when already known."""
+    if _claims_pid(entry) and not (
+            entry["pid"] in alive if alive is not None
+            else kernel.is_alive(entry["pid"])):
         return "dead"
     return entry.get("state", "?")
 
@@ -33,6 +38,21 @@ def as_desired(entry, state=None):
     if state is None:
         state = live_state(entry)
     return bool(entry.get("ok")) and state != "dead"
+
+
+def live_views(procs):
+    """A local worker's {name: view} (what are not dicts left out) with
+    "state" as shown (a gone pid "dead") and "ok" as desired; every pid
+    looked up at once."""
+    entries = {name: entry for name, entry in procs.items()
+               if isinstance(entry, dict)}
+    alive = kernel.alive(entry["pid"] for entry in entries.values()
+                         if _claims_pid(entry))
+    views = {}
+    for name, entry in entries.items():
+        state = live_state(entry, alive)
+        views[name] = dict(entry, state=state, ok=as_desired(entry, state))
+    return views
 
 
 def tree_line(tree):
@@ -96,15 +116,13 @@ def note(entry, now):
 def process_rows(procs, now, prefix=(), local=True):
     """(as desired, cells...) for each process of {name: view}; ``local``:
     the pids are this machine's, so a gone one shows "dead"."""
+    if local:
+        procs = live_views(procs)
     rows = []
     for name, entry in procs.items():
         if not isinstance(entry, dict):
             continue
-        if local:  # the pid looked up once
-            state = live_state(entry)
-            ok = as_desired(entry, state)
-        else:
-            state, ok = entry.get("state", "?"), bool(entry.get("ok"))
+        state, ok = entry.get("state", "?"), bool(entry.get("ok"))
         started = entry.get("started_at")
         uptime = _age(now - started) if isinstance(started, (int, float)) \
             and entry.get("pid") and state == "running" else "-"

@@ -5,12 +5,13 @@ real daemons started in the foreground with the test's marker."""
 import fcntl
 import os
 import signal
+import subprocess
 
 import pytest
 
 from diprocd.daemon import read_locked_pid
 from diprocd.kernel import is_alive
-from helpers import (run_command, start_daemon, valid_config, wait_for,
+from helpers import (command_argv, run_command, start_daemon, valid_config, wait_for,
                      write_json)
 
 COMMANDS = ("dpd-workerd", "dpd-clientd", "dpd-masterd")
@@ -118,3 +119,18 @@ def test_help_gives_the_exit_codes(command):
     for words in ("--pid-file", "--pid ", "3 not running",
                   '6 no absolute "pid_file"'):
         assert words in text, text
+
+
+def test_a_reader_gone_ends_the_output_quietly():
+    """``dpd-workerd --status | head``: the pipe closed before the output
+    ends gives status 1 and no traceback."""
+    args = ("dpd-workerd", "--status", "/nonexistent")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(command_argv(args[0], list(args[1:])),
+                                stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1 and result.stderr == "", result.stderr
