@@ -57,6 +57,12 @@ _STATUS_LINE = re.compile(rb"^HTTP/[0-9]\.[0-9] ([0-9]{3})(?: |$)")
 class Health:
     """The checking of one pid of one process (see the module docstring)."""
 
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        proc = self.__dict__.get("proc")
+        if proc is not None:
+            proc.touch()  # the status file shows this
+
     def __init__(self, proc, began, clock):
         self.proc = proc
         self.pid = proc.pid

@@ -207,8 +207,9 @@ class Ledger:
         self.journal_path = journal_path(worker_pid_file)
         self.boot_id = boot_id
         self.journal_fd = None
-        # {name: (view, record, their JSON texts)} of the last write: a
-        # process is encoded again only when its view or record changed.
+        # {name: (Process, its revision, the JSON texts of its view and
+        # record)} of the last write: a process is encoded again only when
+        # its revision moved (an attribute of it or of its Health was set).
         self._texts = {}
 
     def open(self, wait=0.0):
@@ -258,20 +259,18 @@ class Ledger:
         views, records, held, texts = [], [], {}, {}
         for name in sorted(procs):
             proc = procs[name]
-            view, record = view_of(proc), Record.of(proc).to_json()
             text = self._texts.get(name)
-            if text is None or text[0] != view or text[1] != record:
+            if text is None or text[0] is not proc \
+                    or text[1] != proc.revision:
                 key = _dumps(name) + ":"
-                text = (view, record, key + _dumps(view),
-                        key + _dumps(record))
+                text = (proc, proc.revision, key + _dumps(view_of(proc)),
+                        key + _dumps(Record.of(proc).to_json()))
             texts[name] = text
             views.append(text[2])
             records.append(text[3])
             if proc.held:
                 # Stopped by the operator, with the definition it applies to.
                 held[name] = proc.spec.fingerprint()
-        # The view on the first line (the JSON text has no other newline):
-        # a reader of the view parses that line alone (read_view).
         document = "%s,\"procs\":{%s},%s\"records\":{%s},\"held\":%s}" % (
             head[:-1], ",".join(views), VIEW_END, ",".join(records),
             _dumps(held))

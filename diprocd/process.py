@@ -22,6 +22,7 @@ check first passed (``health`` runs the checks and keeps ``health``);
 """
 
 import collections
+import itertools
 import logging
 import signal
 
@@ -168,8 +169,25 @@ class StartLimiter:
         self.starts.clear()
 
 
+# Revisions of processes: each attribute set takes the next.
+_REVISIONS = itertools.count(1)
+
+
 class Process:
     """One supervised process (see the module docstring)."""
+
+    # Moves at every set of an attribute, here or in the process's Health
+    # (``touch``): the ledger encodes again only the processes whose
+    # revision moved since its last status write.
+    revision = 0
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "revision", next(_REVISIONS))
+
+    def touch(self):
+        """What this process shows changed outside it (its Health)."""
+        object.__setattr__(self, "revision", next(_REVISIONS))
 
     def __init__(self, spec, ops, clock):
         self.spec = spec

@@ -62,3 +62,56 @@ def test_a_status_file_past_the_limit_is_not_read_even_its_view(tmp_path,
     size = len(open(book.status_path, "rb").read())
     monkeypatch.setattr(ledger, "MAX_STATUS_BYTES", size - 1)
     assert ledger.read_view(book.status_path) is None
+
+
+def test_each_write_shows_what_a_fresh_encoding_shows(tmp_path):
+    """A process is encoded again only when its revision moved: after any
+    step of processes (starts, deaths, stops, holds, health results, the
+    clock), the status file is the one a ledger with nothing kept
+    writes."""
+    import logging
+    import random
+
+    from diprocd.health import HealthChecks
+    from diprocd.loop import Loop
+    from diprocd.spec import CheckSpec
+
+    clock, ops = FakeClock(), FakeOps()
+    checks = HealthChecks(Loop(clock=clock.monotonic), None, clock,
+                          logging.getLogger("test"), lambda: None)
+    ops.changed = checks.follow
+    check = CheckSpec("tcp", "127.0.0.1:9", interval=1, failures=2, grace=1,
+                      timeout=1)
+    procs = {name: P.Process(ProcessSpec(
+        name=name, run="/bin/sleep", pid_file="/run/%s.pid" % name,
+        check=check if name in "ac" else None), ops, clock)
+        for name in "abcd"}
+    for proc in procs.values():
+        proc.want()
+    book = ledger.Ledger(str(tmp_path / "w.pid"), "boot")
+
+    def result(proc, ok):
+        record = checks.records.get(proc)
+        if record is not None and record.active:
+            record.started = clock.now
+            checks.result(record, ok, "out %s" % clock.now)
+
+    steps = [lambda p: p.start(), lambda p: p.on_exit("killed by SIGKILL"),
+             lambda p: p.stop(), lambda p: p.hold(), lambda p: p.release(),
+             lambda p: p.retry(), lambda p: result(p, True),
+             lambda p: result(p, False), lambda p: p.tick(clock.monotonic())]
+    rng = random.Random(7)
+    for step in range(400):
+        proc = procs[rng.choice("abcd")]
+        try:
+            rng.choice(steps)(proc)
+        except P.InvalidTransition:
+            pass
+        clock.now += rng.choice((0, 0.5, 3))
+        book.write(7, "/etc/w.json", clock.now, procs)
+        fresh = ledger.Ledger(str(tmp_path / "fresh.pid"), "boot")
+        fresh.write(7, "/etc/w.json", clock.now, procs)
+        assert open(book.status_path, "rb").read() == \
+            open(fresh.status_path, "rb").read(), step
+    states = {proc.state for proc in procs.values()}
+    assert len(states) > 1, states
